@@ -1,0 +1,278 @@
+"""FreezePlan v1: which parameters train and which stay frozen, keyed by parameter name.
+
+A plan is plain data (it round-trips through JSON exactly); :meth:`FreezePlan.apply` puts it
+on a model and :meth:`FreezePlan.freeze` / :meth:`FreezePlan.unfreeze` edit it with globs.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from torch import nn
+
+from .atomic import write_json
+from .errors import PlanError
+from .models import model_info
+
+VERSION = 1
+BATCHNORM_MODES = ("train", "freeze")
+KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts"}
+_BN_HOOK = "_freezetui_bn_hook"
+
+
+def module_prefixes(param: str) -> list[str]:
+    """``"a.b.weight"`` -> ``["a", "a.b"]``: the modules a parameter lives in."""
+    parts = param.split(".")[:-1]
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def glob_matches(pattern: str, param: str) -> bool:
+    """A glob matches a parameter by its own name or by the name of any module holding it."""
+    return fnmatch.fnmatchcase(param, pattern) or any(fnmatch.fnmatchcase(m, pattern) for m in module_prefixes(param))
+
+
+def _short_list(names: Iterable[str], limit: int = 4) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@dataclass
+class FreezePlan:
+    """Which parameters are frozen. ``params`` keeps the model's parameter order."""
+
+    model: dict
+    params: dict[str, bool]  # name -> frozen?
+    batchnorm: str = "freeze"
+    numels: dict[str, int] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    file_counts: dict | None = None  # counts read from a file, kept when numels are unknown
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_model(cls, model: nn.Module, batchnorm: str = "freeze", spec: dict | None = None) -> "FreezePlan":
+        """A plan matching ``model`` as it is now: parameters with ``requires_grad=False`` are frozen."""
+        if batchnorm not in BATCHNORM_MODES:
+            raise PlanError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+        if spec is None:
+            info = model_info(model)
+            spec = info.spec() if info else {"name": type(model).__name__, "weights": None,
+                                             "num_classes": None, "small_input": False, "new_modules": []}
+        params, numels = {}, {}
+        for name, p in model.named_parameters():
+            params[name] = not p.requires_grad
+            numels[name] = p.numel()
+        return cls(model=copy.deepcopy(spec), params=params, batchnorm=batchnorm, numels=numels)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def frozen(self) -> list[str]:
+        return [n for n, f in self.params.items() if f]
+
+    @property
+    def trainable(self) -> list[str]:
+        return [n for n, f in self.params.items() if not f]
+
+    @property
+    def new_modules(self) -> list[str]:
+        return list(self.model.get("new_modules") or [])
+
+    @property
+    def counts(self) -> dict:
+        if not self.numels and self.file_counts is not None:
+            return dict(self.file_counts)
+        frozen = sum(self.numels.get(n, 0) for n, f in self.params.items() if f)
+        total = sum(self.numels.get(n, 0) for n in self.params)
+        return {"total": total, "trainable": total - frozen, "frozen": frozen}
+
+    def is_frozen(self, name: str) -> bool:
+        return self.params[name]
+
+    # ------------------------------------------------------------------ editing
+
+    def matching(self, pattern: str) -> list[str]:
+        return [n for n in self.params if glob_matches(pattern, n)]
+
+    def _set(self, pattern: str, frozen: bool) -> list[str]:
+        names = self.matching(pattern)
+        if not names:
+            raise PlanError(f"rule {pattern!r} matches no parameter or module of {self.model.get('name')}")
+        for n in names:
+            self.params[n] = frozen
+        return names
+
+    def freeze(self, pattern: str) -> list[str]:
+        """Freeze every parameter the glob matches; a glob matching nothing is a PlanError."""
+        return self._set(pattern, True)
+
+    def unfreeze(self, pattern: str) -> list[str]:
+        return self._set(pattern, False)
+
+    def set_frozen(self, names: Iterable[str], frozen: bool) -> None:
+        for n in names:
+            if n not in self.params:
+                raise PlanError(f"{n!r} is not a parameter of this model")
+            self.params[n] = frozen
+
+    def freeze_before(self, name: str) -> None:
+        """Freeze every parameter before ``name`` (in parameter order), the rest trainable."""
+        order = list(self.params)
+        if name not in self.params:
+            raise PlanError(f"{name!r} is not a parameter of this model")
+        cut = order.index(name)
+        for i, n in enumerate(order):
+            self.params[n] = i < cut
+
+    def apply_rules(self, rules: Iterable[tuple[str, str]]) -> None:
+        """Apply ``("freeze"|"unfreeze", glob)`` rules in order; later rules win."""
+        for action, pattern in rules:
+            self._set(pattern, action == "freeze")
+
+    def copy(self) -> "FreezePlan":
+        return copy.deepcopy(self)
+
+    # ------------------------------------------------------------------ the model
+
+    def check_fits(self, model: nn.Module) -> None:
+        names = [n for n, _ in model.named_parameters()]
+        missing = [n for n in self.params if n not in set(names)]
+        unexpected = [n for n in names if n not in self.params]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing from the model: {_short_list(missing)}")
+            if unexpected:
+                parts.append(f"not in the plan: {_short_list(unexpected)}")
+            raise PlanError(f"plan for {self.model.get('name')} does not fit this model ({'; '.join(parts)})")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set ``requires_grad`` on every parameter (both ways) and, with ``batchnorm="freeze"``,
+        keep fully frozen BatchNorm layers in eval mode even after ``model.train()``."""
+        self.check_fits(model)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not self.params[name])
+            self.numels[name] = p.numel()
+        for m in model.modules():
+            handle = getattr(m, _BN_HOOK, None)
+            if handle is not None:
+                handle.remove()
+                delattr(m, _BN_HOOK)
+        if self.batchnorm == "freeze":
+            for m in frozen_batchnorms(model):
+                m.eval()
+                object.__setattr__(m, _BN_HOOK, m.register_forward_pre_hook(_keep_eval))
+        return model
+
+    # ------------------------------------------------------------------ files
+
+    def to_dict(self) -> dict:
+        d = {
+            "version": VERSION,
+            "model": copy.deepcopy(self.model),
+            "batchnorm": self.batchnorm,
+            "frozen": self.frozen,
+            "trainable": self.trainable,
+            "counts": self.counts,
+        }
+        for k, v in self.extra.items():
+            d.setdefault(k, copy.deepcopy(v))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object, source: str = "plan") -> "FreezePlan":
+        if not isinstance(d, dict):
+            raise PlanError(f"{source} is not a JSON object")
+        version = d.get("version")
+        if version != VERSION:
+            raise PlanError(f"{source} has version {version!r}; this freezetui reads version {VERSION}")
+        model = d.get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            raise PlanError(f"{source} needs a \"model\" object with a \"name\"")
+        new = model.get("new_modules", [])
+        if not isinstance(new, list) or not all(isinstance(x, str) for x in new):
+            raise PlanError(f"{source}: model.new_modules must be a list of module names")
+        nc = model.get("num_classes")
+        if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 1):
+            raise PlanError(f"{source}: model.num_classes must be a positive integer or null")
+        batchnorm = d.get("batchnorm", "freeze")
+        if batchnorm not in BATCHNORM_MODES:
+            raise PlanError(f"{source}: batchnorm must be \"train\" or \"freeze\", not {batchnorm!r}")
+        lists = {}
+        for key in ("frozen", "trainable"):
+            v = d.get(key)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise PlanError(f"{source}: \"{key}\" must be a list of parameter names")
+            dup = sorted({x for x in v if v.count(x) > 1})
+            if dup:
+                raise PlanError(f"{source}: \"{key}\" names {_short_list(dup)} more than once")
+            lists[key] = v
+        both = [x for x in lists["frozen"] if x in set(lists["trainable"])]
+        if both:
+            raise PlanError(f"{source}: {_short_list(both)} is both frozen and trainable")
+        counts = d.get("counts")
+        if counts is not None:
+            ok = isinstance(counts, dict) and all(
+                isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) and counts[k] >= 0
+                for k in ("total", "trainable", "frozen")
+            )
+            if not ok:
+                raise PlanError(f"{source}: \"counts\" needs non-negative integers total, trainable and frozen")
+        # Keep the file's parameter order: frozen and trainable interleave in model order when we
+        # wrote them, but a hand-written plan may list them in any order.
+        params = {n: True for n in lists["frozen"]}
+        params.update({n: False for n in lists["trainable"]})
+        extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in KNOWN_KEYS}
+        return cls(model=copy.deepcopy(model), params=params, batchnorm=batchnorm, extra=extra,
+                   file_counts=copy.deepcopy(counts))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FreezePlan":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PlanError(f"plan file {str(path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise PlanError(f"plan file {str(path)!r} is a folder") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PlanError(f"cannot read plan file {str(path)!r}: {e}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan file {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        return cls.from_dict(d, source=f"plan file {str(path)!r}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON, atomically (temp file + rename)."""
+        return write_json(path, self.to_dict())
+
+    def reorder_like(self, model: nn.Module) -> None:
+        """Put ``params`` in the model's parameter order (after :meth:`check_fits`)."""
+        self.params = {n: self.params[n] for n, _ in model.named_parameters()}
+
+
+def _keep_eval(module: nn.Module, args) -> None:
+    module.training = False
+
+
+def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers that have parameters and all of them frozen."""
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ps = list(m.parameters(recurse=False))
+            if ps and all(not p.requires_grad for p in ps):
+                out.append(m)
+    return out
+
+
+def batchnorm_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}

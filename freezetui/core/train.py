@@ -1,0 +1,342 @@
+"""The training loop: trainable parameters only, events out, a stop request in, and a check
+afterwards that every frozen parameter is bit-identical to what it was before."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import BatchTransform, Dataset, Split, random_crop_flip
+from .errors import TrainingError
+from .models import find_heads, model_info
+from .plan import FreezePlan, frozen_batchnorms
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+DEFAULT_BATCH = 64
+# Learning rates that work at DEFAULT_BATCH; other batch sizes scale them (linearly for SGD,
+# by the square root for Adam-style optimizers).
+BASE_LR = {"adamw": 1e-3, "adam": 1e-3, "sgd": 1e-2}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = DEFAULT_BATCH
+    lr: float | None = None  # None: BASE_LR scaled to the batch size
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    image_size: int | None = None
+    augment: bool = True
+    device: str = "auto"
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise TrainingError(f"epochs must be a positive whole number, got {self.epochs}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise TrainingError(f"batch size must be a positive whole number, got {self.batch_size}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise TrainingError(f"learning rate must be positive, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise TrainingError(f"weight decay must be zero or positive, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.image_size is not None and self.image_size < 8:
+            raise TrainingError(f"image size must be at least 8 px, got {self.image_size}")
+
+    @property
+    def effective_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        ratio = self.batch_size / DEFAULT_BATCH
+        base = BASE_LR[self.optimizer]
+        return base * (ratio if self.optimizer == "sgd" else math.sqrt(ratio))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr"] = self.effective_lr
+        return d
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass
+class RunStart:
+    epochs: int
+    steps_per_epoch: int
+    device: str
+    train_images: int
+    val_images: int
+    input_size: int
+    lr: float
+
+
+@dataclass
+class StepEnd:
+    epoch: int  # 1-based
+    step: int  # 1-based within the epoch
+    global_step: int
+    total_steps: int
+    loss: float
+    images_per_s: float
+
+
+@dataclass
+class EpochEnd:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    images_per_s: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    epochs: int  # completed epochs
+    history: list[EpochEnd] = field(default_factory=list)
+    stopped: bool = False
+    frozen_unchanged: bool = True
+    changed: list[str] = field(default_factory=list)
+    train_images_per_s: float = 0.0
+    seconds: float = 0.0
+    device: str = "cpu"
+    error: str | None = None
+
+    @property
+    def val_acc(self) -> float | None:
+        return self.history[-1].val_acc if self.history else None
+
+    @property
+    def best_val_acc(self) -> float | None:
+        return max(e.val_acc for e in self.history) if self.history else None
+
+    def summary(self) -> dict:
+        return {
+            "val_acc": self.val_acc,
+            "best_val_acc": self.best_val_acc,
+            "epochs": self.epochs,
+            "train_images_per_s": self.train_images_per_s,
+            "frozen_unchanged": self.frozen_unchanged,
+            "frozen_changed": self.changed,
+            "stopped": self.stopped,
+            "seconds": self.seconds,
+            "device": self.device,
+            "error": self.error,
+        }
+
+
+class Callback:
+    """Receives a run's events. Override what you need; all run on the training thread."""
+
+    def on_run_start(self, event: RunStart) -> None: ...
+    def on_step(self, event: StepEnd) -> None: ...
+    def on_epoch(self, event: EpochEnd) -> None: ...
+    def on_run_end(self, result: TrainResult) -> None: ...
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU here; use --device cpu")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainingError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise TrainingError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def logits_of(out) -> torch.Tensor:
+    """GoogLeNet and Inception return named tuples with aux logits in training mode."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0]
+
+
+def output_classes(model: nn.Module) -> int | None:
+    heads = find_heads(model)
+    if not heads:
+        return None
+    m = model.get_submodule(heads[-1])
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    lr, wd = config.effective_lr, config.weight_decay
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=config.momentum, **fused)
+
+
+def frozen_snapshot(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tensor]:
+    """CPU copies of every frozen parameter, and of the statistics of frozen BatchNorm layers
+    when the plan keeps them (``batchnorm: "freeze"``)."""
+    snap = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if plan.params.get(n)}
+    if plan.batchnorm == "freeze":
+        names = {id(m): n for n, m in model.named_modules()}
+        for m in frozen_batchnorms(model):
+            for b, t in m.named_buffers(recurse=False):
+                snap[f"{names[id(m)]}.{b}"] = t.detach().to("cpu", copy=True)
+    return snap
+
+
+def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
+    now = dict(model.named_parameters())
+    now.update(dict(model.named_buffers()))
+    return [n for n, t in snap.items() if not torch.equal(now[n].detach().cpu(), t)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
+             device: torch.device, amp: bool) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x = transform(split.images[i:i + batch_size].to(device, non_blocking=True))
+        y = split.labels[i:i + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = logits_of(model(x))
+        total_loss += F.cross_entropy(out.float(), y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = max(1, len(split))
+    return total_loss / n, correct / n
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: nn.Module,
+    plan: FreezePlan,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    callbacks: list[Callback] | tuple = (),
+    stop: threading.Event | None = None,
+) -> TrainResult:
+    """Train ``model`` under ``plan`` on ``data``. ``stop.set()`` ends the run within one batch.
+
+    Raises :class:`TrainingError` for bad settings, a head that does not fit the data, or a
+    NaN/inf loss; the callbacks' ``on_run_end`` still sees the result (with ``error`` set).
+    """
+    config = config or TrainConfig()
+    config.validate()
+    device = resolve_device(config.device)
+    n_out = output_classes(model)
+    if n_out is not None and n_out != data.num_classes:
+        raise TrainingError(
+            f"the model's head has {n_out} outputs but {data.name} has {data.num_classes} classes; "
+            f"make the plan with --num-classes {data.num_classes}"
+        )
+    plan.apply(model)
+    model.to(device)
+    amp = config.amp and device.type == "cuda"
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    transform = BatchTransform.for_model(model_info(model), data.image_size, config.image_size)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
+    optimizer = make_optimizer(trainable, config, device)
+    snap = frozen_snapshot(model, plan)
+
+    train_split = data.train.to(device)
+    n = len(train_split)
+    bs = min(config.batch_size, n)
+    steps = n // bs if n >= bs else 1  # drop the ragged last batch, as BatchNorm dislikes size 1
+    result = TrainResult(epochs=0, device=str(device))
+    start_ev = RunStart(config.epochs, steps, str(device), n, len(data.val), transform.size, config.effective_lr)
+    for cb in callbacks:
+        cb.on_run_start(start_ev)
+
+    t_run = time.perf_counter()
+    images_total, train_seconds = 0, 0.0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            for step in range(1, steps + 1):
+                if stop is not None and stop.is_set():
+                    result.stopped = True
+                    break
+                idx = perm[(step - 1) * bs: step * bs]
+                x = transform(train_split.images[idx])
+                if config.augment:
+                    x = random_crop_flip(x, gen)
+                y = train_split.labels[idx]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = F.cross_entropy(logits_of(model(x)).float(), y)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"loss became {loss_value} at epoch {epoch}, step {step}; "
+                        f"lower the learning rate (now {config.effective_lr:g}) or check the data"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss_value * len(idx)
+                seen += len(idx)
+                elapsed = time.perf_counter() - t0
+                ev = StepEnd(epoch, step, (epoch - 1) * steps + step, config.epochs * steps, loss_value,
+                             seen / elapsed if elapsed > 0 else 0.0)
+                for cb in callbacks:
+                    cb.on_step(ev)
+            epoch_train_s = time.perf_counter() - t0
+            if result.stopped and seen == 0:
+                break
+            images_total += seen
+            train_seconds += epoch_train_s
+            val_loss, val_acc = evaluate(model, data.val, transform, max(bs, 256), device, amp)
+            ev = EpochEnd(epoch, config.epochs, loss_sum / max(1, seen), val_loss, val_acc,
+                          seen / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0)
+            result.history.append(ev)
+            result.epochs = epoch
+            for cb in callbacks:
+                cb.on_epoch(ev)
+            if result.stopped:
+                break
+    except TrainingError as e:
+        result.error = str(e)
+        raise
+    except torch.OutOfMemoryError:
+        result.error = (f"out of memory at batch size {bs} on {device}; try --batch-size {max(1, bs // 2)}")
+        raise TrainingError(result.error) from None
+    finally:
+        result.seconds = time.perf_counter() - t_run
+        result.train_images_per_s = images_total / train_seconds if train_seconds > 0 else 0.0
+        result.changed = changed_since(model, snap)
+        result.frozen_unchanged = not result.changed
+        for cb in callbacks:
+            cb.on_run_end(result)
+    return result

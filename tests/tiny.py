@@ -1,0 +1,32 @@
+"""Small models for tests, importable as ``--model tiny:tiny_cnn`` with tests/ on sys.path."""
+
+from torch import nn
+
+
+def tiny_cnn(num_classes: int = 10) -> nn.Module:
+    """A small CNN with BatchNorm: stem, two blocks and a Linear head named ``fc``."""
+    return _Tiny(num_classes)
+
+
+class _Tiny(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block1 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def nan_cnn() -> nn.Module:
+    """A model whose output is NaN, to test the NaN-loss stop."""
+    import torch
+
+    m = _Tiny(10)
+    with torch.no_grad():
+        m.fc.bias.fill_(float("nan"))
+    return m
