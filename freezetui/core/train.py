@@ -340,3 +340,11 @@ def train(
         for cb in callbacks:
             cb.on_run_end(result)
     return result
+
+
+def memory_in_use(device: str) -> str:
+    """' · 1.2 GiB' of CUDA memory allocated on ``device``; '' elsewhere."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return ""
+    return f" · {torch.cuda.memory_allocated(dev) / 2**30:.1f} GiB"

@@ -1,0 +1,395 @@
+"""FreezeApp: composes the widgets, binds the keys, and routes messages between the widgets and
+the core. Model loading and training run in thread workers; only this thread touches widgets."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Footer, Header
+from textual.worker import Worker, WorkerState
+
+from ..core.errors import FreezeTUIError
+from ..core.train import TrainConfig, memory_in_use
+from ..core.workspace import Workspace
+from .bridge import UIBridge
+from .commands import binding_commands, key_table
+from .messages import EpochDone, PlanChanged, TrainProgress
+from .screens.confirm import ConfirmScreen
+from .screens.glob_dialog import GlobDialog
+from .screens.help import HelpScreen
+from .screens.path_dialog import PathDialog
+from .screens.settings import SettingsScreen
+from .widgets.charts import Charts
+from .widgets.details import Details
+from .widgets.lints import LintsPanel
+from .widgets.module_tree import ModuleTree
+from .widgets.run_panel import RunPanel
+from .widgets.runs_table import RunsTable
+from .widgets.totals import Totals
+
+
+@dataclass
+class AppOptions:
+    model: str = "resnet18"
+    weights: str | None = "auto"
+    data: str = "shapes"
+    num_classes: int | None = None
+    small_input: bool = False
+    plan: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    runs_dir: str = "runs"
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+def default_trainer(workspace: Workspace, record, callbacks, stop, runs_dir):
+    return workspace.run(record, callbacks, stop, runs_dir)
+
+
+class FreezeApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "freezetui"
+    BINDINGS = [
+        Binding("t", "train", "Train/stop", id="train"),
+        Binding("c", "settings", "Settings", id="settings"),
+        Binding("e", "export", "Export", id="export"),
+        Binding("o", "open_plan", "Open plan", id="open"),
+        Binding("slash", "glob", "Glob", key_display="/", id="glob"),
+        Binding("H", "head_only", "Head only", id="head_only"),
+        Binding("A", "all_trainable", "Train all", id="all_trainable"),
+        Binding("b", "toggle_batchnorm", "BN stats", id="batchnorm"),
+        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(self, options: AppOptions | None = None, workspace: Workspace | None = None,
+                 trainer: Callable = default_trainer):
+        super().__init__()
+        self.options = options or AppOptions()
+        self.workspace: Workspace | None = workspace
+        self.trainer = trainer
+        self.config = self.options.config
+        self.stop_event = threading.Event()
+        self.quit_requested = False
+        self.compare_id: int | None = None
+        self.charts_dirty = False
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield ModuleTree(id="tree")
+                yield Details(id="details")
+            with Vertical(id="right"):
+                yield Totals(id="totals")
+                yield LintsPanel(id="lints")
+                yield RunPanel(id="run")
+                yield Charts(id="charts")
+                yield RunsTable(id="runs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(ModuleTree).border_title = "model"
+        self.query_one(LintsPanel).border_title = "lints"
+        self.query_one(LintsPanel).display = False
+        self.query_one(RunsTable).border_title = "runs (Enter: compare)"
+        self.set_interval(0.5, self.redraw_charts)
+        if self.workspace is not None:
+            self.show_workspace()
+        else:
+            self.sub_title = f"loading {self.options.model} on {self.options.data}…"
+            self.load_workspace()
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load_workspace(self) -> Workspace:
+        o = self.options
+        return Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device, o.seed,
+                              self.config.image_size)
+
+    def show_workspace(self) -> None:
+        ws = self.workspace
+        self.sub_title = ws.describe()
+        tree = self.query_one(ModuleTree)
+        tree.load(ws)
+        tree.focus()
+        self.refresh_plan()
+        if ws.info.note:
+            self.notify(ws.info.note, title="weights", timeout=8)
+        for w in (ws.data.warnings if ws.data else []):
+            self.notify(w, title="data", severity="warning", timeout=10)
+
+    # ------------------------------------------------------------------ plan views
+
+    def refresh_plan(self) -> None:
+        ws = self.workspace
+        if ws is None:
+            return
+        self.query_one(Totals).show(ws)
+        self.query_one(LintsPanel).show(ws.lints(self.config.image_size))
+        tree = self.query_one(ModuleTree)
+        node = tree.cursor_node
+        self.query_one(Details).show(ws, node.data if node is not None else None)
+
+    @on(PlanChanged)
+    def on_plan_changed(self) -> None:
+        self.query_one(ModuleTree).repaint()
+        self.refresh_plan()
+
+    @on(ModuleTree.NodeHighlighted)
+    def on_node_highlighted(self, event: ModuleTree.NodeHighlighted) -> None:
+        if self.workspace is not None and event.node.data is not None:
+            self.query_one(Details).show(self.workspace, event.node.data)
+
+    def edit_plan(self, fn, *args) -> bool:
+        """Run a workspace edit; say why in a notification when it cannot be done."""
+        if self.workspace is None:
+            self.notify("Still loading the model.", severity="warning")
+            return False
+        try:
+            fn(*args)
+        except FreezeTUIError as e:
+            self.notify(str(e), severity="warning")
+            return False
+        self.post_message(PlanChanged())
+        return True
+
+    # ------------------------------------------------------------------ actions
+
+    def action_head_only(self) -> None:
+        if self.workspace and self.edit_plan(self.workspace.head_only):
+            self.notify(f"Training only the head: {', '.join(self.workspace.heads)}")
+
+    def action_all_trainable(self) -> None:
+        if self.workspace:
+            self.edit_plan(self.workspace.all_trainable)
+
+    def action_toggle_batchnorm(self) -> None:
+        if self.workspace is None:
+            return
+        mode = "train" if self.workspace.batchnorm == "freeze" else "freeze"
+        if self.edit_plan(self.workspace.set_batchnorm, mode):
+            self.notify(f"Frozen BatchNorm statistics: {'kept' if mode == 'freeze' else 'updated'} ({mode})")
+
+    def action_glob(self) -> None:
+        if self.workspace is None or self._read_only():
+            return
+
+        def apply(pattern: str, freeze: bool) -> int:
+            count = self.workspace.apply_glob(pattern, freeze)
+            self.post_message(PlanChanged())
+            return count
+
+        def done(count: int | None) -> None:
+            if count:
+                self.notify(f"{count} parameter tensor(s) changed")
+
+        self.push_screen(GlobDialog(apply), done)
+
+    def action_export(self) -> None:
+        if self.workspace is None:
+            return
+
+        def save(path: str) -> str | None:
+            try:
+                self.workspace.export(path)
+            except OSError as e:
+                return f"Cannot write {path}: {e.strerror or e}"
+            return None
+
+        def done(path: str | None) -> None:
+            if path:
+                self.notify(f"Plan saved to {path}")
+
+        self.push_screen(PathDialog("Export the freeze plan", "freeze-plan.json", save, confirm_overwrite=True,
+                                    id="export-dialog"), done)
+
+    def action_open_plan(self) -> None:
+        if self.workspace is None or self._read_only():
+            return
+
+        def load(path: str) -> str | None:
+            try:
+                self.workspace.load_plan(path)
+            except FreezeTUIError as e:
+                return str(e)
+            self.post_message(PlanChanged())
+            return None
+
+        def done(path: str | None) -> None:
+            if path:
+                self.notify(f"Plan loaded from {path}")
+
+        self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
+
+    def action_settings(self) -> None:
+        def done(config: TrainConfig | None) -> None:
+            if config is not None:
+                self.config = config
+                self.refresh_plan()
+                self.notify("Settings saved; t trains with them")
+
+        self.push_screen(SettingsScreen(self.config), done)
+
+    def action_help(self) -> None:
+        tree = self.query_one(ModuleTree)
+        keys = key_table([*tree.BINDINGS, *self.BINDINGS])
+        self.push_screen(HelpScreen(keys))
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        tree = self.query_one(ModuleTree)
+        yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")())
+        yield from binding_commands(self.BINDINGS, lambda a: self.run_action(a))
+
+    def _read_only(self) -> bool:
+        if self.workspace is not None and self.training:
+            self.notify("The plan is read-only while a run is in progress (t stops it).", severity="warning")
+            return True
+        return False
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def training(self) -> bool:
+        return any(w.group == "train" and w.is_running for w in self.workers)
+
+    def action_train(self) -> None:
+        if self.workspace is None:
+            self.notify("Still loading the model.", severity="warning")
+            return
+        if self.training:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.stop_event.set()
+                    self.query_one(RunPanel).finish("stopping after this batch…")
+            self.push_screen(ConfirmScreen("Stop the run? What it trained so far is kept."), answered)
+            return
+        self.stop_event = threading.Event()
+        record = self.workspace.new_run(dataclasses.replace(self.config))
+        self.query_one(RunsTable).upsert(record)
+        self.query_one(RunPanel).start(record.label, None)
+        self.charts_dirty = True
+        self.workspace.locked = True  # read-only from now, not from when the worker starts
+        self.train_worker(record)
+
+    @work(thread=True, exclusive=True, group="train", exit_on_error=False)
+    def train_worker(self, record):
+        return self.trainer(self.workspace, record, [UIBridge(self, record)], self.stop_event, self.options.runs_dir)
+
+    @on(TrainProgress)
+    def on_train_progress(self, m: TrainProgress) -> None:
+        record = self.current_run
+        self.query_one(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
+                                          m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
+        self.charts_dirty = True
+
+    @on(EpochDone)
+    def on_epoch_done(self, m: EpochDone) -> None:
+        self.query_one(RunsTable).upsert(self.current_run, False)
+        self.charts_dirty = True
+
+    @property
+    def current_run(self):
+        return self.workspace.runs[-1] if self.workspace and self.workspace.runs else None
+
+    @on(Worker.StateChanged)
+    def on_worker_state(self, event: Worker.StateChanged) -> None:
+        worker, state = event.worker, event.state
+        if worker.group == "load":
+            if state == WorkerState.SUCCESS:
+                self.workspace = worker.result
+                self.show_workspace()
+            elif state == WorkerState.ERROR:
+                self.exit(return_code=1, message=f"freezetui: error: {self._error_text(worker.error)}")
+            return
+        if worker.group != "train" or state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        self.workspace.locked = False
+        record = self.current_run
+        panel = self.query_one(RunPanel)
+        if state == WorkerState.SUCCESS:
+            result = worker.result
+            record.status = "stopped" if result.stopped else "done"
+            best = f"{100 * record.best_acc:.1f}%" if record.best_acc is not None else "—"
+            frozen = "frozen params unchanged" if result.frozen_unchanged else "FROZEN PARAMS CHANGED"
+            panel.finish(f"run {record.label} {record.status}: best val acc {best} · {frozen} · "
+                         f"saved to {record.folder}")
+            self.notify(f"Run {record.label} {record.status}; saved to {record.folder}")
+        else:
+            record.status = "failed"
+            record.error = self._error_text(worker.error)
+            panel.finish(f"run {record.label} failed: {record.error}")
+            self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
+        self.query_one(RunsTable).upsert(record, False)
+        self.charts_dirty = True
+        if self.quit_requested:
+            self.exit()
+
+    @staticmethod
+    def _error_text(error: BaseException | None) -> str:
+        if isinstance(error, FreezeTUIError):
+            return str(error)
+        if error is not None and "out of memory" in str(error).lower():
+            return "out of memory: lower the batch size (c) or the image size"
+        return f"{type(error).__name__}: {error}" if error else "unknown error"
+
+    @on(DataTable.RowSelected)
+    def on_run_selected(self, event: DataTable.RowSelected) -> None:
+        run_id = int(event.row_key.value)
+        self.compare_id = None if self.compare_id == run_id else run_id
+        for record in self.workspace.runs:
+            self.query_one(RunsTable).upsert(record, record.id == self.compare_id)
+        self.charts_dirty = True
+
+    def redraw_charts(self) -> None:
+        if not self.charts_dirty or self.workspace is None:
+            return
+        self.charts_dirty = False
+        runs = {r.id: r for r in self.workspace.runs}
+        current = self.current_run
+        compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
+        self.query_one(Charts).draw(current, compare)
+
+    async def action_quit(self) -> None:
+        if self.training:
+            self.quit_requested = True
+            self.stop_event.set()
+            self.query_one(RunPanel).finish("stopping the run to quit; keeping what it trained…")
+            return
+        self.exit()
+
+
+def create_app(options: AppOptions | None = None, workspace: Workspace | None = None,
+               trainer: Callable = default_trainer) -> FreezeApp:
+    """The one factory the CLI and the tests use."""
+    return FreezeApp(options, workspace=workspace, trainer=trainer)
+
+
+def options_from_args(args) -> AppOptions:
+    from ..cli import config_from_args
+
+    return AppOptions(model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
+                      small_input=args.small_input, plan=args.plan, device=args.device, seed=args.seed,
+                      runs_dir=args.runs_dir, config=config_from_args(args))
+
+
+def run_app(args) -> int:
+    from ..core.plan import FreezePlan
+    from ..core.train import resolve_device
+
+    # Cheap checks first, so a bad argument is one sentence before the screen is taken over.
+    resolve_device(args.device)
+    if args.plan:
+        FreezePlan.load(args.plan)
+    app = create_app(options_from_args(args))
+    app.run()
+    return app.return_code or 0

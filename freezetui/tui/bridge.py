@@ -1,0 +1,42 @@
+"""The core trainer's callbacks, turned into UI messages: at most ~10 per second, coalescing.
+
+Runs on the training thread. It only appends to the RunRecord and posts messages (thread-safe);
+it never touches a widget.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..core.train import Callback, EpochEnd, RunStart, StepEnd, TrainResult
+from .messages import EpochDone, TrainProgress
+
+INTERVAL = 0.1
+
+
+class UIBridge(Callback):
+    def __init__(self, target, record):
+        self.target = target  # the app: post_message is safe from any thread
+        self.record = record
+        self.last = 0.0
+
+    def on_run_start(self, event: RunStart) -> None:
+        self.record.total_steps = event.epochs * event.steps_per_epoch
+        self.record.device = event.device
+
+    def on_step(self, event: StepEnd) -> None:
+        self.record.steps.append(event.loss)
+        now = time.monotonic()
+        if now - self.last >= INTERVAL or event.global_step == event.total_steps:
+            self.last = now
+            self.target.post_message(TrainProgress(self.record.id, event.epoch, self.record.config.epochs,
+                                                   event.global_step, event.total_steps, event.loss,
+                                                   event.images_per_s))
+
+    def on_epoch(self, event: EpochEnd) -> None:
+        self.record.epochs.append(event.to_dict())
+        self.target.post_message(EpochDone(self.record.id, event.epoch, event.epochs, event.val_acc, event.val_loss))
+
+    def on_run_end(self, result: TrainResult) -> None:
+        self.record.seconds = result.seconds
+        self.record.frozen_unchanged = result.frozen_unchanged

@@ -1,0 +1,46 @@
+"""App-wide messages. Progress messages coalesce: the numbers live in the RunRecord, so a newer
+message may replace an older one still in the queue without losing anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+
+@dataclass
+class WorkspaceReady(Message):
+    workspace: object  # freezetui.core.workspace.Workspace
+
+
+@dataclass
+class WorkspaceFailed(Message):
+    error: str
+
+
+@dataclass
+class PlanChanged(Message):
+    """The freeze state changed; totals, lints and details redraw."""
+
+
+@dataclass
+class TrainProgress(Message):
+    run_id: int
+    epoch: int
+    epochs: int
+    global_step: int
+    total_steps: int
+    loss: float
+    images_per_s: float
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TrainProgress) and message.run_id == self.run_id
+
+
+@dataclass
+class EpochDone(Message):
+    run_id: int
+    epoch: int
+    epochs: int
+    val_acc: float
+    val_loss: float

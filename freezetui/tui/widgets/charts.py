@@ -1,0 +1,62 @@
+"""Training loss per step (smoothed) and validation accuracy per epoch, with an optional run
+overlaid for comparison. Redrawn from a timer, from downsampled data, on the UI thread only."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual_plotext import PlotextPlot
+
+
+def smooth(values: list[float], alpha: float = 0.1) -> list[float]:
+    out, acc = [], None
+    for v in values:
+        acc = v if acc is None else acc + alpha * (v - acc)
+        out.append(acc)
+    return out
+
+
+def downsample(xs: list, ys: list, limit: int) -> tuple[list, list]:
+    """Keep at most ``limit`` evenly spaced points (and always the last one)."""
+    if len(xs) <= limit:
+        return xs, ys
+    step = len(xs) / limit
+    idx = sorted({int(i * step) for i in range(limit)} | {len(xs) - 1})
+    return [xs[i] for i in idx], [ys[i] for i in idx]
+
+
+class LossChart(PlotextPlot):
+    def draw(self, current, compare=None) -> None:
+        self.plt.clear_data()
+        self.plt.title("train loss per step")
+        limit = max(20, 2 * self.size.width)
+        for record, color in ((compare, "orange"), (current, "cyan")):
+            if record is not None and record.steps:
+                ys = smooth(list(record.steps))
+                xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
+                self.plt.plot(xs, ys, color=color, label=record.label, marker="braille")
+        self.refresh()
+
+
+class AccuracyChart(PlotextPlot):
+    def draw(self, current, compare=None) -> None:
+        self.plt.clear_data()
+        self.plt.title("val acc % (left) / loss")
+        for record, color in ((compare, "orange"), (current, "cyan")):
+            if record is not None and record.epochs:
+                xs = [e["epoch"] for e in record.epochs]
+                self.plt.plot(xs, [100 * e["val_acc"] for e in record.epochs], color=color,
+                              label=f"{record.label} acc", marker="braille")
+                self.plt.plot(xs, [e["val_loss"] for e in record.epochs], color=color, yside="right",
+                              label=f"{record.label} loss", marker="dot")
+        self.refresh()
+
+
+class Charts(Horizontal):
+    def compose(self) -> ComposeResult:
+        yield LossChart(id="loss-chart")
+        yield AccuracyChart(id="acc-chart")
+
+    def draw(self, current, compare=None) -> None:
+        self.query_one(LossChart).draw(current, compare)
+        self.query_one(AccuracyChart).draw(current, compare)

@@ -1,0 +1,33 @@
+"""Details of the highlighted module or parameter."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..format import STATE_STYLES
+
+
+class Details(Static):
+    def show(self, workspace, name: str | None) -> None:
+        if workspace is None or name is None:
+            self.update("")
+            return
+        node = workspace.nodes[name]
+        total, trainable = workspace.counts(name)
+        state = workspace.state(name)
+        text = Text()
+        text.append(name or "(whole model)", "bold")
+        text.append(f"  {node.kind}")
+        if node.is_param:
+            text.append(f"  shape {tuple(node.shape)}")
+        text.append("\n")
+        text.append(f"{total:,} params, {trainable:,} trainable  ")
+        text.append(state, STATE_STYLES[state])
+        origin = "new (random init)" if node.new else ("pretrained" if workspace.info.weights else "random init")
+        text.append(f"  · {origin}", "bold magenta" if node.new else "dim")
+        for lint in workspace.lints():
+            if lint.module and (lint.module == name or lint.module.startswith(name + ".") if name else True):
+                text.append(f"\n{lint.severity}: {lint.message}", "red" if lint.severity == "error" else "yellow")
+                break
+        self.update(text)

@@ -1,0 +1,38 @@
+"""Every run since the app started; Enter overlays a run's curves on the current ones."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.widgets import DataTable
+
+COLUMNS = ("run", "trainable", "settings", "best", "final", "time", "status")
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+class RunsTable(DataTable):
+    BINDINGS = [Binding("enter", "select_cursor", "Compare", id="compare")]
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.add_columns(*COLUMNS)
+
+    def upsert(self, record, compared: bool = False) -> None:
+        c = record.config
+        cells = (
+            record.label + (" ◆" if compared else ""),
+            f"{record.trainable:,} ({100 * record.trainable / max(1, record.total):.0f}%)",
+            f"{c.optimizer} lr {c.effective_lr:g} bs {c.batch_size} ep {c.epochs}",
+            _pct(record.best_acc),
+            _pct(record.final_acc),
+            f"{record.seconds:.0f}s",
+            record.status,
+        )
+        key = str(record.id)
+        if key in self.rows:
+            for col, value in zip(self.columns, cells):
+                self.update_cell(key, col, value)
+        else:
+            self.add_row(*cells, key=key)
