@@ -98,10 +98,10 @@ class FreezeApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(ModuleTree).border_title = "model"
-        self.query_one(LintsPanel).border_title = "lints"
-        self.query_one(LintsPanel).display = False
-        self.query_one(RunsTable).border_title = "runs (Enter: compare)"
+        self.main(ModuleTree).border_title = "model"
+        self.main(LintsPanel).border_title = "lints"
+        self.main(LintsPanel).display = False
+        self.main(RunsTable).border_title = "runs (Enter: compare)"
         self.set_interval(0.5, self.redraw_charts)
         if self.workspace is not None:
             self.show_workspace()
@@ -118,7 +118,7 @@ class FreezeApp(App):
     def show_workspace(self) -> None:
         ws = self.workspace
         self.sub_title = ws.describe()
-        tree = self.query_one(ModuleTree)
+        tree = self.main(ModuleTree)
         tree.load(ws)
         tree.focus()
         self.refresh_plan()
@@ -127,27 +127,31 @@ class FreezeApp(App):
         for w in (ws.data.warnings if ws.data else []):
             self.notify(w, title="data", severity="warning", timeout=10)
 
+    def main(self, selector):
+        """A widget of the main screen, even while a dialog is on top."""
+        return self.screen_stack[0].query_one(selector)
+
     # ------------------------------------------------------------------ plan views
 
     def refresh_plan(self) -> None:
         ws = self.workspace
         if ws is None:
             return
-        self.query_one(Totals).show(ws)
-        self.query_one(LintsPanel).show(ws.lints(self.config.image_size))
-        tree = self.query_one(ModuleTree)
+        self.main(Totals).show(ws)
+        self.main(LintsPanel).show(ws.lints(self.config.image_size))
+        tree = self.main(ModuleTree)
         node = tree.cursor_node
-        self.query_one(Details).show(ws, node.data if node is not None else None)
+        self.main(Details).show(ws, node.data if node is not None else None)
 
     @on(PlanChanged)
     def on_plan_changed(self) -> None:
-        self.query_one(ModuleTree).repaint()
+        self.main(ModuleTree).repaint()
         self.refresh_plan()
 
     @on(ModuleTree.NodeHighlighted)
     def on_node_highlighted(self, event: ModuleTree.NodeHighlighted) -> None:
         if self.workspace is not None and event.node.data is not None:
-            self.query_one(Details).show(self.workspace, event.node.data)
+            self.main(Details).show(self.workspace, event.node.data)
 
     def edit_plan(self, fn, *args) -> bool:
         """Run a workspace edit; say why in a notification when it cannot be done."""
@@ -240,13 +244,13 @@ class FreezeApp(App):
         self.push_screen(SettingsScreen(self.config), done)
 
     def action_help(self) -> None:
-        tree = self.query_one(ModuleTree)
+        tree = self.main(ModuleTree)
         keys = key_table([*tree.BINDINGS, *self.BINDINGS])
         self.push_screen(HelpScreen(keys))
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
-        tree = self.query_one(ModuleTree)
+        tree = self.main(ModuleTree)
         yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")())
         yield from binding_commands(self.BINDINGS, lambda a: self.run_action(a))
 
@@ -270,13 +274,13 @@ class FreezeApp(App):
             def answered(yes: bool | None) -> None:
                 if yes:
                     self.stop_event.set()
-                    self.query_one(RunPanel).finish("stopping after this batch…")
+                    self.main(RunPanel).finish("stopping after this batch…")
             self.push_screen(ConfirmScreen("Stop the run? What it trained so far is kept."), answered)
             return
         self.stop_event = threading.Event()
         record = self.workspace.new_run(dataclasses.replace(self.config))
-        self.query_one(RunsTable).upsert(record)
-        self.query_one(RunPanel).start(record.label, None)
+        self.main(RunsTable).upsert(record)
+        self.main(RunPanel).start(record.label, None)
         self.charts_dirty = True
         self.workspace.locked = True  # read-only from now, not from when the worker starts
         self.train_worker(record)
@@ -288,13 +292,13 @@ class FreezeApp(App):
     @on(TrainProgress)
     def on_train_progress(self, m: TrainProgress) -> None:
         record = self.current_run
-        self.query_one(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
+        self.main(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
                                           m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
         self.charts_dirty = True
 
     @on(EpochDone)
     def on_epoch_done(self, m: EpochDone) -> None:
-        self.query_one(RunsTable).upsert(self.current_run, False)
+        self.main(RunsTable).upsert(self.current_run, False)
         self.charts_dirty = True
 
     @property
@@ -315,7 +319,7 @@ class FreezeApp(App):
             return
         self.workspace.locked = False
         record = self.current_run
-        panel = self.query_one(RunPanel)
+        panel = self.main(RunPanel)
         if state == WorkerState.SUCCESS:
             result = worker.result
             record.status = "stopped" if result.stopped else "done"
@@ -329,7 +333,7 @@ class FreezeApp(App):
             record.error = self._error_text(worker.error)
             panel.finish(f"run {record.label} failed: {record.error}")
             self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
-        self.query_one(RunsTable).upsert(record, False)
+        self.main(RunsTable).upsert(record, False)
         self.charts_dirty = True
         if self.quit_requested:
             self.exit()
@@ -347,7 +351,7 @@ class FreezeApp(App):
         run_id = int(event.row_key.value)
         self.compare_id = None if self.compare_id == run_id else run_id
         for record in self.workspace.runs:
-            self.query_one(RunsTable).upsert(record, record.id == self.compare_id)
+            self.main(RunsTable).upsert(record, record.id == self.compare_id)
         self.charts_dirty = True
 
     def redraw_charts(self) -> None:
@@ -357,13 +361,13 @@ class FreezeApp(App):
         runs = {r.id: r for r in self.workspace.runs}
         current = self.current_run
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        self.query_one(Charts).draw(current, compare)
+        self.main(Charts).draw(current, compare)
 
     async def action_quit(self) -> None:
         if self.training:
             self.quit_requested = True
             self.stop_event.set()
-            self.query_one(RunPanel).finish("stopping the run to quit; keeping what it trained…")
+            self.main(RunPanel).finish("stopping the run to quit; keeping what it trained…")
             return
         self.exit()
 

@@ -28,5 +28,5 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(classes="dialog", id="help"):
             yield Label("freezetui keys", classes="dialog-title")
             rows = "\n".join(f"{k:>14}  {d}" for k, d in [*self.keys, *EXTRA])
-            yield Static(rows)
+            yield Static(rows, id="keys")
             yield Label("Esc or ? closes", classes="dialog-help")

@@ -1,0 +1,250 @@
+"""Pilot tests: every key against a small model, checked through the workspace, the widgets and
+the files the app writes."""
+
+import json
+
+import pytest
+
+from freezetui.core.train import TrainConfig
+from freezetui.tui.app import AppOptions, create_app
+from freezetui.tui.widgets.lints import LintsPanel
+from freezetui.tui.widgets.module_tree import ModuleTree
+from freezetui.tui.widgets.totals import Totals
+from tui.fakes import blocking_trainer, failing_trainer, fake_trainer, small_workspace
+
+SIZE = (110, 34)
+
+
+def make_app(tmp_path, trainer=fake_trainer, **config):
+    options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir=str(tmp_path / "runs"),
+                         config=TrainConfig(epochs=config.pop("epochs", 3), device="cpu", **config))
+    return create_app(options, workspace=small_workspace(), trainer=trainer)
+
+
+def text_of(widget) -> str:
+    return str(widget.render())
+
+
+async def test_starts_on_root_expanded_one_level(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        tree = app.query_one(ModuleTree)
+        assert tree.cursor_node is tree.root and tree.root.is_expanded
+        assert [c.data for c in tree.root.children] == ["stem", "block1", "block2", "pool", "fc"]
+        assert not tree.root.children[0].children  # lazily filled
+        await pilot.press("l", "l")  # to stem, expand it
+        assert [c.data for c in tree.root.children[0].children] == ["stem.0", "stem.1", "stem.2"]
+        assert "tiny:tiny_cnn" in app.sub_title and "shapes" in app.sub_title and "cpu" in app.sub_title
+
+
+async def test_space_toggles_and_totals_follow(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.workspace
+        await pilot.press("space")
+        assert ws.state("") == "frozen"
+        assert "trainable 0 (0.0%)" in text_of(app.query_one(Totals))
+        await pilot.press("j", "space")  # stem back to trainable: root is mixed
+        assert ws.state("stem") == "trainable" and ws.state("") == "mixed"
+        await pilot.press("k", "space")  # a mixed node becomes frozen
+        assert ws.state("") == "frozen"
+        total = ws.totals()["total"]
+        assert f"frozen {total:,}" in text_of(app.query_one(Totals))
+
+
+async def test_f_u_and_freeze_before(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.workspace
+        await pilot.press("j", "j", "f")  # block1
+        assert ws.state("block1") == "frozen" and ws.state("stem") == "trainable"
+        await pilot.press("u")
+        assert ws.state("block1") == "trainable"
+        await pilot.press("j", "F")  # freeze everything before block2
+        assert ws.plan.frozen == [n for n in ws.param_names if n.startswith(("stem.", "block1."))]
+        assert "backward stops at block2.0" in text_of(app.query_one(Totals))
+
+
+async def test_presets_and_batchnorm(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.workspace
+        await pilot.press("H")
+        assert ws.plan.trainable == ["fc.weight", "fc.bias"]
+        await pilot.press("A")
+        assert ws.plan.frozen == []
+        await pilot.press("b")
+        assert ws.batchnorm == "train"
+        await pilot.press("H")
+        lints = text_of(app.query_one(LintsPanel))
+        assert app.query_one(LintsPanel).display and "running statistics still move" in lints
+        await pilot.press("b")
+        assert ws.batchnorm == "freeze"
+
+
+async def test_frozen_new_head_lint_is_visible(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        assert not app.query_one(LintsPanel).display
+        await pilot.press("space")
+        panel = app.query_one(LintsPanel)
+        assert panel.display and panel.has_class("has-error")
+        assert "fc is new (randomly initialised) and frozen" in text_of(panel)
+
+
+async def test_glob_dialog_freezes_and_reports_no_match(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash")
+        await pilot.press(*"*.1.*", "enter")  # BatchNorm layers: stem.1, block1.1, block2.1
+        assert app.workspace.plan.frozen == [n for n in app.workspace.param_names if ".1." in n]
+        await pilot.press("slash", *"nothing*", "enter")
+        error = app.screen.query_one("#error")
+        assert "matches no parameter" in text_of(error)
+        await pilot.press("escape")
+        await pilot.press("slash", *"block2", "tab", "down", "enter")  # choose "unfreeze"
+        await pilot.press("shift+tab", "enter")
+        # back at the main screen; unfreezing block2 removed its BN from the frozen set
+        assert "block2.1.weight" not in app.workspace.plan.frozen
+
+
+async def test_export_writes_plan_and_asks_before_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("H", "e")
+        assert app.screen.query_one("#path").value == "freeze-plan.json"
+        await pilot.press("enter")
+        saved = json.loads((tmp_path / "freeze-plan.json").read_text())
+        assert saved["trainable"] == ["fc.weight", "fc.bias"] and saved["version"] == 1
+        assert saved["counts"]["trainable"] == 650
+        await pilot.press("A", "e", "enter")  # file exists: a question
+        assert "Overwrite" in text_of(app.screen.query("Label").first())
+        await pilot.press("n")
+        assert json.loads((tmp_path / "freeze-plan.json").read_text()) == saved
+        await pilot.press("escape", "e", "enter", "y")
+        assert json.loads((tmp_path / "freeze-plan.json").read_text())["frozen"] == []
+
+
+async def test_open_plan_applies_or_changes_nothing(tmp_path):
+    ws = small_workspace()
+    ws.head_only()
+    good = ws.export(tmp_path / "good.json")
+    bad = tmp_path / "bad.json"
+    d = json.loads(good.read_text())
+    d["frozen"] = d["frozen"][1:]  # a parameter missing
+    bad.write_text(json.dumps(d))
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("o")
+        app.screen.query_one("#path").value = str(bad)
+        await pilot.press("enter")
+        assert "does not fit this model" in text_of(app.screen.query_one("#error"))
+        assert app.workspace.plan.frozen == []  # nothing applied half-way
+        app.screen.query_one("#path").value = str(good)
+        await pilot.press("enter")
+        assert app.workspace.plan.trainable == ["fc.weight", "fc.bias"]
+
+
+async def test_settings_validate_and_apply(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        app.screen.query_one("#epochs").value = "0"
+        await pilot.press("enter")
+        assert "epochs must be a positive" in text_of(app.screen.query_one("#error"))
+        app.screen.query_one("#epochs").value = "2"
+        app.screen.query_one("#lr").value = "0.01"
+        await pilot.press("enter")
+        assert app.config.epochs == 2 and app.config.lr == 0.01
+
+
+async def test_t_trains_and_runs_table_compares(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        run1 = app.workspace.runs[0]
+        assert run1.status == "done" and len(run1.epochs) == 3 and len(run1.steps) == 12
+        await pilot.press("H", "t")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        run2 = app.workspace.runs[1]
+        assert run2.trainable == 650 and run1.trainable == app.workspace.totals()["total"]
+        table = app.query_one("#runs")
+        assert table.row_count == 2
+        table.focus()
+        await pilot.press("up", "enter")  # overlay run #1
+        assert app.compare_id == 1
+        assert "#1 ◆" in str(table.get_row("1")[0])
+
+
+async def test_tree_is_read_only_during_a_run_and_t_asks_to_stop(tmp_path):
+    app = make_app(tmp_path, trainer=blocking_trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await pilot.pause(0.2)
+        assert app.training
+        await pilot.press("space")
+        assert app.workspace.state("") == "trainable"  # unchanged
+        await pilot.press("t")
+        assert "Stop the run?" in text_of(app.screen.query("Label").first())
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.workspace.runs[0].status == "stopped" and not app.training
+
+
+async def test_q_during_a_run_stops_worker_and_exits(tmp_path):
+    app = make_app(tmp_path, trainer=blocking_trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await pilot.pause(0.2)
+        await pilot.press("q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    assert app.workspace.runs[0].status == "stopped"
+    assert not any(w.is_running for w in app.workers)
+    assert app.return_code == 0
+
+
+async def test_failed_run_names_the_cause_and_app_stays_up(tmp_path):
+    app = make_app(tmp_path, trainer=failing_trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        record = app.workspace.runs[0]
+        assert record.status == "failed" and "loss became nan" in record.error
+        assert "lower the learning rate" in text_of(app.query_one("#run-status"))
+        assert app.is_running
+
+
+async def test_real_training_run_writes_a_run_folder(tmp_path):
+    app = make_app(tmp_path, trainer=__import__("freezetui.tui.app", fromlist=["x"]).default_trainer, epochs=1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("j", "f", "t")  # freeze the stem, train
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        record = app.workspace.runs[0]
+        assert record.status == "done" and record.frozen_unchanged
+        assert (record.folder / "model.pt").exists()
+        summary = json.loads((record.folder / "summary.json").read_text())
+        assert summary["frozen_unchanged"] is True
+        assert json.loads((record.folder / "plan.json").read_text())["frozen"][:2] == ["stem.0.weight", "stem.0.bias"]
+        assert str(record.folder) in text_of(app.query_one("#run-status"))
+
+
+async def test_help_and_command_palette_list_every_key(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for expected in ("Toggle (space)", "Freeze (f)", "Freeze before (F)", "Train/stop (t)", "Export (e)",
+                         "Glob (/)", "Head only (H)", "Settings (c)", "Open plan (o)", "Quit (q)"):
+            assert expected in titles
+        await pilot.press("question_mark")
+        help_text = text_of(app.screen.query_one("#keys"))
+        assert "Freeze before" in help_text and "Train/stop" in help_text
+        await pilot.press("escape")
+        assert app.screen is app.screen_stack[0]
