@@ -17,11 +17,16 @@ def _clock(seconds: float) -> str:
 class RunPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("no run yet · t trains with the current plan", id="run-status")
-        yield ProgressBar(total=None, show_eta=False, show_percentage=True, id="run-progress")
+        # Hidden until a run starts: an idle indeterminate bar animates for nothing.
+        bar = ProgressBar(total=100, show_eta=False, show_percentage=True, id="run-progress")
+        bar.display = False
+        yield bar
 
     def start(self, label: str, total_steps: int | None) -> None:
         self.started = time.monotonic()
-        self.query_one(ProgressBar).update(total=total_steps, progress=0)
+        bar = self.query_one(ProgressBar)
+        bar.display = True
+        bar.update(total=total_steps or 100, progress=0)
         self.query_one("#run-status", Static).update(f"run {label}: starting…")
 
     def progress(self, label: str, epoch: int, epochs: int, step: int, total: int, ips: float, device: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-COLUMNS = ("run", "trainable", "settings", "best", "final", "time", "status")
+COLUMNS = ("run", "trainable", "best", "final", "status", "time", "settings")
 
 
 def _pct(x) -> str:
@@ -24,11 +24,11 @@ class RunsTable(DataTable):
         cells = (
             record.label + (" ◆" if compared else ""),
             f"{record.trainable:,} ({100 * record.trainable / max(1, record.total):.0f}%)",
-            f"{c.optimizer} lr {c.effective_lr:g} bs {c.batch_size} ep {c.epochs}",
             _pct(record.best_acc),
             _pct(record.final_acc),
-            f"{record.seconds:.0f}s",
             record.status,
+            f"{record.seconds:.0f}s",
+            f"{c.optimizer} lr {c.effective_lr:g} bs {c.batch_size} ep {c.epochs}",
         )
         key = str(record.id)
         if key in self.rows:
