@@ -141,6 +141,12 @@ class Workspace:
             for k in range(len(parts) + 1):
                 r = ranges.setdefault(".".join(parts[:k]), [i, i + 1])
                 r[0], r[1] = min(r[0], i), max(r[1], i + 1)
+        # A module without parameters sits between its neighbours in parameter order.
+        seen = 0
+        for name in own:
+            if name not in ranges:
+                nodes[name].start = nodes[name].end = seen
+            seen += len(own[name])
         for name, (a, b) in ranges.items():
             nodes[name].start, nodes[name].end = a, b
         for name, params in own.items():

@@ -1,0 +1,48 @@
+"""Regenerate assets/freezetui.svg: the app, driven by keys, saves a screenshot of itself.
+
+ResNet-18 (random init: no download) on the built-in shapes data; one run with everything
+trainable, one with the feature extractor frozen, the first overlaid on the second.
+
+    python assets/make_screenshot.py
+"""
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from freezetui.core.train import TrainConfig
+from freezetui.tui.app import AppOptions, create_app
+
+OUT = Path(__file__).with_name("freezetui.svg")
+
+
+async def main() -> None:
+    runs = tempfile.mkdtemp()
+    app = create_app(AppOptions(model="resnet18", weights="none", runs_dir=runs,
+                                config=TrainConfig(epochs=1, device="cpu")))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("t")  # everything trainable
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        for _ in range(10):  # down to fc
+            await pilot.press("j")
+        await pilot.press("F", "t")  # freeze everything before fc
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        app.main("#runs").focus()
+        await pilot.press("up", "enter")
+        app.clear_notifications()
+        app.main("#tree").focus()
+        await pilot.press("k", "k")
+        app.redraw_charts()
+        await pilot.pause()
+        app.save_screenshot(str(OUT.name), path=str(OUT.parent))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("FREEZETUI_OFFLINE", "1")
+    asyncio.run(main())

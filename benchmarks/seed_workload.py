@@ -1,0 +1,104 @@
+"""Benchmark 1: the seed's workload, its own loop against freezetui's engine, in one run.
+
+AlexNet with the seed's small-input stem, features.* frozen, Adam lr 1e-4 wd 1e-2, random-crop
+augmentation, on the same generated 32×32 image folder. Random weights (no download needed);
+speed does not depend on the weights' values.
+
+    python benchmarks/seed_workload.py [--images 1000] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms as transforms
+from PIL import Image
+from torch import nn
+
+from freezetui import FreezePlan, TrainConfig, build_model, train
+from freezetui.core.data import load_data
+
+
+def make_folder(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = root / f"class{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def seed_loop(folder: Path, device: str) -> float:
+    """The seed's code, ported faithfully (ImageFolder instead of CIFAR10): batch 16, per-image
+    PIL transforms, Adam over model.parameters(), every layer run with autograd."""
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.ToTensor(),
+                                    transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    trainset = torchvision.datasets.ImageFolder(str(folder), transform=transform)
+    loader = torch.utils.data.DataLoader(trainset, batch_size=16, shuffle=True)
+    model = torchvision.models.alexnet(weights=None)
+    num_ftrs = model.classifier[6].in_features
+    model.features[0] = nn.Conv2d(3, 64, kernel_size=5, stride=1)
+    model.classifier[6] = nn.Linear(num_ftrs, 10)
+    model = model.to(device)
+    for i, (name, param) in enumerate(model.named_parameters()):
+        param.requires_grad = False
+        if i == 9:
+            break
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-2)
+    model.train()
+    seen, t0 = 0, time.perf_counter()
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = criterion(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+        seen += len(labels)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+def freezetui_run(folder: Path, device: str, batch_size: int) -> float:
+    data = load_data(str(folder))
+    model = build_model("alexnet", weights="none", num_classes=10, small_input=True)
+    plan = FreezePlan.from_model(model)
+    plan.freeze("features.*")
+    config = TrainConfig(epochs=1, batch_size=batch_size, optimizer="adam", lr=1e-4, weight_decay=1e-2,
+                         device=device)
+    return train(model, plan, data, config).train_images_per_s
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_folder(Path(tmp) / "imgs", args.images)
+        seed = seed_loop(folder, args.device)
+        ours = freezetui_run(folder, args.device, args.batch_size)
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    row = {"benchmark": "seed workload (AlexNet small-input, features.* frozen)", "date": str(date.today()),
+           "machine": machine, "torch": torch.__version__, "seed_images_per_s": round(seed, 1),
+           "freezetui_images_per_s": round(ours, 1), "batch_size": args.batch_size,
+           "speedup": round(ours / seed, 2)}
+    print(json.dumps(row, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
