@@ -246,10 +246,15 @@ class Workspace:
         return plan
 
     def lints(self, image_size: int | None = None) -> list[Lint]:
+        """The core's lints for the current state, computed once per edit (the details panel
+        asks on every cursor move)."""
         size = image_size or (self.data.image_size if self.data else None)
-        order = self.param_names
-        plan = self.plan
-        return check(plan, self.model, image_size=size, min_size=self.info.min_size, order=order)
+        key = (self.version, size)
+        if getattr(self, "_lints_key", None) != key:
+            self._lints = check(self.plan, self.model, image_size=size, min_size=self.info.min_size,
+                                order=self.param_names)
+            self._lints_key = key
+        return self._lints
 
     def export(self, path: str | Path) -> Path:
         return self.plan.save(path)
