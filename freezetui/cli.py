@@ -82,6 +82,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="do not cache the frozen prefix's outputs (they are cached when that changes nothing)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trainable part")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -251,6 +254,9 @@ class ConsoleProgress:
         print(f"training on {ev.device}: {ev.train_images} train / {ev.val_images} val images at "
               f"{ev.input_size} px, {ev.epochs} epoch(s) of {ev.steps_per_epoch} steps, lr {ev.lr:g}",
               file=self.stream, flush=True)
+        if ev.backward_stop:
+            how = "its outputs cached" if ev.feature_cache else "run without gradients"
+            print(f"frozen prefix up to {ev.backward_stop}: {how}", file=self.stream, flush=True)
 
     def on_step(self, ev):
         now = time.monotonic()
@@ -276,7 +282,7 @@ def config_from_args(args):
     cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, momentum=args.momentum, image_size=args.image_size, augment=args.augment,
-        device=args.device, seed=args.seed, amp=args.amp,
+        device=args.device, seed=args.seed, amp=args.amp, cache=args.cache, compile=args.compile,
     )
     cfg.validate()
     return cfg
@@ -297,6 +303,7 @@ def cmd_train(args) -> int:
     from .core.models import model_info
     from .core.plan import FreezePlan
     from .core.runs import RunWriter
+    from .core.split import trace
     from .core.train import output_classes, resolve_device, train
 
     config = config_from_args(args)
@@ -318,8 +325,9 @@ def cmd_train(args) -> int:
     if outputs is not None and outputs != data.num_classes:
         raise PlanError(f"the model's head has {outputs} outputs but {data.name} has {data.num_classes} classes; "
                         f"make the plan with --num-classes {data.num_classes}")
-    _print_lints(check(plan, model, image_size=config.image_size or data.image_size, min_size=info.min_size),
-                 stream=sys.stderr)
+    traced = trace(model)
+    _print_lints(check(plan, model, image_size=config.image_size or data.image_size, min_size=info.min_size,
+                       order=traced.param_order if traced else None), stream=sys.stderr)
 
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)

@@ -16,6 +16,7 @@ from .data import BatchTransform, Dataset, Split, random_crop_flip
 from .errors import TrainingError
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
+from .split import find_cut, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEFAULT_BATCH = 64
@@ -37,6 +38,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
+    cache: bool = True  # cache the frozen prefix's output when that gives the same result
+    compile: bool = False  # torch.compile the trainable part
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -78,6 +81,8 @@ class RunStart:
     val_images: int
     input_size: int
     lr: float
+    feature_cache: bool = False  # training reads cached prefix outputs
+    backward_stop: str | None = None  # where the frozen prefix ends (None: no prefix)
 
 
 @dataclass
@@ -115,6 +120,8 @@ class TrainResult:
     seconds: float = 0.0
     device: str = "cpu"
     error: str | None = None
+    feature_cache: bool = False
+    frozen_prefix: str | None = None
 
     @property
     def val_acc(self) -> float | None:
@@ -136,6 +143,8 @@ class TrainResult:
             "seconds": self.seconds,
             "device": self.device,
             "error": self.error,
+            "feature_cache": self.feature_cache,
+            "frozen_prefix": self.frozen_prefix,
         }
 
 
@@ -214,20 +223,61 @@ def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
-             device: torch.device, amp: bool) -> tuple[float, float]:
+             device: torch.device, amp: bool, features: "FeatureStore | None" = None,
+             rest: nn.Module | None = None) -> tuple[float, float]:
+    """Validation loss and accuracy, from cached prefix features when given."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
     for i in range(0, len(split), batch_size):
-        x = transform(split.images[i:i + batch_size].to(device, non_blocking=True))
         y = split.labels[i:i + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = logits_of(model(x))
+            if features is not None:
+                out = logits_of(rest(features.get(slice(i, i + batch_size))))
+            else:
+                out = logits_of(model(transform(split.images[i:i + batch_size].to(device, non_blocking=True))))
         total_loss += F.cross_entropy(out.float(), y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
     model.train(was_training)
     n = max(1, len(split))
     return total_loss / n, correct / n
+
+
+class FeatureStore:
+    """A frozen prefix's outputs for a whole split, computed once: on the training device when
+    they fit in half of its free memory, else on the CPU and moved per batch."""
+
+    def __init__(self, prefix: nn.Module, images: torch.Tensor, transform: BatchTransform, device: torch.device,
+                 amp: bool, chunk: int = 256):
+        parts, on_device = [], True
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            for i in range(0, len(images), chunk):
+                f = prefix(transform(images[i:i + chunk].to(device, non_blocking=True)))
+                if i == 0 and device.type == "cuda":
+                    need = f[0].numel() * f.element_size() * len(images)
+                    on_device = need < 0.5 * torch.cuda.mem_get_info(device)[0]
+                parts.append(f if on_device else f.cpu())
+        self.features = torch.cat(parts)
+        self.device = device
+
+    def get(self, index) -> torch.Tensor:
+        return self.features[index].to(self.device, non_blocking=True)
+
+
+def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig):
+    """(prefix, rest, cut, cache_train, cache_val) for this plan; prefix None when there is none.
+
+    Cached features equal what the prefix computes each step only when nothing in it changes
+    between steps: no augmentation (for the training set) and BatchNorm statistics kept.
+    """
+    traced = trace(model)
+    cut = find_cut(traced, set(plan.frozen)) if traced is not None else None
+    if cut is None:
+        return None, None, None, False, False
+    prefix, rest = split(traced, cut)
+    stable = plan.batchnorm == "freeze" or not cut.has_batchnorm
+    cache_val = config.cache and stable
+    return prefix, rest, cut, cache_val and not config.augment, cache_val
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -272,14 +322,24 @@ def train(
     n = len(train_split)
     bs = min(config.batch_size, n)
     steps = n // bs if n >= bs else 1  # drop the ragged last batch, as BatchNorm dislikes size 1
-    result = TrainResult(epochs=0, device=str(device))
-    start_ev = RunStart(config.epochs, steps, str(device), n, len(data.val), transform.size, config.effective_lr)
+    prefix, rest, cut, cache_train, cache_val = plan_split(model, plan, config)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    head = rest if rest is not None else model
+    step_fn = torch.compile(head) if config.compile else head
+    result = TrainResult(epochs=0, device=str(device), feature_cache=cache_train,
+                         frozen_prefix=cut.name if cut else None)
+    start_ev = RunStart(config.epochs, steps, str(device), n, len(data.val), transform.size, config.effective_lr,
+                        cache_train, cut.name if cut else None)
     for cb in callbacks:
         cb.on_run_start(start_ev)
 
     t_run = time.perf_counter()
     images_total, train_seconds = 0, 0.0
     try:
+        model.eval()
+        train_features = FeatureStore(prefix, train_split.images, transform, device, amp) if cache_train else None
+        val_features = FeatureStore(prefix, data.val.images, transform, device, amp) if cache_val else None
         for epoch in range(1, config.epochs + 1):
             model.train()
             perm = torch.randperm(n, generator=gen).to(device)
@@ -290,12 +350,18 @@ def train(
                     result.stopped = True
                     break
                 idx = perm[(step - 1) * bs: step * bs]
-                x = transform(train_split.images[idx])
-                if config.augment:
-                    x = random_crop_flip(x, gen)
                 y = train_split.labels[idx]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = F.cross_entropy(logits_of(model(x)).float(), y)
+                    if train_features is not None:
+                        x = train_features.get(idx)
+                    else:
+                        x = transform(train_split.images[idx])
+                        if config.augment:
+                            x = random_crop_flip(x, gen)
+                        if prefix is not None:
+                            with torch.no_grad():  # the frozen prefix keeps no activations
+                                x = prefix(x)
+                    loss = F.cross_entropy(logits_of(step_fn(x)).float(), y)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise TrainingError(
@@ -317,7 +383,7 @@ def train(
                 break
             images_total += seen
             train_seconds += epoch_train_s
-            val_loss, val_acc = evaluate(model, data.val, transform, max(bs, 256), device, amp)
+            val_loss, val_acc = evaluate(model, data.val, transform, max(bs, 256), device, amp, val_features, rest)
             ev = EpochEnd(epoch, config.epochs, loss_sum / max(1, seen), val_loss, val_acc,
                           seen / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0)
             result.history.append(ev)

@@ -21,6 +21,7 @@ from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan, glob_matches
 from .runs import RunWriter, new_run_dir
+from .split import find_cut, trace
 from .train import Callback, TrainConfig, TrainResult, resolve_device, train
 
 
@@ -93,6 +94,8 @@ class Workspace:
         self.locked = False  # read-only while a run is in progress
         self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.runs: list[RunRecord] = []
+        self.traced = trace(model)  # once: every freeze edit then finds its cut in O(nodes)
+        self.order = self.traced.param_order if self.traced else self.param_names
         if plan is not None:
             self.load_plan_object(plan)
 
@@ -174,9 +177,13 @@ class Workspace:
                 "percent": 100.0 * trainable / total if total else 0.0}
 
     def backward_stop(self) -> str | None:
-        """The first trainable parameter in parameter order: backward runs no further down."""
+        """Where the frozen prefix ends in the forward graph (backward runs no further down),
+        or, for a model that cannot be traced, the first trainable parameter's module."""
+        if self.traced is not None:
+            cut = find_cut(self.traced, {n for n, f in zip(self.param_names, self.frozen) if f})
+            return cut.name if cut else None
         idx = np.flatnonzero(~self.frozen)
-        return self.param_names[idx[0]] if len(idx) else None
+        return self.param_names[idx[0]].rpartition(".")[0] if len(idx) and idx[0] > 0 else None
 
     # ------------------------------------------------------------------ editing
 
@@ -252,7 +259,7 @@ class Workspace:
         key = (self.version, size)
         if getattr(self, "_lints_key", None) != key:
             self._lints = check(self.plan, self.model, image_size=size, min_size=self.info.min_size,
-                                order=self.param_names)
+                                order=self.order)
             self._lints_key = key
         return self._lints
 

@@ -62,7 +62,7 @@ async def test_f_u_and_freeze_before(tmp_path):
         assert ws.state("block1") == "trainable"
         await pilot.press("j", "F")  # freeze everything before block2
         assert ws.plan.frozen == [n for n in ws.param_names if n.startswith(("stem.", "block1."))]
-        assert "backward stops at block2.0" in text_of(app.query_one(Totals))
+        assert "frozen prefix ends at block1.3" in text_of(app.query_one(Totals))
         await pilot.press("j", "F")  # pool has no parameters: everything before it, i.e. all but fc
         assert ws.plan.trainable == ["fc.weight", "fc.bias"]
 

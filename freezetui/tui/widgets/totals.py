@@ -18,6 +18,6 @@ class Totals(Static):
         text.append(f"frozen {t['frozen']:,}", "cyan")
         text.append(f"  · BN {workspace.batchnorm}")
         stop = workspace.backward_stop()
-        if stop and t["frozen"]:
-            text.append(f"\nbackward stops at {stop.rpartition('.')[0] or stop}", "dim")
+        if stop:
+            text.append(f"\nfrozen prefix ends at {stop}: backward stops there", "dim")
         self.update(text)
