@@ -37,7 +37,7 @@ async def main() -> None:
         app.clear_notifications()
         app.main("#tree").focus()
         await pilot.press("k", "k")
-        app.redraw_charts()
+        app.redraw_charts(force=True)
         await pilot.pause()
         app.save_screenshot(str(OUT.name), path=str(OUT.parent))
     print(f"wrote {OUT}")

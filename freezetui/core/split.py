@@ -25,6 +25,7 @@ class Traced:
     node_params: list[list[str]]  # parameter names each node uses directly
     live_after: list[int]  # how many values of nodes[0..i] are still needed after node i
     last_use: list[int]  # index of the last node that uses node i (i itself when none)
+    kinds: list[str]  # class name of each call_module node's module, "" for other nodes
     param_order: list[str]  # parameters in the order the forward pass first uses them
 
 
@@ -69,7 +70,8 @@ def trace(model: nn.Module) -> Traced | None:
             if p not in seen:
                 seen.add(p)
                 order.append(p)
-    return Traced(gm, nodes, node_params, live_after, last_use, order)
+    kinds = [type(gm.get_submodule(n.target)).__name__ if n.op == "call_module" else "" for n in nodes]
+    return Traced(gm, nodes, node_params, live_after, last_use, kinds, order)
 
 
 def _attr(root: nn.Module, target: str):
@@ -89,7 +91,7 @@ def find_cut(traced: Traced, frozen: set[str]) -> Cut | None:
         if n.op == "output" or any(p not in frozen for p in traced.node_params[i]):
             break
         if n.op == "call_module":
-            kind = type(traced.gm.get_submodule(n.target)).__name__
+            kind = traced.kinds[i]
             if any(s in kind for s in STOCHASTIC):
                 break
             has_bn |= "BatchNorm" in kind

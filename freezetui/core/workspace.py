@@ -92,7 +92,9 @@ class Workspace:
         self.heads = find_heads(model)
         self.version = 0
         self.locked = False  # read-only while a run is in progress
-        self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        # Taken when the first run starts (on the worker thread): copying ViT-L's 1.2 GB here
+        # would delay the first drawn tree by seconds.
+        self.initial_state: dict | None = None
         self.runs: list[RunRecord] = []
         self.traced = trace(model)  # once: every freeze edit then finds its cut in O(nodes)
         self.order = self.traced.param_order if self.traced else self.param_names
@@ -301,7 +303,10 @@ class Workspace:
             raise PlanError("no data loaded")
         self.locked = True
         try:
-            self.model.load_state_dict(self.initial_state)
+            if self.initial_state is None:
+                self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            else:
+                self.model.load_state_dict(self.initial_state)
             plan = self.plan
             record.folder = new_run_dir(runs_dir, f"{self.info.name.replace(':', '-')}-{record.id}")
             writer = RunWriter(record.folder, self.model, plan, record.config,

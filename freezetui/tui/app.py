@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -80,6 +81,8 @@ class FreezeApp(App):
         self.quit_requested = False
         self.compare_id: int | None = None
         self.charts_dirty = False
+        self.last_chart_draw = 0.0
+        self.chart_draw_seconds = 0.0
 
     # ------------------------------------------------------------------ layout
 
@@ -325,8 +328,8 @@ class FreezeApp(App):
             record.status = "stopped" if result.stopped else "done"
             best = f"{100 * record.best_acc:.1f}%" if record.best_acc is not None else "—"
             frozen = "frozen params unchanged" if result.frozen_unchanged else "FROZEN PARAMS CHANGED"
-            panel.finish(f"run {record.label} {record.status}: best val acc {best} · {frozen} · "
-                         f"saved to {record.folder}")
+            panel.finish(f"run {record.label} {record.status} · best val acc {best} · saved to {record.folder} · "
+                         f"{frozen}")
             self.notify(f"Run {record.label} {record.status}; saved to {record.folder}")
         else:
             record.status = "failed"
@@ -335,6 +338,7 @@ class FreezeApp(App):
             self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
         self.main(RunsTable).upsert(record, False)
         self.charts_dirty = True
+        self.redraw_charts(force=True)
         if self.quit_requested:
             self.exit()
 
@@ -353,15 +357,24 @@ class FreezeApp(App):
         for record in self.workspace.runs:
             self.main(RunsTable).upsert(record, record.id == self.compare_id)
         self.charts_dirty = True
+        self.redraw_charts(force=True)
 
-    def redraw_charts(self) -> None:
+    def redraw_charts(self, force: bool = False) -> None:
+        """Redraw from the runs' data when it changed. Plotting is pure Python and shares the
+        CPU with training, so it may take at most ~5 % of the time: after a draw that took d
+        seconds, the next waits at least 20·d."""
         if not self.charts_dirty or self.workspace is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_chart_draw < 20 * self.chart_draw_seconds:
             return
         self.charts_dirty = False
         runs = {r.id: r for r in self.workspace.runs}
         current = self.current_run
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
         self.main(Charts).draw(current, compare)
+        self.last_chart_draw = time.monotonic()
+        self.chart_draw_seconds = self.last_chart_draw - now
 
     async def action_quit(self) -> None:
         if self.training:

@@ -43,7 +43,7 @@ async def test_space_toggles_and_totals_follow(tmp_path):
         ws = app.workspace
         await pilot.press("space")
         assert ws.state("") == "frozen"
-        assert "trainable 0 (0.0%)" in text_of(app.query_one(Totals))
+        assert "trainable 0 of 24,458 (0.0%)" in text_of(app.query_one(Totals))
         await pilot.press("j", "space")  # stem back to trainable: root is mixed
         assert ws.state("stem") == "trainable" and ws.state("") == "mixed"
         await pilot.press("k", "space")  # a mixed node becomes frozen

@@ -39,7 +39,20 @@ class TestFinishedRun:
             app.main("#runs").focus()
             await pilot.press("up", "enter")
             app.clear_notifications()
-            app.redraw_charts()
+            app.redraw_charts(force=True)
             await pilot.pause()
 
         assert snap_compare(_app(), run_before=run_before, terminal_size=SIZE)
+
+
+class TestSmallTerminal:
+    def test_80x24_after_a_run(self, snap_compare):
+        async def run_before(pilot):
+            await pilot.press("j", "f", "t")
+            await pilot.app.workers.wait_for_complete()
+            await pilot.pause()
+            pilot.app.clear_notifications()
+            pilot.app.redraw_charts(force=True)
+            await pilot.pause()
+
+        assert snap_compare(_app(), run_before=run_before, terminal_size=(80, 24))

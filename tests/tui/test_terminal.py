@@ -35,7 +35,8 @@ def _keys(session: str, *keys: str) -> None:
 def test_start_freeze_export_train_quit(tmp_path, cli_env):
     session = f"freezetui-{uuid.uuid4().hex[:8]}"
     done = tmp_path / "exit-code"
-    cmd = (f"cd {tmp_path} && {sys.executable} -m freezetui --model tiny:tiny_cnn --weights none "
+    # COLUMNS/LINES from the test runner would override the terminal's real size
+    cmd = (f"cd {tmp_path} && env -u COLUMNS -u LINES {sys.executable} -m freezetui --model tiny:tiny_cnn --weights none "
            f"--epochs 1 --device cpu; echo $? > {done}")
     env_args = [arg for k in ("PYTHONPATH", "FREEZETUI_OFFLINE") for arg in ("-e", f"{k}={cli_env[k]}")]
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", *env_args, cmd], check=True)

@@ -29,7 +29,7 @@ class LossChart(PlotextPlot):
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
         self.plt.title("train loss per step")
-        limit = max(20, 2 * self.size.width)
+        limit = max(20, self.size.width)
         for record, color in ((compare, "orange"), (current, "cyan")):
             if record is not None and record.steps:
                 ys = smooth(list(record.steps))

@@ -11,7 +11,7 @@ from ..format import STATE_STYLES
 class Details(Static):
     def show(self, workspace, name: str | None) -> None:
         if workspace is None or name is None:
-            self.update("")
+            self.update("", layout=False)
             return
         node = workspace.nodes[name]
         total, trainable = workspace.counts(name)
@@ -30,4 +30,4 @@ class Details(Static):
             if lint.module and (lint.module == name or lint.module.startswith(name + ".") if name else True):
                 text.append(f"\n{lint.severity}: {lint.message}", "red" if lint.severity == "error" else "yellow")
                 break
-        self.update(text)
+        self.update(text, layout=False)  # fixed height: no layout pass

@@ -108,8 +108,7 @@ class ModuleTree(Tree[str]):
             self.app.notify("The plan is read-only while a run is in progress (t stops it).", severity="warning")
             return
         fn(node.data)
-        self.repaint()
-        self.post_message(PlanChanged())
+        self.post_message(PlanChanged())  # the app repaints the tree and the panels once
 
     def action_toggle_freeze(self) -> None:
         self._edit(self.workspace.toggle if self.workspace else None)

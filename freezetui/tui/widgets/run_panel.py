@@ -35,9 +35,10 @@ class RunPanel(Vertical):
         bar.update(total=total, progress=step)
         elapsed = time.monotonic() - getattr(self, "started", time.monotonic())
         eta = elapsed / step * (total - step) if step else 0
+        # layout=False: the status has a fixed height, and a layout pass repaints the whole screen
         self.query_one("#run-status", Static).update(
             f"run {label}: epoch {epoch}/{epochs} · {ips:,.0f} img/s · {_clock(elapsed)} elapsed · "
-            f"ETA {_clock(eta)} · {device}{memory}"
+            f"ETA {_clock(eta)} · {device}{memory}", layout=False
         )
 
     def finish(self, text: str) -> None:

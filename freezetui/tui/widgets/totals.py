@@ -8,16 +8,24 @@ from textual.widgets import Static
 from ..format import human
 
 
+
+def count(n: int) -> str:
+    """Exact below a million, short above: the panel is narrow at 80 columns."""
+    return f"{n:,}" if n < 1_000_000 else human(n)
+
+
 class Totals(Static):
     def show(self, workspace) -> None:
         t = workspace.totals()
         text = Text()
-        text.append(f"{human(t['total'])} params  ")
-        text.append(f"trainable {t['trainable']:,} ({t['percent']:.1f}%)", "green")
-        text.append("  ")
-        text.append(f"frozen {t['frozen']:,}", "cyan")
-        text.append(f"  · BN {workspace.batchnorm}")
+        text.append(f"trainable {count(t['trainable'])} of {count(t['total'])} ({t['percent']:.1f}%)", "green")
+        text.append("\n")
+        text.append(f"frozen {count(t['frozen'])}", "cyan")
+        text.append(f" · BN stats {'kept' if workspace.batchnorm == 'freeze' else 'updated'}")
+        text.append("\n")
         stop = workspace.backward_stop()
         if stop:
-            text.append(f"\nfrozen prefix ends at {stop}: backward stops there", "dim")
-        self.update(text)
+            text.append(f"frozen prefix ends at {stop}", "dim")
+        else:
+            text.append("no frozen prefix", "dim")
+        self.update(text, layout=False)  # fixed height: no layout pass
