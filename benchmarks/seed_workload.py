@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -80,23 +78,24 @@ def freezetui_run(folder: Path, device: str, batch_size: int) -> float:
     return train(model, plan, data, config).train_images_per_s
 
 
+def run(device: str = "cpu", images: int = 1000, batch_size: int | None = None) -> list[dict]:
+    batch_size = batch_size or TrainConfig().batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_folder(Path(tmp) / "imgs", images)
+        seed = seed_loop(folder, device)
+        ours = freezetui_run(folder, device, batch_size)
+    return [{"benchmark": f"seed workload: AlexNet small-input, features.* frozen, {images} images",
+             "device": device, "seed_images_per_s": round(seed, 1), "freezetui_images_per_s": round(ours, 1),
+             "batch_size": batch_size, "speedup": round(ours / seed, 2)}]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = make_folder(Path(tmp) / "imgs", args.images)
-        seed = seed_loop(folder, args.device)
-        ours = freezetui_run(folder, args.device, args.batch_size)
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    row = {"benchmark": "seed workload (AlexNet small-input, features.* frozen)", "date": str(date.today()),
-           "machine": machine, "torch": torch.__version__, "seed_images_per_s": round(seed, 1),
-           "freezetui_images_per_s": round(ours, 1), "batch_size": args.batch_size,
-           "speedup": round(ours / seed, 2)}
-    print(json.dumps(row, indent=2))
+    print(json.dumps(run(args.device, args.images, args.batch_size), indent=2))
     return 0
 
 

@@ -6,6 +6,7 @@ Every user mistake ends as one ``freezetui: error: ...`` line and a non-zero exi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -122,9 +123,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     show.add_argument("--image-size", type=_positive_int, help="input size, for the lints")
 
     train = sub.add_parser("train", help="train headless with a plan and write a run folder")
-    train.add_argument("--plan", required=True)
+    train.add_argument("--plan", help="the freeze plan (JSON)")
     _add_train_options(train)
-    train.add_argument("--out", required=True, help="run folder for metrics.jsonl, summary.json, model.pt")
+    train.add_argument("--out", help="run folder for metrics.jsonl, summary.json, model.pt, checkpoint.pt")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR from its last checkpoint")
     return main, tui
 
 
@@ -295,6 +297,9 @@ def check_head(plan, data) -> None:
                         f"make the plan with --num-classes {data.num_classes}")
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -302,18 +307,34 @@ def cmd_train(args) -> int:
     from .core.lints import check
     from .core.models import model_info
     from .core.plan import FreezePlan
-    from .core.runs import RunWriter
+    from .core.runs import RunWriter, load_checkpoint
     from .core.split import trace
-    from .core.train import output_classes, resolve_device, train
+    from .core.train import TrainConfig, output_classes, resolve_device, train
 
-    config = config_from_args(args)
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(args.resume)
+        plan = FreezePlan.from_dict(resume["plan"], source=f"the checkpoint in {args.resume}")
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in resume["config"].items() if k in names})
+        config.validate()
+        data_spec, out = resume["extra"]["data"], Path(args.resume)
+        if resume["epoch"] >= config.epochs:
+            print(f"the run in {out} already finished all {config.epochs} epochs")
+            return 0
+    else:
+        if not args.plan or not args.out:
+            raise PlanError("train needs --plan PLAN and --out DIR (or --resume DIR)")
+        config = config_from_args(args)
+        resolve_device(config.device)  # cheap checks before any file is read
+        plan = FreezePlan.load(args.plan)
+        data_spec, out = args.data, Path(args.out)
     resolve_device(config.device)
-    plan = FreezePlan.load(args.plan)
-    data = load_data(args.data, seed=args.seed, size=args.image_size)
+    data = load_data(data_spec, seed=config.seed, size=config.image_size)
     for w in data.warnings:
         print(f"warning: {w}", file=sys.stderr)
     check_head(plan, data)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(config.seed)
     model = model_for_plan(plan, num_classes=data.num_classes)
     info = model_info(model)
     if info.note:
@@ -329,28 +350,36 @@ def cmd_train(args) -> int:
     _print_lints(check(plan, model, image_size=config.image_size or data.image_size, min_size=info.min_size,
                        order=traced.param_order if traced else None), stream=sys.stderr)
 
+    # Ctrl-C, kill and a dropped SSH session all end the run the same way: after this batch,
+    # with the files written and a line saying how to resume.
     stop = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
+    caught: list[int] = []
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
-        print("\nstopping after this batch (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        caught.append(signum)
+        print(f"\n{signal.Signals(signum).name}: stopping after this batch (again to abort)", file=sys.stderr,
+              flush=True)
         stop.set()
 
-    signal.signal(signal.SIGINT, on_sigint)
+    previous = {name: signal.signal(getattr(signal, name), on_signal) for name in STOP_SIGNALS if hasattr(signal, name)}
     try:
-        writer = RunWriter(args.out, model, plan, config, extra={"data": args.data, "model": plan.model["name"]})
-        result = train(model, plan, data, config, callbacks=[ConsoleProgress(), writer], stop=stop)
+        writer = RunWriter(out, model, plan, config, extra={"data": data_spec, "model": plan.model["name"]},
+                           resume_epoch=resume["epoch"] if resume else None)
+        result = train(model, plan, data, config, callbacks=[ConsoleProgress(), writer], stop=stop, resume=resume)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
     frozen = "unchanged" if result.frozen_unchanged else f"CHANGED: {', '.join(result.changed[:5])}"
     acc = f"{100 * result.val_acc:.1f}%" if result.val_acc is not None else "n/a"
     print(f"done: val acc {acc} (best {100 * (result.best_val_acc or 0):.1f}%), "
-          f"{result.train_images_per_s:,.0f} img/s, frozen parameters {frozen}; wrote {Path(args.out)}/")
+          f"{result.train_images_per_s:,.0f} img/s, frozen parameters {frozen}; wrote {out}/")
     if result.stopped:
-        print(f"stopped early after {result.epochs} epoch(s)", file=sys.stderr)
-        return 130
+        done = max((e.epoch for e in result.history if not e.partial), default=0)
+        print(f"stopped: {done} of {config.epochs} epoch(s) complete; continue with "
+              f"`freezetui train --resume {out}`", file=sys.stderr)
+        return 128 + (caught[0] if caught else signal.SIGINT)
     return 0 if result.frozen_unchanged else 1
 
 

@@ -191,7 +191,7 @@ class FreezePlan:
         if not isinstance(d, dict):
             raise PlanError(f"{source} is not a JSON object")
         version = d.get("version")
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:  # True == 1 and 1.0 == 1 are not versions
             raise PlanError(f"{source} has version {version!r}; this freezetui reads version {VERSION}")
         model = d.get("model")
         if not isinstance(model, dict) or not isinstance(model.get("name"), str):

@@ -3,6 +3,7 @@ summary and final weights at the end. Every file but the appended metrics is wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from datetime import datetime
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write, write_json
+from .errors import TrainingError
 from .plan import FreezePlan
 from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
 
@@ -31,33 +33,79 @@ def new_run_dir(base: str | os.PathLike = "runs", label: str = "run") -> Path:
 
 
 class RunWriter(Callback):
-    """Writes ``plan.json``, ``config.json``, ``metrics.jsonl``, ``summary.json`` and ``model.pt``."""
+    """Writes ``plan.json``, ``config.json``, ``metrics.jsonl`` (a line per epoch, as it ends),
+    ``checkpoint.pt`` (after every complete epoch), ``summary.json`` and ``model.pt``.
+
+    A write that fails (a full disk, a folder that went away) ends the run with a sentence
+    naming the file; what was written before is intact, every file but the metrics being
+    replaced atomically.
+    """
 
     def __init__(self, out: str | os.PathLike, model: nn.Module, plan: FreezePlan, config: TrainConfig,
-                 extra: dict | None = None):
+                 extra: dict | None = None, resume_epoch: int | None = None):
         self.out = Path(out)
         self.model = model
         self.plan = plan
         self.config = config
         self.extra = extra or {}
+        self.resume_epoch = resume_epoch
         self.out.mkdir(parents=True, exist_ok=True)
 
+    def _guard(self, name: str, write) -> None:
+        try:
+            write()
+        except OSError as e:
+            raise TrainingError(f"cannot write {self.out / name} ({e.strerror or e}); "
+                                f"the files written before are intact") from None
+
     def on_run_start(self, event: RunStart) -> None:
-        self.plan.save(self.out / "plan.json")
-        write_json(self.out / "config.json", {**self.config.to_dict(), **self.extra,
-                                              "device": event.device, "input_size": event.input_size})
-        (self.out / "metrics.jsonl").write_text("")
+        self._guard("plan.json", lambda: self.plan.save(self.out / "plan.json"))
+        self._guard("config.json", lambda: write_json(self.out / "config.json", {
+            **config_fields(self.config), **self.extra, "device": event.device, "input_size": event.input_size}))
+        if self.resume_epoch is None:
+            self._guard("metrics.jsonl", lambda: (self.out / "metrics.jsonl").write_text(""))
+        else:  # drop what a stopped epoch after the checkpoint had reported
+            kept = [m for m in read_metrics(self.out) if m["epoch"] <= self.resume_epoch]
+            self._guard("metrics.jsonl", lambda: atomic_write(
+                self.out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept))))
 
     def on_epoch(self, event: EpochEnd) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(event.to_dict()) + "\n")
+        def append():
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(event.to_dict()) + "\n")
+        self._guard("metrics.jsonl", append)
+
+    def on_checkpoint(self, state: dict) -> None:
+        payload = {**state, "plan": self.plan.to_dict(), "config": config_fields(self.config), "extra": self.extra}
+        self._guard("checkpoint.pt", lambda: atomic_write(self.out / "checkpoint.pt",
+                                                          lambda f: torch.save(payload, f), mode="wb"))
 
     def on_run_end(self, result: TrainResult) -> None:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        atomic_write(self.out / "model.pt", lambda f: torch.save(state, f), mode="wb")
-        write_json(self.out / "summary.json", {**result.summary(), **self.extra,
-                                               "trainable_params": self.plan.counts["trainable"],
-                                               "total_params": self.plan.counts["total"]})
+        try:
+            self._guard("model.pt", lambda: atomic_write(self.out / "model.pt", lambda f: torch.save(state, f),
+                                                         mode="wb"))
+            self._guard("summary.json", lambda: write_json(self.out / "summary.json", {
+                **result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],
+                "total_params": self.plan.counts["total"]}))
+        except TrainingError:
+            if result.error is None:  # a run that already failed keeps its first error
+                raise
+
+
+def config_fields(config: TrainConfig) -> dict:
+    """The settings as given (``lr`` may be None: resolved again on resume), plus the lr used."""
+    return {**dataclasses.asdict(config), "effective_lr": config.effective_lr}
+
+
+def load_checkpoint(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.is_file():
+        raise TrainingError(f"{run_dir} has no checkpoint.pt to resume from (one is written after each epoch)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one sentence
+        raise TrainingError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

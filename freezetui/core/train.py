@@ -104,6 +104,7 @@ class EpochEnd:
     val_acc: float
     images_per_s: float
     seconds: float
+    partial: bool = False  # a run stopped in the middle of this epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,6 +155,10 @@ class Callback:
     def on_run_start(self, event: RunStart) -> None: ...
     def on_step(self, event: StepEnd) -> None: ...
     def on_epoch(self, event: EpochEnd) -> None: ...
+    def on_checkpoint(self, state: dict) -> None:
+        """After each complete epoch: model, optimizer, epoch, RNG states and history, enough
+        for :func:`train` to continue bit-identically with ``resume=state``."""
+
     def on_run_end(self, result: TrainResult) -> None: ...
 
 
@@ -290,11 +295,15 @@ def train(
     config: TrainConfig | None = None,
     callbacks: list[Callback] | tuple = (),
     stop: threading.Event | None = None,
+    resume: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` under ``plan`` on ``data``. ``stop.set()`` ends the run within one batch.
 
     Raises :class:`TrainingError` for bad settings, a head that does not fit the data, or a
     NaN/inf loss; the callbacks' ``on_run_end`` still sees the result (with ``error`` set).
+    ``resume`` is a state from ``Callback.on_checkpoint``: training continues after its epoch,
+    and ``model`` should be built as it was for the first run (its frozen parameters are the
+    reference the end-of-run check compares against).
     """
     config = config or TrainConfig()
     config.validate()
@@ -334,13 +343,28 @@ def train(
     for cb in callbacks:
         cb.on_run_start(start_ev)
 
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        gen.set_state(resume["rng"]["generator"])
+        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        result.history = [EpochEnd(**e) for e in resume["history"]]
+        result.epochs = first_epoch = resume["epoch"]
+        first_epoch += 1
+    # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
+    checkpointers = [cb for cb in callbacks
+                     if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint) is not Callback.on_checkpoint]
+
     t_run = time.perf_counter()
     images_total, train_seconds = 0, 0.0
     try:
         model.eval()
         train_features = FeatureStore(prefix, train_split.images, transform, device, amp) if cache_train else None
         val_features = FeatureStore(prefix, data.val.images, transform, device, amp) if cache_val else None
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(first_epoch, config.epochs + 1):
             model.train()
             perm = torch.randperm(n, generator=gen).to(device)
             t0 = time.perf_counter()
@@ -385,13 +409,18 @@ def train(
             train_seconds += epoch_train_s
             val_loss, val_acc = evaluate(model, data.val, transform, max(bs, 256), device, amp, val_features, rest)
             ev = EpochEnd(epoch, config.epochs, loss_sum / max(1, seen), val_loss, val_acc,
-                          seen / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0)
+                          seen / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0,
+                          partial=result.stopped)
             result.history.append(ev)
             result.epochs = epoch
             for cb in callbacks:
                 cb.on_epoch(ev)
             if result.stopped:
                 break
+            if checkpointers:
+                state = checkpoint_state(model, optimizer, gen, epoch, result.history, device)
+                for cb in checkpointers:
+                    cb.on_checkpoint(state)
     except TrainingError as e:
         result.error = str(e)
         raise
@@ -406,6 +435,19 @@ def train(
         for cb in callbacks:
             cb.on_run_end(result)
     return result
+
+
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, epoch: int,
+                     history: list[EpochEnd], device: torch.device) -> dict:
+    """Everything a resumed run needs, as tensors and plain data (loadable with weights_only)."""
+    return {
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+        "history": [e.to_dict() for e in history],
+    }
 
 
 def memory_in_use(device: str) -> str:

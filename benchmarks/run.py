@@ -1,0 +1,69 @@
+"""All benchmarks in one command; prints a markdown table and writes benchmarks/out/<device>.json.
+
+    python benchmarks/run.py            # CPU: everything, including the UI (needs Textual, tmux)
+    python benchmarks/run.py --gpu      # the GPU half only (torch and torchvision, no Textual)
+
+Speeds are measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+os.environ.setdefault("FREEZETUI_OFFLINE", "1")
+
+import feature_cache  # noqa: E402
+import prefix_savings  # noqa: E402
+import scaling  # noqa: E402
+import seed_workload  # noqa: E402
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()}, {os.cpu_count()} cores"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--gpu", action="store_true", help="run the GPU half (needs CUDA)")
+    args = p.parse_args()
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu and not torch.cuda.is_available():
+        print("run.py: error: --gpu needs a CUDA GPU", file=sys.stderr)
+        return 1
+    rows = []
+    rows += seed_workload.run(device, images=20000 if args.gpu else 1000)
+    rows += feature_cache.run(224 if args.gpu else 64, device, train_images=20000 if args.gpu else 5000)
+    rows += prefix_savings.run(device, 224 if args.gpu else 64, 64 if args.gpu else 32,
+                               images=4096 if args.gpu else 512)
+    rows += scaling.run(device, images=4096 if args.gpu else 512)
+    if not args.gpu:
+        import ui
+
+        rows += ui.run()
+    stamp = {"date": str(date.today()), "machine": machine(device), "torch": torch.__version__}
+    for r in rows:
+        r.update(stamp)
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / f"{device}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"| benchmark | result | machine | date |\n|---|---|---|---|")
+    for r in rows:
+        result = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("benchmark", "date", "machine", "torch"))
+        print(f"| {r['benchmark']} | {result} | {r['machine']} | {r['date']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
