@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -301,15 +302,10 @@ STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def cmd_train(args) -> int:
-    import torch
-
-    from .core.data import load_data
-    from .core.lints import check
-    from .core.models import model_info
+    from .core import distributed
     from .core.plan import FreezePlan
-    from .core.runs import RunWriter, load_checkpoint
-    from .core.split import trace
-    from .core.train import TrainConfig, output_classes, resolve_device, train
+    from .core.runs import load_checkpoint
+    from .core.train import TrainConfig, resolve_device
 
     resume = None
     if args.resume:
@@ -330,6 +326,25 @@ def cmd_train(args) -> int:
         plan = FreezePlan.load(args.plan)
         data_spec, out = args.data, Path(args.out)
     resolve_device(config.device)
+    rank, world = distributed.setup(config.device)
+    try:
+        return _train(args, plan, config, data_spec, out, resume, rank, world)
+    finally:
+        distributed.teardown()
+
+
+def _train(args, plan, config, data_spec, out, resume, rank: int, world: int) -> int:
+    import torch
+
+    from .core.data import load_data
+    from .core.lints import check
+    from .core.models import model_info
+    from .core.runs import RunWriter
+    from .core.split import trace
+    from .core.train import output_classes, train
+
+    if rank:  # under torchrun only rank 0 prints and writes files
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
     data = load_data(data_spec, seed=config.seed, size=config.image_size)
     for w in data.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -347,8 +362,9 @@ def cmd_train(args) -> int:
         raise PlanError(f"the model's head has {outputs} outputs but {data.name} has {data.num_classes} classes; "
                         f"make the plan with --num-classes {data.num_classes}")
     traced = trace(model)
-    _print_lints(check(plan, model, image_size=config.image_size or data.image_size, min_size=info.min_size,
-                       order=traced.param_order if traced else None), stream=sys.stderr)
+    if rank == 0:
+        _print_lints(check(plan, model, image_size=config.image_size or data.image_size, min_size=info.min_size,
+                           order=traced.param_order if traced else None), stream=sys.stderr)
 
     # Ctrl-C, kill and a dropped SSH session all end the run the same way: after this batch,
     # with the files written and a line saying how to resume.
@@ -365,9 +381,13 @@ def cmd_train(args) -> int:
 
     previous = {name: signal.signal(getattr(signal, name), on_signal) for name in STOP_SIGNALS if hasattr(signal, name)}
     try:
-        writer = RunWriter(out, model, plan, config, extra={"data": data_spec, "model": plan.model["name"]},
-                           resume_epoch=resume["epoch"] if resume else None)
-        result = train(model, plan, data, config, callbacks=[ConsoleProgress(), writer], stop=stop, resume=resume)
+        callbacks = []
+        if rank == 0:
+            callbacks = [ConsoleProgress(), RunWriter(out, model, plan, config,
+                                                      extra={"data": data_spec, "model": plan.model["name"],
+                                                             "world_size": world},
+                                                      resume_epoch=resume["epoch"] if resume else None)]
+        result = train(model, plan, data, config, callbacks=callbacks, stop=stop, resume=resume)
     finally:
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)

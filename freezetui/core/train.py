@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .data import BatchTransform, Dataset, Split, random_crop_flip
 from .errors import TrainingError
 from .models import find_heads, model_info
@@ -19,9 +20,12 @@ from .plan import FreezePlan, frozen_batchnorms
 from .split import find_cut, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-DEFAULT_BATCH = 64
-# Learning rates that work at DEFAULT_BATCH; other batch sizes scale them (linearly for SGD,
+# 128 keeps two CPU cores or a GPU busy where the seed's 16 leaves them waiting on Python and
+# the optimizer step (benchmarks/seed_workload.py: 65 img/s at 64, 98 at 128 on the 2-core CPU).
+DEFAULT_BATCH = 128
+# Learning rates that work at REFERENCE_BATCH; other batch sizes scale them (linearly for SGD,
 # by the square root for Adam-style optimizers).
+REFERENCE_BATCH = 64
 BASE_LR = {"adamw": 1e-3, "adam": 1e-3, "sgd": 1e-2}
 
 
@@ -59,7 +63,7 @@ class TrainConfig:
     def effective_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        ratio = self.batch_size / DEFAULT_BATCH
+        ratio = self.batch_size / REFERENCE_BATCH
         base = BASE_LR[self.optimizer]
         return base * (ratio if self.optimizer == "sgd" else math.sqrt(ratio))
 
@@ -234,17 +238,21 @@ def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_si
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
-    for i in range(0, len(split), batch_size):
-        y = split.labels[i:i + batch_size].to(device, non_blocking=True)
+    # under torchrun each process evaluates its own contiguous share, then the sums are added
+    lo, hi = len(split) * distributed.rank() // distributed.world(), len(split) * (distributed.rank() + 1) // distributed.world()
+    for i in range(lo, hi, batch_size):
+        j = min(i + batch_size, hi)
+        y = split.labels[i:j].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if features is not None:
-                out = logits_of(rest(features.get(slice(i, i + batch_size))))
+                out = logits_of(rest(features.get(slice(i, j))))
             else:
-                out = logits_of(model(transform(split.images[i:i + batch_size].to(device, non_blocking=True))))
+                out = logits_of(model(transform(split.images[i:j].to(device, non_blocking=True))))
         total_loss += F.cross_entropy(out.float(), y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
     model.train(was_training)
-    n = max(1, len(split))
+    total_loss, correct, n = distributed.sum_all(total_loss, correct, hi - lo, device=device)
+    n = max(1.0, n)
     return total_loss / n, correct / n
 
 
@@ -307,7 +315,7 @@ def train(
     """
     config = config or TrainConfig()
     config.validate()
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     n_out = output_classes(model)
     if n_out is not None and n_out != data.num_classes:
         raise TrainingError(
@@ -329,12 +337,17 @@ def train(
 
     train_split = data.train.to(device)
     n = len(train_split)
-    bs = min(config.batch_size, n)
-    steps = n // bs if n >= bs else 1  # drop the ragged last batch, as BatchNorm dislikes size 1
+    rank, world = distributed.rank(), distributed.world()
+    share = n // world  # under torchrun each process trains on its own shard of every epoch
+    bs = min(config.batch_size, share)
+    steps = share // bs if share >= bs else 1  # drop the ragged last batch, as BatchNorm dislikes size 1
     prefix, rest, cut, cache_train, cache_val = plan_split(model, plan, config)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     head = rest if rest is not None else model
+    if distributed.active():
+        # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
+        head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(head) if config.compile else head
     result = TrainResult(epochs=0, device=str(device), feature_cache=cache_train,
                          frozen_prefix=cut.name if cut else None)
@@ -366,11 +379,11 @@ def train(
         val_features = FeatureStore(prefix, data.val.images, transform, device, amp) if cache_val else None
         for epoch in range(first_epoch, config.epochs + 1):
             model.train()
-            perm = torch.randperm(n, generator=gen).to(device)
+            perm = torch.randperm(n, generator=gen).to(device)[rank::world]  # same order on every rank
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
             for step in range(1, steps + 1):
-                if stop is not None and stop.is_set():
+                if distributed.any_all(stop is not None and stop.is_set(), device):
                     result.stopped = True
                     break
                 idx = perm[(step - 1) * bs: step * bs]
@@ -405,11 +418,12 @@ def train(
             epoch_train_s = time.perf_counter() - t0
             if result.stopped and seen == 0:
                 break
-            images_total += seen
+            images_total += seen * world
             train_seconds += epoch_train_s
             val_loss, val_acc = evaluate(model, data.val, transform, max(bs, 256), device, amp, val_features, rest)
-            ev = EpochEnd(epoch, config.epochs, loss_sum / max(1, seen), val_loss, val_acc,
-                          seen / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0,
+            loss_sum, seen_all = distributed.sum_all(loss_sum, seen, device=device)
+            ev = EpochEnd(epoch, config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
+                          seen_all / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0,
                           partial=result.stopped)
             result.history.append(ev)
             result.epochs = epoch

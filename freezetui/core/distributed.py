@@ -1,0 +1,70 @@
+"""Several processes through torch.distributed (started by torchrun): NCCL on GPUs, gloo on CPUs.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without them everything here is a no-op and a
+run is a single process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str) -> tuple[int, int]:
+    """Join the process group torchrun prepared; return (rank, world size)."""
+    if not launched():
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each process takes the GPU of its LOCAL_RANK."""
+    if active() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def sum_all(*values: float, device: torch.device) -> list[float]:
+    """Sum numbers over all processes (identity for one)."""
+    if not active():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_all(flag: bool, device: torch.device) -> bool:
+    """True on every process when it is true on one: a stop seen by one rank stops all."""
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
