@@ -464,6 +464,10 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: to
     }
 
 
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def memory_in_use(device: str) -> str:
     """' · 1.2 GiB' of CUDA memory allocated on ``device``; '' elsewhere."""
     dev = torch.device(device)

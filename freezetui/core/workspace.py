@@ -20,7 +20,7 @@ from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan, glob_matches
-from .runs import RunWriter, new_run_dir
+from .runs import RunWriter, load_checkpoint, new_run_dir
 from .split import find_cut, trace
 from .train import Callback, TrainConfig, TrainResult, resolve_device, train
 
@@ -293,6 +293,12 @@ class Workspace:
         self.runs.append(record)
         return record
 
+    def _reset_weights(self) -> None:
+        if self.initial_state is None:
+            self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            self.model.load_state_dict(self.initial_state)
+
     def run(self, record: RunRecord, callbacks: list[Callback], stop: threading.Event,
             runs_dir: str | Path = "runs") -> TrainResult:
         """Train from the initial weights under the current plan; write a run folder.
@@ -303,10 +309,7 @@ class Workspace:
             raise PlanError("no data loaded")
         self.locked = True
         try:
-            if self.initial_state is None:
-                self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            else:
-                self.model.load_state_dict(self.initial_state)
+            self._reset_weights()
             plan = self.plan
             record.folder = new_run_dir(runs_dir, f"{self.info.name.replace(':', '-')}-{record.id}")
             writer = RunWriter(record.folder, self.model, plan, record.config,
@@ -315,6 +318,24 @@ class Workspace:
         finally:
             self.locked = False
         return result
+
+    def resume(self, record: RunRecord, callbacks: list[Callback], stop: threading.Event) -> TrainResult:
+        """Continue a stopped or failed run from its last checkpoint, under the plan it started
+        with, into the same folder. Called on a worker thread."""
+        checkpoint = load_checkpoint(record.folder)
+        plan = FreezePlan.from_dict(checkpoint["plan"], source=f"the checkpoint in {record.folder}")
+        self.locked = True
+        try:
+            self._reset_weights()  # the frozen reference; the checkpoint's weights load over it
+            record.epochs = list(checkpoint["history"])
+            record.status, record.error = "running", None
+            writer = RunWriter(record.folder, self.model, plan, record.config,
+                               extra={"data": self.data_name, "model": self.info.name},
+                               resume_epoch=checkpoint["epoch"])
+            return train(self.model, plan, self.data, record.config, callbacks=[*callbacks, writer], stop=stop,
+                         resume=checkpoint)
+        finally:
+            self.locked = False
 
     def describe(self) -> str:
         """Model · weights · data · device, for the header."""

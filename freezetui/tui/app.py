@@ -3,9 +3,12 @@ the core. Model loading and training run in thread workers; only this thread tou
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import signal
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -17,7 +20,7 @@ from textual.widgets import DataTable, Footer, Header
 from textual.worker import Worker, WorkerState
 
 from ..core.errors import FreezeTUIError
-from ..core.train import TrainConfig, memory_in_use
+from ..core.train import TrainConfig, gpu_count, memory_in_use
 from ..core.workspace import Workspace
 from .bridge import UIBridge
 from .commands import binding_commands, key_table
@@ -27,6 +30,7 @@ from .screens.glob_dialog import GlobDialog
 from .screens.help import HelpScreen
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
+from .screens.torchrun import TorchrunScreen, torchrun_command
 from .widgets.charts import Charts
 from .widgets.details import Details
 from .widgets.lints import LintsPanel
@@ -66,6 +70,7 @@ class FreezeApp(App):
         Binding("H", "head_only", "Head only", id="head_only"),
         Binding("A", "all_trainable", "Train all", id="all_trainable"),
         Binding("b", "toggle_batchnorm", "BN stats", id="batchnorm"),
+        Binding("T", "torchrun", "torchrun cmd", id="torchrun"),
         Binding("question_mark", "help", "Help", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -83,6 +88,9 @@ class FreezeApp(App):
         self.charts_dirty = False
         self.last_chart_draw = 0.0
         self.chart_draw_seconds = 0.0
+        self.plan_file: Path | None = Path(self.options.plan) if self.options.plan else None
+        self.plan_file_stamp: float | None = None
+        self.exported_version: int | None = None
 
     # ------------------------------------------------------------------ layout
 
@@ -106,6 +114,11 @@ class FreezeApp(App):
         self.main(LintsPanel).display = False
         self.main(RunsTable).border_title = "runs (Enter: compare)"
         self.set_interval(0.5, self.redraw_charts)
+        self.set_interval(2.0, self.check_plan_file)
+        try:  # the SSH session dropping: stop the run within a batch, keep its files, exit
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass
         if self.workspace is not None:
             self.show_workspace()
         else:
@@ -118,8 +131,48 @@ class FreezeApp(App):
         return Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device, o.seed,
                               self.config.image_size)
 
+    def on_unmount(self) -> None:
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass
+
+    def hang_up(self) -> None:
+        self.quit_requested = True
+        self.stop_event.set()
+        if not self.training:
+            self.exit(return_code=128 + signal.SIGHUP)
+
+    def watch_plan_file(self, path: str | Path) -> None:
+        """Remember the plan file the app loaded or wrote, to notice when it changes on disk."""
+        self.plan_file = Path(path)
+        self.plan_file_stamp = self._stamp(self.plan_file)
+
+    @staticmethod
+    def _stamp(path: Path) -> float | None:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return None
+
+    def check_plan_file(self) -> None:
+        if self.plan_file is None:
+            return
+        stamp = self._stamp(self.plan_file)
+        if stamp == self.plan_file_stamp:
+            return
+        if stamp is None:
+            self.notify(f"{self.plan_file} was deleted; the plan in the app is unchanged (e exports it again).",
+                        severity="warning", timeout=10)
+        else:
+            self.notify(f"{self.plan_file} changed on disk; the app keeps its plan (o reloads the file).",
+                        severity="warning", timeout=10)
+        self.plan_file_stamp = stamp
+
     def show_workspace(self) -> None:
         ws = self.workspace
+        if self.plan_file is not None:
+            self.watch_plan_file(self.plan_file)
         self.sub_title = ws.describe()
         tree = self.main(ModuleTree)
         tree.load(ws)
@@ -214,6 +267,8 @@ class FreezeApp(App):
 
         def done(path: str | None) -> None:
             if path:
+                self.exported_version = self.workspace.version
+                self.watch_plan_file(path)
                 self.notify(f"Plan saved to {path}")
 
         self.push_screen(PathDialog("Export the freeze plan", "freeze-plan.json", save, confirm_overwrite=True,
@@ -233,6 +288,8 @@ class FreezeApp(App):
 
         def done(path: str | None) -> None:
             if path:
+                self.exported_version = self.workspace.version
+                self.watch_plan_file(path)
                 self.notify(f"Plan loaded from {path}")
 
         self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
@@ -246,9 +303,20 @@ class FreezeApp(App):
 
         self.push_screen(SettingsScreen(self.config), done)
 
+    def action_torchrun(self) -> None:
+        if self.workspace is None:
+            return
+        path = str(self.plan_file or "freeze-plan.json")
+        command = torchrun_command(path, self.options.data, self.config, gpu_count() or 2)
+        stale = self.exported_version != self.workspace.version
+        note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
+                else f"It reads {path}, which holds the current plan.")
+        self.copy_to_clipboard(command)
+        self.push_screen(TorchrunScreen(command, note))
+
     def action_help(self) -> None:
         tree = self.main(ModuleTree)
-        keys = key_table([*tree.BINDINGS, *self.BINDINGS])
+        keys = key_table([*tree.BINDINGS, *self.BINDINGS, *RunsTable.BINDINGS])
         self.push_screen(HelpScreen(keys))
 
     def get_system_commands(self, screen):
@@ -256,6 +324,8 @@ class FreezeApp(App):
         tree = self.main(ModuleTree)
         yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")())
         yield from binding_commands(self.BINDINGS, lambda a: self.run_action(a))
+        runs = self.main(RunsTable)
+        yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")())
 
     def _read_only(self) -> bool:
         if self.workspace is not None and self.training:
@@ -289,8 +359,29 @@ class FreezeApp(App):
         self.train_worker(record)
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
-    def train_worker(self, record):
-        return self.trainer(self.workspace, record, [UIBridge(self, record)], self.stop_event, self.options.runs_dir)
+    def train_worker(self, record, resume: bool = False):
+        bridge = UIBridge(self, record)
+        if resume:
+            return self.workspace.resume(record, [bridge], self.stop_event)
+        return self.trainer(self.workspace, record, [bridge], self.stop_event, self.options.runs_dir)
+
+    @on(RunsTable.ResumeRequested)
+    def on_resume_requested(self, event: RunsTable.ResumeRequested) -> None:
+        record = next(r for r in self.workspace.runs if r.id == event.run_id)
+        if self.training:
+            self.notify("A run is in progress; stop it first (t).", severity="warning")
+            return
+        if record.status not in ("stopped", "failed") or record.folder is None \
+                or not (record.folder / "checkpoint.pt").is_file():
+            self.notify(f"Run {record.label} has nothing to resume: it is {record.status} "
+                        f"or stopped before its first epoch ended.", severity="warning")
+            return
+        self.stop_event = threading.Event()
+        self.workspace.runs.remove(record)
+        self.workspace.runs.append(record)  # the resumed run is the current one
+        self.main(RunPanel).start(record.label, None)
+        self.workspace.locked = True
+        self.train_worker(record, resume=True)
 
     @on(TrainProgress)
     def on_train_progress(self, m: TrainProgress) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.binding import Binding
+from textual.message import Message
 from textual.widgets import DataTable
 
 COLUMNS = ("run", "trainable", "best", "final", "status", "time", "settings")
@@ -13,7 +16,19 @@ def _pct(x) -> str:
 
 
 class RunsTable(DataTable):
-    BINDINGS = [Binding("enter", "select_cursor", "Compare", id="compare")]
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Compare", id="compare"),
+        Binding("r", "resume", "Resume run", id="resume"),
+    ]
+
+    @dataclass
+    class ResumeRequested(Message):
+        run_id: int
+
+    def action_resume(self) -> None:
+        if self.row_count:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+            self.post_message(self.ResumeRequested(int(key.value)))
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
