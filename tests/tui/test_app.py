@@ -3,22 +3,13 @@ the files the app writes."""
 
 import json
 
-import pytest
-
-from freezetui.core.train import TrainConfig
-from freezetui.tui.app import AppOptions, create_app
+from freezetui.tui.app import default_trainer
 from freezetui.tui.widgets.lints import LintsPanel
 from freezetui.tui.widgets.module_tree import ModuleTree
 from freezetui.tui.widgets.totals import Totals
-from tui.fakes import blocking_trainer, failing_trainer, fake_trainer, small_workspace
+from tui.fakes import blocking_trainer, failing_trainer, make_app
 
 SIZE = (110, 34)
-
-
-def make_app(tmp_path, trainer=fake_trainer, **config):
-    options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir=str(tmp_path / "runs"),
-                         config=TrainConfig(epochs=config.pop("epochs", 3), device="cpu", **config))
-    return create_app(options, workspace=small_workspace(), trainer=trainer)
 
 
 def text_of(widget) -> str:
@@ -224,7 +215,7 @@ async def test_failed_run_names_the_cause_and_app_stays_up(tmp_path):
 
 
 async def test_real_training_run_writes_a_run_folder(tmp_path):
-    app = make_app(tmp_path, trainer=__import__("freezetui.tui.app", fromlist=["x"]).default_trainer, epochs=1)
+    app = make_app(tmp_path, trainer=default_trainer, epochs=1)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("j", "f", "t")  # freeze the stem, train
         await app.workers.wait_for_complete()

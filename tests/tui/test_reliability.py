@@ -6,19 +6,12 @@ import os
 import random
 import signal
 
-from freezetui.core.train import TrainConfig
-from freezetui.tui.app import AppOptions, create_app, default_trainer
+from freezetui.tui.app import default_trainer
 from freezetui.tui.screens.torchrun import TorchrunScreen
 from freezetui.tui.widgets.totals import Totals
-from tui.fakes import blocking_trainer, fake_trainer, small_workspace
+from tui.fakes import blocking_trainer, make_app
 
 SIZE = (110, 34)
-
-
-def make_app(tmp_path, trainer=fake_trainer, **config):
-    options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir=str(tmp_path / "runs"),
-                         config=TrainConfig(epochs=config.pop("epochs", 3), device="cpu", **config))
-    return create_app(options, workspace=small_workspace(), trainer=trainer)
 
 
 async def test_hangup_stops_the_run_and_exits(tmp_path):
