@@ -7,7 +7,7 @@ from freezetui.tui.app import default_trainer
 from freezetui.tui.widgets.lints import LintsPanel
 from freezetui.tui.widgets.module_tree import ModuleTree
 from freezetui.tui.widgets.totals import Totals
-from tui.fakes import blocking_trainer, failing_trainer, make_app
+from tui.fakes import blocking_trainer, failing_trainer, make_app, small_workspace
 
 SIZE = (110, 34)
 
