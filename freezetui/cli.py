@@ -38,24 +38,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def _number(allow_zero: bool):
+    """An argparse type for a finite float that is positive (or, with ``allow_zero``, not negative)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'zero or ' if allow_zero else ''}positive, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
-    return value
+_positive_float = _number(allow_zero=False)
+_non_negative_float = _number(allow_zero=True)
 
 
 def _add_model_options(p: argparse.ArgumentParser, model_default: str | None = "resnet18") -> None:

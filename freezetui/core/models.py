@@ -306,12 +306,3 @@ def build_model(
     object.__setattr__(model, INFO_ATTR, info)
     return model
 
-
-def build_from_spec(spec: dict) -> nn.Module:
-    """Rebuild the model a plan's ``model`` block describes."""
-    return build_model(
-        spec["name"],
-        weights=spec.get("weights") or "none",
-        num_classes=spec.get("num_classes"),
-        small_input=bool(spec.get("small_input", False)),
-    )

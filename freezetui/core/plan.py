@@ -273,6 +273,3 @@ def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
                 out.append(m)
     return out
 
-
-def batchnorm_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
