@@ -87,7 +87,6 @@ class FreezeApp(App):
         self.compare_id: int | None = None
         self.charts_dirty = False
         self.last_chart_draw = 0.0
-        self.chart_draw_seconds = 0.0
         self.plan_file: Path | None = Path(self.options.plan) if self.options.plan else None
         self.plan_file_stamp: float | None = None
         self.exported_version: int | None = None
@@ -452,20 +451,20 @@ class FreezeApp(App):
 
     def redraw_charts(self, force: bool = False) -> None:
         """Redraw from the runs' data when it changed. Plotting is pure Python and shares the
-        CPU with training, so it may take at most ~5 % of the time: after a draw that took d
-        seconds, the next waits at least 20·d."""
+        CPU with training, so it may take at most ~5 % of the time: after plots that took d
+        seconds to render, the next redraw waits at least 20·d."""
         if not self.charts_dirty or self.workspace is None:
             return
         now = time.monotonic()
-        if not force and now - self.last_chart_draw < 20 * self.chart_draw_seconds:
+        charts = self.main(Charts)
+        if not force and now - self.last_chart_draw < 20 * charts.render_seconds:
             return
         self.charts_dirty = False
         runs = {r.id: r for r in self.workspace.runs}
         current = self.current_run
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        self.main(Charts).draw(current, compare)
-        self.last_chart_draw = time.monotonic()
-        self.chart_draw_seconds = self.last_chart_draw - now
+        charts.draw(current, compare)
+        self.last_chart_draw = now
 
     async def action_quit(self) -> None:
         if self.training:

@@ -3,6 +3,8 @@ overlaid for comparison. Redrawn from a timer, from downsampled data, on the UI 
 
 from __future__ import annotations
 
+import time
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual_plotext import PlotextPlot
@@ -25,7 +27,20 @@ def downsample(xs: list, ys: list, limit: int) -> tuple[list, list]:
     return [xs[i] for i in idx], [ys[i] for i in idx]
 
 
-class LossChart(PlotextPlot):
+class TimedPlot(PlotextPlot):
+    """Plotext builds the whole plot in Python on every render: remember how long that took, so
+    the app can space redraws out (see FreezeApp.redraw_charts)."""
+
+    render_seconds = 0.0
+
+    def render(self):
+        t0 = time.perf_counter()
+        out = super().render()
+        self.render_seconds = time.perf_counter() - t0
+        return out
+
+
+class LossChart(TimedPlot):
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
         self.plt.title("train loss per step")
@@ -38,7 +53,7 @@ class LossChart(PlotextPlot):
         self.refresh()
 
 
-class AccuracyChart(PlotextPlot):
+class AccuracyChart(TimedPlot):
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
         self.plt.title("val acc % (left) / loss")
@@ -60,3 +75,8 @@ class Charts(Horizontal):
     def draw(self, current, compare=None) -> None:
         self.query_one(LossChart).draw(current, compare)
         self.query_one(AccuracyChart).draw(current, compare)
+
+    @property
+    def render_seconds(self) -> float:
+        """What the last redraw of both plots cost."""
+        return sum(p.render_seconds for p in self.query(TimedPlot))
