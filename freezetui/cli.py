@@ -328,12 +328,12 @@ def cmd_train(args) -> int:
     resolve_device(config.device)
     rank, world = distributed.setup(config.device)
     try:
-        return _train(args, plan, config, data_spec, out, resume, rank, world)
+        return _train(plan, config, data_spec, out, resume, rank, world)
     finally:
         distributed.teardown()
 
 
-def _train(args, plan, config, data_spec, out, resume, rank: int, world: int) -> int:
+def _train(plan, config, data_spec, out, resume, rank: int, world: int) -> int:
     import torch
 
     from .core.data import load_data
