@@ -43,7 +43,7 @@ def test_train_headless_on_an_image_folder(tmp_path, capsys):
     assert run(capsys, "plan", "make", "--model", "tiny:tiny_cnn", "--num-classes", "5", "--freeze", "stem",
                "-o", str(plan))[0] == 0
     # a 5-way head for a folder of 3 classes: a clear error, nothing written
-    code, _, err = run(capsys, "train", "--plan", str(plan), "--data", str(data), "--out", str(tmp_path / "r0"))
+    code, _, err = run(capsys, "train", "--plan", str(plan), "--model", "tiny:tiny_cnn", "--data", str(data), "--out", str(tmp_path / "r0"))
     assert code == 1 and "head has 5 outputs but imgs has 3 classes" in err
     assert not (tmp_path / "r0").exists()
 
@@ -51,7 +51,7 @@ def test_train_headless_on_an_image_folder(tmp_path, capsys):
     # no --num-classes: the head is sized from the data when training
     assert run(capsys, "plan", "make", "--model", "tiny:tiny_cnn", "--freeze", "stem", "-o", str(plan3))[0] == 0
     out_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "--plan", str(plan3), "--data", str(data), "--epochs", "3",
+    code, out, err = run(capsys, "train", "--plan", str(plan3), "--model", "tiny:tiny_cnn", "--data", str(data), "--epochs", "3",
                          "--lr", "0.01", "--out", str(out_dir))
     assert code == 0, err
     metrics = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ def test_two_process_run_matches_one_process(tmp_path, cli_env):
     plan = tmp_path / "plan.json"
     assert main(["plan", "make", "--model", "tiny:tiny_cnn", "--num-classes", "3", "--freeze", "stem",
                  "-o", str(plan)]) == 0
-    args = ["train", "--plan", str(plan), "--data", str(data), "--epochs", "6", "--batch-size", "16",
+    args = ["train", "--plan", str(plan), "--model", "tiny:tiny_cnn", "--data", str(data), "--epochs", "6", "--batch-size", "16",
             "--lr", "0.01", "--device", "cpu"]
     work = tmp_path / "cwd"
     work.mkdir()

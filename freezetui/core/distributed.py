@@ -16,6 +16,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def rank_from_env() -> int:
+    """This process's rank as torchrun announced it, before the process group exists."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
 def setup(device: str) -> tuple[int, int]:
     """Join the process group torchrun prepared; return (rank, world size)."""
     if not launched():

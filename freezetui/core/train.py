@@ -274,16 +274,18 @@ class FeatureStore:
         self.device = device
 
     def get(self, index) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):  # features kept on the CPU are indexed there
+            index = index.to(self.features.device)
         return self.features[index].to(self.device, non_blocking=True)
 
 
-def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig):
+def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=None):
     """(prefix, rest, cut, cache_train, cache_val) for this plan; prefix None when there is none.
 
     Cached features equal what the prefix computes each step only when nothing in it changes
     between steps: no augmentation (for the training set) and BatchNorm statistics kept.
     """
-    traced = trace(model)
+    traced = traced if traced is not None else trace(model)
     cut = find_cut(traced, set(plan.frozen)) if traced is not None else None
     if cut is None:
         return None, None, None, False, False
@@ -295,6 +297,9 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig):
 
 # ----------------------------------------------------------------------------- the loop
 
+# torch < 2.5 has only the CUDA-specific name.
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
 
 def train(
     model: nn.Module,
@@ -304,151 +309,221 @@ def train(
     callbacks: list[Callback] | tuple = (),
     stop: threading.Event | None = None,
     resume: dict | None = None,
+    traced=None,
 ) -> TrainResult:
     """Train ``model`` under ``plan`` on ``data``. ``stop.set()`` ends the run within one batch.
 
-    Raises :class:`TrainingError` for bad settings, a head that does not fit the data, or a
-    NaN/inf loss; the callbacks' ``on_run_end`` still sees the result (with ``error`` set).
-    ``resume`` is a state from ``Callback.on_checkpoint``: training continues after its epoch,
-    and ``model`` should be built as it was for the first run (its frozen parameters are the
-    reference the end-of-run check compares against).
+    Raises :class:`TrainingError` for bad settings, a head that does not fit the data, running
+    out of memory, or a NaN/inf loss; the callbacks' ``on_run_end`` still sees the result (with
+    ``error`` set). ``resume`` is a state from ``Callback.on_checkpoint``: training continues
+    after its epoch, and ``model`` should be built as it was for the first run (its frozen
+    parameters are the reference the end-of-run check compares against). ``traced`` is the
+    model's forward graph when the caller has it already (see :func:`split.trace`).
     """
-    config = config or TrainConfig()
-    config.validate()
-    device = distributed.local_device(resolve_device(config.device))
-    n_out = output_classes(model)
-    if n_out is not None and n_out != data.num_classes:
-        raise TrainingError(
-            f"the model's head has {n_out} outputs but {data.name} has {data.num_classes} classes; "
-            f"make the plan with --num-classes {data.num_classes}"
-        )
-    plan.apply(model)
-    model.to(device)
-    amp = config.amp and device.type == "cuda"
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-
-    transform = BatchTransform.for_model(model_info(model), data.image_size, config.image_size)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
-    optimizer = make_optimizer(trainable, config, device)
-    snap = frozen_snapshot(model, plan)
-
-    train_split = data.train.to(device)
-    n = len(train_split)
-    rank, world = distributed.rank(), distributed.world()
-    share = n // world  # under torchrun each process trains on its own shard of every epoch
-    bs = min(config.batch_size, share)
-    steps = share // bs if share >= bs else 1  # drop the ragged last batch, as BatchNorm dislikes size 1
-    prefix, rest, cut, cache_train, cache_val = plan_split(model, plan, config)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    head = rest if rest is not None else model
-    if distributed.active():
-        # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
-        head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = torch.compile(head) if config.compile else head
-    result = TrainResult(epochs=0, device=str(device), feature_cache=cache_train,
-                         frozen_prefix=cut.name if cut else None)
-    start_ev = RunStart(config.epochs, steps, str(device), n, len(data.val), transform.size, config.effective_lr,
-                        cache_train, cut.name if cut else None)
-    for cb in callbacks:
-        cb.on_run_start(start_ev)
-
-    first_epoch = 1
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        gen.set_state(resume["rng"]["generator"])
-        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
-        result.history = [EpochEnd(**e) for e in resume["history"]]
-        result.epochs = first_epoch = resume["epoch"]
-        first_epoch += 1
-    # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
-    checkpointers = [cb for cb in callbacks
-                     if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint) is not Callback.on_checkpoint]
-
-    t_run = time.perf_counter()
-    images_total, train_seconds = 0, 0.0
+    run = _Run(model, plan, data, config or TrainConfig(), list(callbacks), stop, traced)
     try:
-        model.eval()
-        train_features = FeatureStore(prefix, train_split.images, transform, device, amp) if cache_train else None
-        val_features = FeatureStore(prefix, data.val.images, transform, device, amp) if cache_val else None
-        for epoch in range(first_epoch, config.epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=gen).to(device)[rank::world]  # same order on every rank
-            t0 = time.perf_counter()
-            loss_sum, seen = 0.0, 0
-            for step in range(1, steps + 1):
-                if distributed.any_all(stop is not None and stop.is_set(), device):
-                    result.stopped = True
-                    break
-                idx = perm[(step - 1) * bs: step * bs]
-                y = train_split.labels[idx]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    if train_features is not None:
-                        x = train_features.get(idx)
-                    else:
-                        x = transform(train_split.images[idx])
-                        if config.augment:
-                            x = random_crop_flip(x, gen)
-                        if prefix is not None:
-                            with torch.no_grad():  # the frozen prefix keeps no activations
-                                x = prefix(x)
-                    loss = F.cross_entropy(logits_of(step_fn(x)).float(), y)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} at epoch {epoch}, step {step}; "
-                        f"lower the learning rate (now {config.effective_lr:g}) or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss_value * len(idx)
-                seen += len(idx)
-                elapsed = time.perf_counter() - t0
-                ev = StepEnd(epoch, step, (epoch - 1) * steps + step, config.epochs * steps, loss_value,
-                             seen / elapsed if elapsed > 0 else 0.0)
-                for cb in callbacks:
-                    cb.on_step(ev)
-            epoch_train_s = time.perf_counter() - t0
-            if result.stopped and seen == 0:
+        run.prepare()
+        run.restore(resume)
+        run.cache_features()
+        for epoch in range(run.first_epoch, run.config.epochs + 1):
+            ev = run.train_epoch(epoch)
+            if ev is None:  # stopped before its first step
                 break
-            images_total += seen * world
-            train_seconds += epoch_train_s
-            val_loss, val_acc = evaluate(model, data.val, transform, max(bs, 256), device, amp, val_features, rest)
-            loss_sum, seen_all = distributed.sum_all(loss_sum, seen, device=device)
-            ev = EpochEnd(epoch, config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
-                          seen_all / epoch_train_s if epoch_train_s > 0 else 0.0, time.perf_counter() - t0,
-                          partial=result.stopped)
-            result.history.append(ev)
-            result.epochs = epoch
-            for cb in callbacks:
-                cb.on_epoch(ev)
-            if result.stopped:
+            run.end_epoch(ev)
+            if run.result.stopped:
                 break
-            if checkpointers:
-                state = checkpoint_state(model, optimizer, gen, epoch, result.history, device)
-                for cb in checkpointers:
-                    cb.on_checkpoint(state)
+            run.checkpoint(epoch)
     except TrainingError as e:
-        result.error = str(e)
+        run.result.error = str(e)
         raise
-    except torch.OutOfMemoryError:
-        result.error = (f"out of memory at batch size {bs} on {device}; try --batch-size {max(1, bs // 2)}")
-        raise TrainingError(result.error) from None
+    except OutOfMemoryError:
+        run.result.error = run.out_of_memory_message()
+        raise TrainingError(run.result.error) from None
     finally:
-        result.seconds = time.perf_counter() - t_run
-        result.train_images_per_s = images_total / train_seconds if train_seconds > 0 else 0.0
-        result.changed = changed_since(model, snap)
-        result.frozen_unchanged = not result.changed
-        for cb in callbacks:
-            cb.on_run_end(result)
-    return result
+        run.finish()
+    return run.result
+
+
+class _Run:
+    """The state of one call of :func:`train`, and its steps in the order they run."""
+
+    def __init__(self, model: nn.Module, plan: FreezePlan, data: Dataset, config: TrainConfig,
+                 callbacks: list[Callback], stop: threading.Event | None, traced):
+        config.validate()
+        self.model, self.plan, self.data, self.config = model, plan, data, config
+        self.callbacks, self.stop, self.traced = callbacks, stop, traced
+        self.device = distributed.local_device(resolve_device(config.device))
+        self.rank, self.world = distributed.rank(), distributed.world()
+        self.result = TrainResult(epochs=0, device=str(self.device))
+        self.first_epoch = 1
+        self.bs = config.batch_size
+        self.stage = "setting up"
+        self.snap: dict[str, torch.Tensor] | None = None
+        self.images_total, self.train_seconds = 0, 0.0
+        self.t_run = time.perf_counter()
+        # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
+        self.checkpointers = [cb for cb in callbacks if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint)
+                              is not Callback.on_checkpoint]
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self) -> None:
+        """Plan on the model, model and data on the device, optimizer, frozen prefix; RunStart."""
+        model, config, device = self.model, self.config, self.device
+        n_out = output_classes(model)
+        if n_out is not None and n_out != self.data.num_classes:
+            raise TrainingError(
+                f"the model's head has {n_out} outputs but {self.data.name} has {self.data.num_classes} classes; "
+                f"make the plan with --num-classes {self.data.num_classes}"
+            )
+        self.plan.apply(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
+        self.snap = frozen_snapshot(model, self.plan)
+        self.stage = "moving the model to the device"
+        model.to(device)
+        self.amp = config.amp and device.type == "cuda"
+        torch.manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.transform = BatchTransform.for_model(model_info(model), self.data.image_size, config.image_size)
+        self.optimizer = make_optimizer(trainable, config, device)
+        self.stage = "moving the data to the device"
+        self.train_split = self.data.train.to(device)
+        self.n = len(self.train_split)
+        share = self.n // self.world  # under torchrun each process trains on its own shard of every epoch
+        self.bs = min(config.batch_size, share)
+        # drop the ragged last batch, as BatchNorm dislikes size 1
+        self.steps = share // self.bs if share >= self.bs else 1
+        self.prefix, self.rest, cut, self.cache_train, self.cache_val = plan_split(model, self.plan, config,
+                                                                                  self.traced)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        head = self.rest if self.rest is not None else model
+        if distributed.active():
+            # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
+            head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda"
+                                                       else None)
+        self.step_fn = torch.compile(head) if config.compile else head
+        self.result.feature_cache = self.cache_train
+        self.result.frozen_prefix = cut.name if cut else None
+        start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
+                         config.effective_lr, self.cache_train, cut.name if cut else None)
+        for cb in self.callbacks:
+            cb.on_run_start(start)
+
+    def restore(self, resume: dict | None) -> None:
+        """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
+        if resume is None:
+            return
+        self.model.load_state_dict(resume["model"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        self.gen.set_state(resume["rng"]["generator"])
+        if self.device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        self.result.history = [EpochEnd(**e) for e in resume["history"]]
+        self.result.epochs = resume["epoch"]
+        self.first_epoch = resume["epoch"] + 1
+
+    def cache_features(self) -> None:
+        """The frozen prefix's outputs, computed once where that gives the same result."""
+        self.stage = "caching the frozen prefix's outputs"
+        self.model.eval()
+        args = (self.transform, self.device, self.amp)
+        self.train_features = FeatureStore(self.prefix, self.train_split.images, *args) if self.cache_train else None
+        self.val_features = FeatureStore(self.prefix, self.data.val.images, *args) if self.cache_val else None
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int) -> EpochEnd | None:
+        """One pass over (this process's share of) the training set; None when stopped before
+        its first step."""
+        self.stage = "training"
+        self.model.train()
+        perm = torch.randperm(self.n, generator=self.gen).to(self.device)[self.rank::self.world]  # same on every rank
+        t0 = time.perf_counter()
+        loss_sum, seen = 0.0, 0
+        for step in range(1, self.steps + 1):
+            if distributed.any_all(self.stop is not None and self.stop.is_set(), self.device):
+                self.result.stopped = True
+                break
+            idx = perm[(step - 1) * self.bs: step * self.bs]
+            loss_value = self.train_step(idx, epoch, step)
+            loss_sum += loss_value * len(idx)
+            seen += len(idx)
+            elapsed = time.perf_counter() - t0
+            ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps, loss_value,
+                         seen / elapsed if elapsed > 0 else 0.0)
+            for cb in self.callbacks:
+                cb.on_step(ev)
+        seconds = time.perf_counter() - t0
+        if self.result.stopped and seen == 0:
+            return None
+        self.images_total += seen * self.world
+        self.train_seconds += seconds
+        self.stage = "evaluating"
+        val_loss, val_acc = evaluate(self.model, self.data.val, self.transform, max(self.bs, 256), self.device,
+                                     self.amp, self.val_features, self.rest)
+        loss_sum, seen_all = distributed.sum_all(loss_sum, seen, device=self.device)
+        return EpochEnd(epoch, self.config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
+                        seen_all / seconds if seconds > 0 else 0.0, time.perf_counter() - t0,
+                        partial=self.result.stopped)
+
+    def train_step(self, idx: torch.Tensor, epoch: int, step: int) -> float:
+        """Forward, backward and update on one batch; returns its loss."""
+        y = self.train_split.labels[idx]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.train_features is not None:
+                x = self.train_features.get(idx)
+            else:
+                x = self.transform(self.train_split.images[idx])
+                if self.config.augment:
+                    x = random_crop_flip(x, self.gen)
+                if self.prefix is not None:
+                    with torch.no_grad():  # the frozen prefix keeps no activations
+                        x = self.prefix(x)
+            loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss became {loss_value} at epoch {epoch}, step {step}; "
+                f"lower the learning rate (now {self.config.effective_lr:g}) or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss_value
+
+    def end_epoch(self, ev: EpochEnd) -> None:
+        self.result.history.append(ev)
+        self.result.epochs = ev.epoch
+        for cb in self.callbacks:
+            cb.on_epoch(ev)
+
+    def checkpoint(self, epoch: int) -> None:
+        if self.checkpointers:
+            state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history, self.device)
+            for cb in self.checkpointers:
+                cb.on_checkpoint(state)
+
+    # ------------------------------------------------------------------ finish
+
+    def out_of_memory_message(self) -> str:
+        where = f"out of memory while {self.stage} on {self.device}"
+        if self.stage in ("training", "evaluating", "caching the frozen prefix's outputs"):
+            return f"{where} at batch size {self.bs}; try --batch-size {max(1, self.bs // 2)} or a smaller --image-size"
+        return f"{where}: the model or the data does not fit; try a smaller --image-size or model"
+
+    def finish(self) -> None:
+        """Totals, the frozen-drift check, and on_run_end for every callback."""
+        r = self.result
+        r.seconds = time.perf_counter() - self.t_run
+        r.train_images_per_s = self.images_total / self.train_seconds if self.train_seconds > 0 else 0.0
+        r.changed = changed_since(self.model, self.snap) if self.snap is not None else []
+        r.frozen_unchanged = not r.changed
+        for cb in self.callbacks:
+            cb.on_run_end(r)
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, epoch: int,

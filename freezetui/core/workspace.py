@@ -1,13 +1,13 @@
-"""The editable state behind the TUI, in plain Python: a model's module tree, the freeze state of
-every parameter, totals, lints, and runs started from the same initial weights.
+"""The editable state behind the TUI, in plain Python: a model's module tree and the one
+:class:`FreezePlan` being edited, with the numpy views the tree needs to stay fast.
 
-Widgets read this; they never touch torch. Everything here is cheap enough to call per key
-press on models with tens of thousands of parameter tensors (numpy ranges, no model walks).
+Widgets read this; they never touch torch. Every edit goes through the plan; the views
+(``frozen``, counts, states) are derived from it, cheap enough to recompute per key press on
+models with tens of thousands of parameter tensors.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,10 @@ from .data import Dataset, load_data
 from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
-from .plan import BATCHNORM_MODES, FreezePlan, glob_matches
-from .runs import RunWriter, load_checkpoint, new_run_dir
+from .plan import BATCHNORM_MODES, FreezePlan
+from .runner import check_code_allowed
 from .split import find_cut, trace
-from .train import Callback, TrainConfig, TrainResult, resolve_device, train
+from .train import TrainConfig, resolve_device
 
 
 @dataclass
@@ -72,7 +72,7 @@ class RunRecord:
 
 
 class Workspace:
-    """A model, its freeze state and the data to train on."""
+    """A model, the plan being edited for it, the data to train on, and this session's runs."""
 
     def __init__(self, model: nn.Module, data: Dataset | None = None, plan: FreezePlan | None = None,
                  data_name: str = "", device: str = "auto"):
@@ -81,13 +81,10 @@ class Workspace:
         self.data = data
         self.data_name = data_name or (data.name if data else "")
         self.device = device
-        params = list(model.named_parameters())
-        self.param_names = [n for n, _ in params]
-        self.index = {n: i for i, n in enumerate(self.param_names)}
-        self.numel = np.array([p.numel() for _, p in params], dtype=np.int64)
-        self.frozen = np.array([not p.requires_grad for _, p in params], dtype=bool)
-        self.batchnorm = "freeze"
-        self.plan_extra: dict = {}
+        self.plan = FreezePlan.from_model(model, spec=self.info.spec())  # the one source of truth
+        self.param_names = list(self.plan.params)
+        self.numel = np.array([self.plan.numels[n] for n in self.param_names], dtype=np.int64)
+        self.frozen = np.zeros(len(self.param_names), dtype=bool)  # a view of the plan, see _changed
         self.nodes = self._build_nodes()
         self.heads = find_heads(model)
         self.version = 0
@@ -98,6 +95,7 @@ class Workspace:
         self.runs: list[RunRecord] = []
         self.traced = trace(model)  # once: every freeze edit then finds its cut in O(nodes)
         self.order = self.traced.param_order if self.traced else self.param_names
+        self._changed()
         if plan is not None:
             self.load_plan_object(plan)
 
@@ -107,9 +105,12 @@ class Workspace:
     def open(cls, model: str = "resnet18", weights: str | None = "auto", data: str = "shapes",
              num_classes: int | None = None, small_input: bool = False, plan: str | None = None,
              device: str = "auto", seed: int = 0, image_size: int | None = None) -> "Workspace":
-        """Load the data, build the model sized to it, and apply ``plan`` if given."""
+        """Load the data, build the model sized to it, and apply ``plan`` if given (its model
+        wins; a plan naming a Python factory needs ``model`` to name it too)."""
         resolve_device(device)
         loaded_plan = FreezePlan.load(plan) if plan else None
+        if loaded_plan is not None:
+            check_code_allowed(loaded_plan.model["name"], model)
         dataset = load_data(data, seed=seed, size=image_size)
         if loaded_plan is not None:
             spec = loaded_plan.model
@@ -178,6 +179,10 @@ class Workspace:
         return {"total": total, "trainable": trainable, "frozen": total - trainable,
                 "percent": 100.0 * trainable / total if total else 0.0}
 
+    @property
+    def batchnorm(self) -> str:
+        return self.plan.batchnorm
+
     def backward_stop(self) -> str | None:
         """Where the frozen prefix ends in the forward graph (backward runs no further down),
         or, for a model that cannot be traced, the first trainable parameter's module."""
@@ -194,12 +199,17 @@ class Workspace:
             raise PlanError("the plan is read-only while a run is in progress; stop it with t first")
 
     def _changed(self) -> None:
+        """Derive the tree's view from the plan after an edit."""
+        self.frozen = np.fromiter(self.plan.params.values(), dtype=bool, count=len(self.param_names))
         self.version += 1
+
+    def _names(self, name: str) -> list[str]:
+        n = self.nodes[name]
+        return self.param_names[n.start:n.end]
 
     def set_frozen(self, name: str, frozen: bool) -> None:
         self._check_unlocked()
-        n = self.nodes[name]
-        self.frozen[n.start:n.end] = frozen
+        self.plan.set_frozen(self._names(name), frozen)
         self._changed()
 
     def toggle(self, name: str) -> None:
@@ -210,49 +220,39 @@ class Workspace:
         """Freeze every parameter before this node in parameter order; the rest trains."""
         self._check_unlocked()
         start = self.nodes[name].start
-        self.frozen[:] = False
-        self.frozen[:start] = True
+        if start < len(self.param_names):
+            self.plan.freeze_before(self.param_names[start])
+        else:
+            self.plan.set_frozen(self.param_names, True)
         self._changed()
 
     def head_only(self) -> None:
         self._check_unlocked()
-        self.frozen[:] = True
+        self.plan.set_frozen(self.param_names, True)
         for h in self.heads:
-            n = self.nodes[h]
-            self.frozen[n.start:n.end] = False
+            self.plan.set_frozen(self._names(h), False)
         self._changed()
 
     def all_trainable(self) -> None:
         self._check_unlocked()
-        self.frozen[:] = False
+        self.plan.set_frozen(self.param_names, False)
         self._changed()
 
     def set_batchnorm(self, mode: str) -> None:
         self._check_unlocked()
         if mode not in BATCHNORM_MODES:
             raise PlanError(f"batchnorm must be one of {BATCHNORM_MODES}")
-        self.batchnorm = mode
+        self.plan.batchnorm = mode
         self._changed()
 
     def apply_glob(self, pattern: str, frozen: bool) -> int:
         """Freeze or unfreeze every parameter the glob matches; a glob matching nothing is an error."""
         self._check_unlocked()
-        hits = [i for i, n in enumerate(self.param_names) if glob_matches(pattern, n)]
-        if not hits:
-            raise PlanError(f"{pattern!r} matches no parameter or module")
-        self.frozen[hits] = frozen
+        hits = self.plan.freeze(pattern) if frozen else self.plan.unfreeze(pattern)
         self._changed()
         return len(hits)
 
     # ------------------------------------------------------------------ plans
-
-    @property
-    def plan(self) -> FreezePlan:
-        spec = self.info.spec()
-        plan = FreezePlan(model=spec, params=dict(zip(self.param_names, self.frozen.tolist())),
-                          batchnorm=self.batchnorm, numels=dict(zip(self.param_names, self.numel.tolist())),
-                          extra=dict(self.plan_extra))
-        return plan
 
     def lints(self, image_size: int | None = None) -> list[Lint]:
         """The core's lints for the current state, computed once per edit (the details panel
@@ -275,9 +275,10 @@ class Workspace:
         if name != self.info.name:
             raise PlanError(f"the plan is for {name}, but this model is {self.info.name}")
         plan.check_fits(self.model)
-        self.frozen[:] = [plan.params[n] for n in self.param_names]
-        self.batchnorm = plan.batchnorm
-        self.plan_extra = dict(plan.extra)
+        self.plan.set_frozen(self.param_names, False)
+        self.plan.set_frozen(plan.frozen, True)
+        self.plan.batchnorm = plan.batchnorm
+        self.plan.extra = dict(plan.extra)
         self._changed()
 
     def load_plan(self, path: str | Path) -> FreezePlan:
@@ -293,49 +294,12 @@ class Workspace:
         self.runs.append(record)
         return record
 
-    def _reset_weights(self) -> None:
+    def reset_weights(self) -> None:
+        """Every run starts from the weights the model was opened with."""
         if self.initial_state is None:
             self.initial_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         else:
             self.model.load_state_dict(self.initial_state)
-
-    def run(self, record: RunRecord, callbacks: list[Callback], stop: threading.Event,
-            runs_dir: str | Path = "runs") -> TrainResult:
-        """Train from the initial weights under the current plan; write a run folder.
-
-        Called on a worker thread. The tree is locked meanwhile.
-        """
-        if self.data is None:
-            raise PlanError("no data loaded")
-        self.locked = True
-        try:
-            self._reset_weights()
-            plan = self.plan
-            record.folder = new_run_dir(runs_dir, f"{self.info.name.replace(':', '-')}-{record.id}")
-            writer = RunWriter(record.folder, self.model, plan, record.config,
-                               extra={"data": self.data_name, "model": self.info.name})
-            result = train(self.model, plan, self.data, record.config, callbacks=[*callbacks, writer], stop=stop)
-        finally:
-            self.locked = False
-        return result
-
-    def resume(self, record: RunRecord, callbacks: list[Callback], stop: threading.Event) -> TrainResult:
-        """Continue a stopped or failed run from its last checkpoint, under the plan it started
-        with, into the same folder. Called on a worker thread."""
-        checkpoint = load_checkpoint(record.folder)
-        plan = FreezePlan.from_dict(checkpoint["plan"], source=f"the checkpoint in {record.folder}")
-        self.locked = True
-        try:
-            self._reset_weights()  # the frozen reference; the checkpoint's weights load over it
-            record.epochs = list(checkpoint["history"])
-            record.status, record.error = "running", None
-            writer = RunWriter(record.folder, self.model, plan, record.config,
-                               extra={"data": self.data_name, "model": self.info.name},
-                               resume_epoch=checkpoint["epoch"])
-            return train(self.model, plan, self.data, record.config, callbacks=[*callbacks, writer], stop=stop,
-                         resume=checkpoint)
-        finally:
-            self.locked = False
 
     def describe(self) -> str:
         """Model · weights · data · device, for the header."""

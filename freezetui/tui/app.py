@@ -1,14 +1,12 @@
 """FreezeApp: composes the widgets, binds the keys, and routes messages between the widgets and
-the core. Model loading and training run in thread workers; only this thread touches widgets."""
+the core. Model loading and training run in thread workers; the run lifecycle itself lives in
+the Textual-free :class:`~freezetui.core.controller.RunController`. Only this thread touches
+widgets."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
-import threading
-import time
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,12 +17,14 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header
 from textual.worker import Worker, WorkerState
 
+from ..core.controller import RunController, default_trainer, error_text
 from ..core.errors import FreezeTUIError
 from ..core.train import TrainConfig, gpu_count, memory_in_use
 from ..core.workspace import Workspace
 from .bridge import UIBridge
 from .commands import binding_commands, key_table
 from .messages import EpochDone, PlanChanged, TrainProgress
+from .plan_watch import PlanFileWatch
 from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
 from .screens.help import HelpScreen
@@ -39,9 +39,13 @@ from .widgets.run_panel import RunPanel
 from .widgets.runs_table import RunsTable
 from .widgets.totals import Totals
 
+__all__ = ["AppOptions", "FreezeApp", "create_app", "default_trainer", "run_app"]
+
 
 @dataclass
 class AppOptions:
+    """What the app opens: a model (or the plan's), data, and the training settings."""
+
     model: str = "resnet18"
     weights: str | None = "auto"
     data: str = "shapes"
@@ -52,10 +56,6 @@ class AppOptions:
     seed: int = 0
     runs_dir: str = "runs"
     config: TrainConfig = field(default_factory=TrainConfig)
-
-
-def default_trainer(workspace: Workspace, record, callbacks, stop, runs_dir):
-    return workspace.run(record, callbacks, stop, runs_dir)
 
 
 class FreezeApp(App):
@@ -81,14 +81,10 @@ class FreezeApp(App):
         self.options = options or AppOptions()
         self.workspace: Workspace | None = workspace
         self.trainer = trainer
+        self.controller: RunController | None = None
         self.config = self.options.config
-        self.stop_event = threading.Event()
-        self.quit_requested = False
         self.compare_id: int | None = None
-        self.charts_dirty = False
-        self.last_chart_draw = 0.0
-        self.plan_file: Path | None = Path(self.options.plan) if self.options.plan else None
-        self.plan_file_stamp: float | None = None
+        self.plan_watch = PlanFileWatch(self.options.plan)
         self.exported_version: int | None = None
 
     # ------------------------------------------------------------------ layout
@@ -137,41 +133,17 @@ class FreezeApp(App):
             pass
 
     def hang_up(self) -> None:
-        self.quit_requested = True
-        self.stop_event.set()
-        if not self.training:
+        if self.controller is None or self.controller.hang_up():
             self.exit(return_code=128 + signal.SIGHUP)
 
-    def watch_plan_file(self, path: str | Path) -> None:
-        """Remember the plan file the app loaded or wrote, to notice when it changes on disk."""
-        self.plan_file = Path(path)
-        self.plan_file_stamp = self._stamp(self.plan_file)
-
-    @staticmethod
-    def _stamp(path: Path) -> float | None:
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return None
-
     def check_plan_file(self) -> None:
-        if self.plan_file is None:
-            return
-        stamp = self._stamp(self.plan_file)
-        if stamp == self.plan_file_stamp:
-            return
-        if stamp is None:
-            self.notify(f"{self.plan_file} was deleted; the plan in the app is unchanged (e exports it again).",
-                        severity="warning", timeout=10)
-        else:
-            self.notify(f"{self.plan_file} changed on disk; the app keeps its plan (o reloads the file).",
-                        severity="warning", timeout=10)
-        self.plan_file_stamp = stamp
+        change = self.plan_watch.check()
+        if change:
+            self.notify(change, severity="warning", timeout=10)
 
     def show_workspace(self) -> None:
         ws = self.workspace
-        if self.plan_file is not None:
-            self.watch_plan_file(self.plan_file)
+        self.controller = RunController(ws, self.options.runs_dir, self.trainer)
         self.sub_title = ws.describe()
         tree = self.main(ModuleTree)
         tree.load(ws)
@@ -194,8 +166,7 @@ class FreezeApp(App):
             return
         self.main(Totals).show(ws)
         self.main(LintsPanel).show(ws.lints(self.config.image_size))
-        tree = self.main(ModuleTree)
-        node = tree.cursor_node
+        node = self.main(ModuleTree).cursor_node
         self.main(Details).show(ws, node.data if node is not None else None)
 
     @on(PlanChanged)
@@ -267,7 +238,7 @@ class FreezeApp(App):
         def done(path: str | None) -> None:
             if path:
                 self.exported_version = self.workspace.version
-                self.watch_plan_file(path)
+                self.plan_watch.watch(path)
                 self.notify(f"Plan saved to {path}")
 
         self.push_screen(PathDialog("Export the freeze plan", "freeze-plan.json", save, confirm_overwrite=True,
@@ -288,7 +259,7 @@ class FreezeApp(App):
         def done(path: str | None) -> None:
             if path:
                 self.exported_version = self.workspace.version
-                self.watch_plan_file(path)
+                self.plan_watch.watch(path)
                 self.notify(f"Plan loaded from {path}")
 
         self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
@@ -305,7 +276,7 @@ class FreezeApp(App):
     def action_torchrun(self) -> None:
         if self.workspace is None:
             return
-        path = str(self.plan_file or "freeze-plan.json")
+        path = str(self.plan_watch.path or "freeze-plan.json")
         command = torchrun_command(path, self.options.data, self.config, gpu_count() or 2)
         stale = self.exported_version != self.workspace.version
         note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
@@ -338,65 +309,53 @@ class FreezeApp(App):
     def training(self) -> bool:
         return any(w.group == "train" and w.is_running for w in self.workers)
 
+    @property
+    def stop_event(self):
+        return self.controller.stop_event
+
     def action_train(self) -> None:
-        if self.workspace is None:
+        if self.controller is None:
             self.notify("Still loading the model.", severity="warning")
             return
         if self.training:
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.stop_event.set()
+                    self.controller.request_stop()
                     self.main(RunPanel).finish("stopping after this batch…")
             self.push_screen(ConfirmScreen("Stop the run? What it trained so far is kept."), answered)
             return
-        self.stop_event = threading.Event()
-        record = self.workspace.new_run(dataclasses.replace(self.config))
+        record = self.controller.start(self.config)
         self.main(RunsTable).upsert(record)
         self.main(RunPanel).start(record.label, None)
-        self.charts_dirty = True
-        self.workspace.locked = True  # read-only from now, not from when the worker starts
-        self.train_worker(record)
+        self.main(Charts).dirty = True
+        self.train_worker()
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
-    def train_worker(self, record, resume: bool = False):
-        bridge = UIBridge(self, record)
-        if resume:
-            return self.workspace.resume(record, [bridge], self.stop_event)
-        return self.trainer(self.workspace, record, [bridge], self.stop_event, self.options.runs_dir)
+    def train_worker(self):
+        return self.controller.work([UIBridge(self, self.controller.current)])
 
     @on(RunsTable.ResumeRequested)
     def on_resume_requested(self, event: RunsTable.ResumeRequested) -> None:
         record = next(r for r in self.workspace.runs if r.id == event.run_id)
-        if self.training:
-            self.notify("A run is in progress; stop it first (t).", severity="warning")
+        refusal = self.controller.resume_refusal(record)
+        if refusal or self.training:
+            self.notify(refusal or "A run is in progress; stop it first (t).", severity="warning")
             return
-        if record.status not in ("stopped", "failed") or record.folder is None \
-                or not (record.folder / "checkpoint.pt").is_file():
-            self.notify(f"Run {record.label} has nothing to resume: it is {record.status} "
-                        f"or stopped before its first epoch ended.", severity="warning")
-            return
-        self.stop_event = threading.Event()
-        self.workspace.runs.remove(record)
-        self.workspace.runs.append(record)  # the resumed run is the current one
+        self.controller.start_resume(record)
         self.main(RunPanel).start(record.label, None)
-        self.workspace.locked = True
-        self.train_worker(record, resume=True)
+        self.train_worker()
 
     @on(TrainProgress)
     def on_train_progress(self, m: TrainProgress) -> None:
-        record = self.current_run
+        record = self.controller.current
         self.main(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
-                                          m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
-        self.charts_dirty = True
+                                     m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
+        self.main(Charts).dirty = True
 
     @on(EpochDone)
     def on_epoch_done(self, m: EpochDone) -> None:
-        self.main(RunsTable).upsert(self.current_run, False)
-        self.charts_dirty = True
-
-    @property
-    def current_run(self):
-        return self.workspace.runs[-1] if self.workspace and self.workspace.runs else None
+        self.main(RunsTable).upsert(self.controller.current, False)
+        self.main(Charts).dirty = True
 
     @on(Worker.StateChanged)
     def on_worker_state(self, event: Worker.StateChanged) -> None:
@@ -406,39 +365,24 @@ class FreezeApp(App):
                 self.workspace = worker.result
                 self.show_workspace()
             elif state == WorkerState.ERROR:
-                self.exit(return_code=1, message=f"freezetui: error: {self._error_text(worker.error)}")
+                self.exit(return_code=1, message=f"freezetui: error: {error_text(worker.error)}")
             return
         if worker.group != "train" or state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
-        self.workspace.locked = False
-        record = self.current_run
-        panel = self.main(RunPanel)
-        if state == WorkerState.SUCCESS:
-            result = worker.result
-            record.status = "stopped" if result.stopped else "done"
-            best = f"{100 * record.best_acc:.1f}%" if record.best_acc is not None else "—"
-            frozen = "frozen params unchanged" if result.frozen_unchanged else "FROZEN PARAMS CHANGED"
-            panel.finish(f"run {record.label} {record.status} · best val acc {best} · saved to {record.folder} · "
-                         f"{frozen}")
+        ok = state == WorkerState.SUCCESS
+        text = self.controller.finished(worker.result if ok else None,
+                                        None if ok else worker.error or RuntimeError("cancelled"))
+        record = self.controller.current
+        self.main(RunPanel).finish(text)
+        if ok:
             self.notify(f"Run {record.label} {record.status}; saved to {record.folder}")
         else:
-            record.status = "failed"
-            record.error = self._error_text(worker.error)
-            panel.finish(f"run {record.label} failed: {record.error}")
             self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
         self.main(RunsTable).upsert(record, False)
-        self.charts_dirty = True
+        self.main(Charts).dirty = True
         self.redraw_charts(force=True)
-        if self.quit_requested:
+        if self.controller.quit_requested:
             self.exit()
-
-    @staticmethod
-    def _error_text(error: BaseException | None) -> str:
-        if isinstance(error, FreezeTUIError):
-            return str(error)
-        if error is not None and "out of memory" in str(error).lower():
-            return "out of memory: lower the batch size (c) or the image size"
-        return f"{type(error).__name__}: {error}" if error else "unknown error"
 
     @on(DataTable.RowSelected)
     def on_run_selected(self, event: DataTable.RowSelected) -> None:
@@ -446,33 +390,22 @@ class FreezeApp(App):
         self.compare_id = None if self.compare_id == run_id else run_id
         for record in self.workspace.runs:
             self.main(RunsTable).upsert(record, record.id == self.compare_id)
-        self.charts_dirty = True
+        self.main(Charts).dirty = True
         self.redraw_charts(force=True)
 
     def redraw_charts(self, force: bool = False) -> None:
-        """Redraw from the runs' data when it changed. Plotting is pure Python and shares the
-        CPU with training, so it may take at most ~5 % of the time: after plots that took d
-        seconds to render, the next redraw waits at least 20·d."""
-        if not self.charts_dirty or self.workspace is None:
+        current = self.controller.current if self.controller is not None else None
+        if current is None:
             return
-        now = time.monotonic()
-        charts = self.main(Charts)
-        if not force and now - self.last_chart_draw < 20 * charts.render_seconds:
-            return
-        self.charts_dirty = False
         runs = {r.id: r for r in self.workspace.runs}
-        current = self.current_run
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        charts.draw(current, compare)
-        self.last_chart_draw = now
+        self.main(Charts).redraw(current, compare, force)
 
     async def action_quit(self) -> None:
-        if self.training:
-            self.quit_requested = True
-            self.stop_event.set()
-            self.main(RunPanel).finish("stopping the run to quit; keeping what it trained…")
+        if self.controller is None or self.controller.quit():
+            self.exit()
             return
-        self.exit()
+        self.main(RunPanel).finish("stopping the run to quit; keeping what it trained…")
 
 
 def create_app(options: AppOptions | None = None, workspace: Workspace | None = None,
@@ -482,7 +415,7 @@ def create_app(options: AppOptions | None = None, workspace: Workspace | None = 
 
 
 def options_from_args(args) -> AppOptions:
-    from ..cli import config_from_args
+    from ..options import config_from_args
 
     return AppOptions(model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
                       small_input=args.small_input, plan=args.plan, device=args.device, seed=args.seed,
@@ -491,12 +424,13 @@ def options_from_args(args) -> AppOptions:
 
 def run_app(args) -> int:
     from ..core.plan import FreezePlan
+    from ..core.runner import check_code_allowed
     from ..core.train import resolve_device
 
     # Cheap checks first, so a bad argument is one sentence before the screen is taken over.
     resolve_device(args.device)
     if args.plan:
-        FreezePlan.load(args.plan)
+        check_code_allowed(FreezePlan.load(args.plan).model["name"], args.model)
     app = create_app(options_from_args(args))
     app.run()
     return app.return_code or 0

@@ -68,6 +68,13 @@ class AccuracyChart(TimedPlot):
 
 
 class Charts(Horizontal):
+    """Both plots. Plotting is pure Python and shares the CPU with training, so it may take at
+    most ~5 % of the time: after plots that took d seconds to render, the next redraw waits at
+    least 20·d (see :meth:`redraw`)."""
+
+    dirty = False
+    last_draw = 0.0
+
     def compose(self) -> ComposeResult:
         yield LossChart(id="loss-chart")
         yield AccuracyChart(id="acc-chart")
@@ -75,6 +82,17 @@ class Charts(Horizontal):
     def draw(self, current, compare=None) -> None:
         self.query_one(LossChart).draw(current, compare)
         self.query_one(AccuracyChart).draw(current, compare)
+
+    def redraw(self, current, compare=None, force: bool = False) -> None:
+        """Redraw when the data changed (``dirty``) and the time budget allows, or when forced."""
+        if not self.dirty:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_draw < 20 * self.render_seconds:
+            return
+        self.dirty = False
+        self.draw(current, compare)
+        self.last_draw = now
 
     @property
     def render_seconds(self) -> float:

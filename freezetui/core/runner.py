@@ -1,0 +1,239 @@
+"""The one place a run is put together, whoever starts it: ``freezetui train``, ``--resume``,
+torchrun workers, the TUI and sweeps all call :func:`execute` with a :class:`RunSpec`.
+
+Steps: check the output folder, join torchrun's process group, load the data, build the model
+and its plan, check the head against the data, lint, then train with a run writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import distributed
+from .data import Dataset, load_data
+from .errors import PlanError
+from .lints import Lint, check
+from .models import build_model, model_info
+from .plan import FreezePlan
+from .runs import RunWriter, load_checkpoint
+from .specs import ModelSpec, RunSpec
+from .split import trace
+from .train import Callback, TrainConfig, TrainResult, output_classes, resolve_device, train
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+class Reporter:
+    """Where a run's notes, warnings and lints go: printed by the CLI, ignored by the TUI (which
+    shows them live). Override what you need."""
+
+    def note(self, text: str) -> None: ...
+    def warning(self, text: str) -> None: ...
+    def lints(self, lints: list[Lint]) -> None: ...
+
+
+# ----------------------------------------------------------------------------- models and plans
+
+
+def is_code(name: str) -> bool:
+    """``package.module:function`` names run the user's code; ``timm:NAME`` is a model name."""
+    return ":" in name and not name.startswith("timm:")
+
+
+def check_code_allowed(name: str, allowed: str | None) -> None:
+    """A plan is data: one naming a Python factory is built only when the command line names it too."""
+    if is_code(name) and name != allowed:
+        raise PlanError(f"the plan names the Python factory {name}; freezetui runs code named in a plan "
+                        f"only when you also pass --model {name}")
+
+
+def model_for_plan(plan: FreezePlan, weights: str | None = None, num_classes: int | None = None,
+                   allowed_code: str | None = None) -> nn.Module:
+    """Build the model a plan describes and check that the plan fits it."""
+    spec = plan.model
+    check_code_allowed(spec["name"], allowed_code)
+    model = build_model(
+        spec["name"],
+        weights=weights if weights is not None else (spec.get("weights") or "none"),
+        num_classes=spec.get("num_classes") or num_classes,
+        small_input=bool(spec.get("small_input")),
+    )
+    plan.check_fits(model)
+    plan.reorder_like(model)
+    return model
+
+
+def plan_from_rules(model: nn.Module, rules: list[tuple[str, str]], batchnorm: str = "freeze") -> FreezePlan:
+    """Everything trainable, then ``("freeze"|"unfreeze", glob)`` rules in order."""
+    from .. import __version__
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    plan = FreezePlan.from_model(model, batchnorm=batchnorm)
+    rules = list(rules or [])
+    plan.apply_rules(rules)
+    plan.extra["rules"] = [{"action": a, "glob": g} for a, g in rules]
+    plan.extra["freezetui_version"] = __version__
+    return plan
+
+
+def head_mismatch(outputs: int | None, data: Dataset) -> PlanError | None:
+    if outputs is not None and outputs != data.num_classes:
+        return PlanError(f"the plan's head has {outputs} outputs but {data.name} has {data.num_classes} classes; "
+                         f"make the plan with --num-classes {data.num_classes}")
+    return None
+
+
+def build_for_run(spec: RunSpec, data: Dataset, reporter: Reporter) -> tuple[nn.Module, FreezePlan]:
+    """The model and plan of a run: from the plan file, or from ``--model`` and rules."""
+    if spec.plan is not None:
+        error = head_mismatch(spec.plan.model.get("num_classes"), data)
+        if error:
+            raise error
+        allowed = spec.model.name if spec.model is not None else None
+        model = model_for_plan(spec.plan, num_classes=data.num_classes, allowed_code=allowed)
+        plan = spec.plan
+    elif spec.model is not None:
+        m = spec.model
+        if m.num_classes is not None and (error := head_mismatch(m.num_classes, data)):
+            raise error
+        model = build_model(m.name, weights=m.weights, num_classes=m.num_classes or data.num_classes,
+                            small_input=m.small_input)
+        plan = plan_from_rules(model, spec.rules, spec.batchnorm)
+    else:
+        raise PlanError("train needs --plan PLAN or --model NAME (with --freeze/--unfreeze rules)")
+    info = model_info(model)
+    if info is not None and info.note:
+        reporter.note(info.note)
+    if plan.model.get("num_classes") is None:  # the head was sized from the data just now
+        plan.model["num_classes"] = data.num_classes
+        plan.model["new_modules"] = sorted(set(plan.new_modules) | set(info.new_modules if info else ()))
+    return model, plan
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def check_out(out: Path, force: bool) -> None:
+    """A run folder is never overwritten by accident."""
+    if out.exists() and not out.is_dir():
+        raise PlanError(f"--out {out} is a file; give a folder for the run")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise PlanError(f"--out {out} already holds files; continue that run with --resume {out}, "
+                        f"write into it anyway with --force, or choose another folder")
+
+
+def resume_spec(run_dir: str | os.PathLike, epochs: int | None = None, device: str | None = None) -> RunSpec:
+    """The spec that continues the run in ``run_dir`` from its last checkpoint, with its own
+    settings; ``epochs`` extends it, ``device`` moves it (its RNG state follows)."""
+    state = load_checkpoint(run_dir)
+    plan = FreezePlan.from_dict(state["plan"], source=f"the checkpoint in {run_dir}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
+    if epochs is not None:
+        config.epochs = epochs
+    if device is not None:
+        config.device = device
+    config.validate()
+    return RunSpec(data=state["extra"]["data"], config=config, out=Path(run_dir), plan=plan, resume=state,
+                   model=ModelSpec(plan.model["name"]))  # the run's own factory was allowed when it started
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, stream=None):
+    """Ctrl-C, kill and a dropped SSH session end a headless run the same way: after this
+    batch, with the files written. Yields the list of signals caught. A signal that was ignored
+    when we started (``nohup`` ignores SIGHUP) stays ignored; a second signal aborts."""
+    caught: list[int] = []
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()  # first: a write to a dead terminal below must not lose the stop
+        caught.append(signum)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"\n{signal.Signals(signum).name}: stopping after this batch (again to abort)",
+                  file=stream or sys.stderr, flush=True)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, on_signal)
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threading.Event | None = None,
+            reporter: Reporter | None = None, *, model: nn.Module | None = None, data: Dataset | None = None,
+            traced=None) -> TrainResult:
+    """Carry out ``spec``. The TUI passes the ``model`` and ``data`` it holds (and its ``traced``
+    graph); otherwise they are built from the spec. Under torchrun only rank 0 reports and
+    writes files."""
+    reporter = reporter or Reporter()
+    config = spec.config
+    config.validate()
+    resolve_device(config.device)  # a missing GPU is one sentence before any file is read
+    if spec.resume is None and model is None:
+        check_out(spec.out, spec.force)
+    launched = distributed.launched()
+    rank, world = distributed.setup(config.device)
+    try:
+        if rank:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
+            reporter = Reporter()
+        if data is None:
+            data = load_data(spec.data, seed=config.seed, size=config.image_size)
+            for w in data.warnings:
+                reporter.warning(w)
+        torch.manual_seed(config.seed)
+        if model is None:
+            model, plan = build_for_run(spec, data, reporter)
+        else:
+            plan = spec.plan
+        error = head_mismatch(output_classes(model), data)
+        if error:
+            raise error
+        if traced is None:
+            traced = trace(model)
+        info = model_info(model)
+        reporter.lints(check(plan, model, image_size=config.image_size or data.image_size,
+                             min_size=info.min_size if info else None,
+                             order=traced.param_order if traced else None))
+        writers = []
+        if rank == 0:
+            writers = [*callbacks, RunWriter(spec.out, model, plan, config,
+                                             extra={"data": spec.data, "model": plan.model["name"],
+                                                    "world_size": world},
+                                             resume_epoch=spec.resume["epoch"] if spec.resume else None)]
+        return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume, traced=traced)
+    finally:
+        if launched:
+            distributed.teardown()
+
+
+def finished_message(result: TrainResult, out: Path) -> str:
+    frozen = "unchanged" if result.frozen_unchanged else f"CHANGED: {', '.join(result.changed[:5])}"
+    acc = f"{100 * result.val_acc:.1f}%" if result.val_acc is not None else "n/a"
+    return (f"done: val acc {acc} (best {100 * (result.best_val_acc or 0):.1f}%), "
+            f"{result.train_images_per_s:,.0f} img/s, frozen parameters {frozen}; wrote {out}/")
+

@@ -1,0 +1,168 @@
+"""Command-line options: the argparse parsers, and the plain specs they turn into.
+
+The CLI parses with these and dispatches; the TUI builds its options from the same specs.
+Neither the core nor the TUI imports ``freezetui.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .core.specs import ModelSpec
+from .core.train import OPTIMIZERS, TrainConfig
+
+SUBCOMMANDS = ("models", "plan", "train")
+# `train --resume DIR` continues a run with its own settings; only these may change.
+RESUME_OVERRIDES = ("device", "epochs")
+
+
+class _Rule(argparse.Action):
+    """``--freeze G`` and ``--unfreeze G`` share one ordered list: later rules win."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        rules = list(getattr(namespace, "rules", None) or [])
+        rules.append((self.const, values))
+        namespace.rules = rules
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A seed torch accepts: 0 … 2**64 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**64 - 1, got {value}")
+    return value
+
+
+def _number(allow_zero: bool):
+    """An argparse type for a finite float that is positive (or, with ``allow_zero``, not negative)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = value >= 0 if allow_zero else value > 0
+        if not ok or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {'zero or ' if allow_zero else ''}positive, got {text}")
+        return value
+
+    return parse
+
+
+positive_float = _number(allow_zero=False)
+non_negative_float = _number(allow_zero=True)
+
+
+def add_model_options(p: argparse.ArgumentParser, model_default: str | None = "resnet18") -> None:
+    p.add_argument("--model", default=model_default,
+                   help="torchvision model name or package.module:function (default: %(default)s)")
+    p.add_argument("--weights", default="auto",
+                   help="auto (pretrained when available), none, an enum name like IMAGENET1K_V1, or a state_dict path")
+    p.add_argument("--num-classes", type=positive_int, help="replace the head with one of N outputs")
+    p.add_argument("--small-input", action="store_true", help="adapt the stem for ~32 px images (AlexNet, ResNets)")
+
+
+def add_rule_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--freeze", action=_Rule, const="freeze", metavar="GLOB", dest="rules",
+                   help="freeze parameters or modules matching GLOB (repeatable, in order)")
+    p.add_argument("--unfreeze", action=_Rule, const="unfreeze", metavar="GLOB", dest="rules",
+                   help="unfreeze parameters or modules matching GLOB (repeatable, later wins)")
+    p.add_argument("--bn", choices=("train", "freeze"), default="freeze",
+                   help="frozen BatchNorm layers keep (freeze) or update (train) running statistics")
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--data", default="shapes", help="shapes, cifar10, cifar100, mnist, fashion-mnist, or a folder")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: 1e-3 for Adam(W), 1e-2 for SGD, scaled to the batch size)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--momentum", type=non_negative_float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--image-size", type=positive_int, default=None, help="resize inputs to N×N")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop + flip")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="do not cache the frozen prefix's outputs (they are cached when that changes nothing)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trainable part")
+
+
+def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """Two parsers: one for the subcommands, one for the TUI's own options."""
+    tui = argparse.ArgumentParser(
+        prog="freezetui",
+        description="Choose which layers of a pretrained model train, train them, compare plans. "
+                    "Subcommands: models, plan make, plan show, train (freezetui SUBCOMMAND -h).",
+    )
+    add_model_options(tui)
+    add_train_options(tui)
+    tui.add_argument("--plan", help="open with this freeze plan applied")
+    tui.add_argument("--runs-dir", default="runs", help="where run folders go (default: %(default)s)")
+
+    main = argparse.ArgumentParser(prog="freezetui")
+    sub = main.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the model names usable with --model")
+
+    plan = sub.add_parser("plan", help="make or show freeze plans")
+    plan_sub = plan.add_subparsers(dest="plan_command", required=True)
+    make = plan_sub.add_parser("make", help="write a freeze plan from --freeze/--unfreeze rules")
+    add_model_options(make, model_default=None)
+    add_rule_options(make)
+    make.add_argument("--image-size", type=positive_int, help="input size, for the lints")
+    make.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
+
+    show = plan_sub.add_parser("show", help="a table of modules with frozen/trainable counts, then the lints")
+    show.add_argument("plan")
+    show.add_argument("--model", help="allow a plan naming this package.module:function factory to run it")
+    show.add_argument("--depth", type=positive_int, default=1, help="module depth of the table")
+    show.add_argument("--image-size", type=positive_int, help="input size, for the lints")
+
+    train = sub.add_parser("train", help="train headless with a plan (or --model and rules) and write a run folder")
+    train.add_argument("--plan", help="the freeze plan (JSON)")
+    add_model_options(train, model_default=None)
+    add_rule_options(train)
+    add_train_options(train)
+    train.add_argument("--out", help="run folder for metrics.jsonl, summary.json, model.pt, checkpoint.pt")
+    train.add_argument("--force", action="store_true", help="write into --out even if it holds files")
+    train.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR from its last checkpoint (--epochs extends it, --device moves it)")
+    return main, tui
+
+
+def config_from_args(args) -> TrainConfig:
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, momentum=args.momentum, image_size=args.image_size, augment=args.augment,
+        device=args.device, seed=args.seed, amp=args.amp, cache=args.cache, compile=args.compile,
+    )
+    cfg.validate()
+    return cfg
+
+
+def model_spec_from_args(args) -> ModelSpec | None:
+    if not getattr(args, "model", None):
+        return None
+    return ModelSpec(args.model, args.weights, args.num_classes, args.small_input)
+
+
+def given_options(parser: argparse.ArgumentParser, args, command: list[str]) -> list[str]:
+    """The options of ``command`` the user set to something other than their defaults."""
+    defaults = vars(parser.parse_args(command))
+    return [k for k, v in vars(args).items() if k in defaults and v != defaults[k]]
