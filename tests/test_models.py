@@ -19,8 +19,8 @@ FAMILIES = [
     ("mnasnet0_5", 32, ["classifier.1"]),
     ("regnet_y_400mf", 32, ["fc"]),
     ("convnext_tiny", 32, ["classifier.2"]),
-    ("googlenet", 64, ["aux1.fc2", "aux2.fc2", "fc"]),
-    ("inception_v3", 75, ["AuxLogits.fc", "fc"]),
+    ("googlenet", 64, ["fc"]),
+    ("inception_v3", 75, ["fc"]),
     ("vit_b_16", 224, ["heads.head"]),
     ("swin_t", 32, ["head"]),
 ]
