@@ -13,6 +13,7 @@ import math
 import os
 import re
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,18 @@ def _modernise_keys(name: str, state: dict) -> dict:
     for k, v in state.items():
         m = _OLD_DENSENET_KEY.match(k)
         out[m.group(1) + m.group(2) if m else k] = v
+    return _with_metadata(out, state)
+
+
+def _with_metadata(new: dict, *sources: dict) -> OrderedDict:
+    """``new`` carrying the module versions (``_metadata``) of the first source that has them:
+    some modules (MNASNet) refuse a state_dict without its version."""
+    out = OrderedDict(new)
+    for src in sources:
+        meta = getattr(src, "_metadata", None)
+        if meta is not None:
+            out._metadata = meta  # type: ignore[attr-defined]
+            break
     return out
 
 
@@ -283,7 +296,7 @@ def _vit_fit_positions(name: str, image_size: int, state: dict) -> dict:
     patch = _vit_patch(name)
     if pos is None or pos.shape[1] == (image_size // patch) ** 2 + 1:
         return state
-    return dict(interpolate_embeddings(image_size, patch, state))
+    return _with_metadata(interpolate_embeddings(image_size, patch, state), state)
 
 
 def drop_aux_heads(model: nn.Module) -> bool:
@@ -423,7 +436,7 @@ def load_fitting(model: nn.Module, state: dict, source: str, label: str) -> tupl
     if len(fits) * 2 < len(own):
         raise ModelError(f"the weights in {source} fit only {len(fits)} of {len(own)} tensors of {label}; "
                          f"they are for another architecture")
-    model.load_state_dict(fits, strict=False)
+    model.load_state_dict(_with_metadata(fits, state, own), strict=False)
     missed = [k for k in own if k not in fits]
     missed_params = {n for n, _ in model.named_parameters()} - set(fits)
     new_modules = []
