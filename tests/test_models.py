@@ -300,3 +300,47 @@ def test_run_weights_resnet_and_a_file_for_another_architecture(tmp_path):
     assert model_info(big).new_modules == ["conv1", "fc"]
     with pytest.raises(ModelError, match=r"fit only 0 of \d+ tensors of alexnet; they are for another architecture"):
         build_model("alexnet", weights=str(tmp_path / "model.pt"), num_classes=5)
+
+
+# ----------------------------------------------------------------------------- timm
+
+TIMM_MODELS = [("resnet18", ["fc"]), ("convnext_atto", ["head.fc"]), ("efficientnet_b0", ["classifier"]),
+               ("vit_tiny_patch16_224", ["head"])]
+
+
+@pytest.mark.parametrize("arch, heads", TIMM_MODELS, ids=[a for a, _ in TIMM_MODELS])
+def test_timm_models_build_with_a_new_head(arch, heads):
+    pytest.importorskip("timm")
+    from freezetui import FreezePlan
+
+    model = build_model(f"timm:{arch}", weights="none", num_classes=5)
+    info = model_info(model)
+    assert info.new_modules == heads and find_heads(model) == heads
+    assert info.input_size == 224 and info.fixed_size == arch.startswith("vit")
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 5)
+    plan = FreezePlan.from_model(model)
+    plan.freeze("*")
+    plan.unfreeze(heads[0])
+    again = FreezePlan.from_dict(plan.to_dict())
+    assert again.model["name"] == f"timm:{arch}" and again.new_modules == heads
+    again.apply(model)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {f"{heads[0]}.weight", f"{heads[0]}.bias"}
+
+
+def test_timm_names_are_data_and_errors_are_one_sentence():
+    pytest.importorskip("timm")
+    model = build_model("timm:resnet18", weights="auto", num_classes=3, allow_code=False)  # no permission needed
+    assert model_info(model).weights is None and "random init" in model_info(model).note  # offline
+    with pytest.raises(ModelError, match=r"unknown timm model 'resnt18'; did you mean timm:resnet18"):
+        build_model("timm:resnt18", weights="none")
+    with pytest.raises(ModelError, match="needs a timm model name"):
+        build_model("timm:", weights="none")
+
+
+def test_timm_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    with pytest.raises(ModelError, match=r"timm is not installed: pip install 'freezetui\[timm\]'"):
+        build_model("timm:resnet18", weights="none")
