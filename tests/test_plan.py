@@ -151,3 +151,32 @@ def test_frozen_batchnorm_stays_in_eval_mode(tiny):
     model.train()
     model(torch.randn(4, 3, 16, 16) * 5 + 3)
     assert not torch.equal(bn.running_mean, before)
+
+
+def test_ten_thousand_tensor_plan_loads_and_applies_correctly():
+    # correctness at the size where the quadratic loader used to take seconds (timings:
+    # benchmarks/plan_load.py)
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(5000)])
+    names = [n for n, _ in model.named_parameters()]
+    assert len(names) == 10_000
+    plan = FreezePlan.from_model(model)
+    plan.freeze_before(names[6000])
+    assert plan.frozen == names[:6000] and plan.trainable == names[6000:]
+    d = plan.to_dict()
+    d["frozen"], d["trainable"] = d["frozen"][::-1], d["trainable"][::-1]  # a hand-ordered file
+    loaded = FreezePlan.from_dict(d)
+    loaded.check_fits(model)
+    loaded.reorder_like(model)
+    assert list(loaded.params) == names
+    loaded.apply(model)
+    assert [p.requires_grad for p in model.parameters()] == [False] * 6000 + [True] * 4000
+    assert loaded.counts == {"total": 30_000, "trainable": 12_000, "frozen": 18_000}
+    dup = dict(d, trainable=d["trainable"] + [names[7000]])
+    with pytest.raises(PlanError, match=r"'3500.bias'|more than once"):
+        FreezePlan.from_dict(dup)
+    both = dict(d, trainable=d["trainable"] + [names[5]])
+    with pytest.raises(PlanError, match="both frozen and trainable"):
+        FreezePlan.from_dict(both)
+    short = FreezePlan.from_dict(dict(d, frozen=d["frozen"][1:]))
+    with pytest.raises(PlanError, match=r"not in the plan: 2999\.bias\)"):
+        short.check_fits(model)

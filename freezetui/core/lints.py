@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
+from .models import ModelInfo, model_info, supports_small_input
 from .plan import FreezePlan, module_prefixes
 
 SEVERITIES = ("error", "warning", "info")
@@ -13,13 +15,58 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclass(frozen=True)
 class Lint:
+    """A finding. ``message`` says what is wrong in words (no CLI flags or keys); ``fix`` is the
+    remedy as data, which :func:`render` turns into flags for the CLI or keys for the TUI:
+    ``("unfreeze", module)``, ``("batchnorm", "freeze")``, ``("image_size", px)``,
+    ``("small_input", True)`` or ``("image_size_or_small_input", px)``."""
+
     code: str
     severity: str  # "error" | "warning" | "info"
     module: str
     message: str
+    fix: tuple[str, Any] | None = None
 
     def __str__(self) -> str:
-        return f"{self.severity}: {self.message}"
+        return render(self, "cli")
+
+
+def _cli_advice(fix: tuple[str, Any]) -> str:
+    kind, value = fix
+    if kind == "unfreeze":
+        return f"unfreeze it with --unfreeze '{value}'"
+    if kind == "batchnorm":
+        return f"use --bn {value}"
+    if kind == "image_size":
+        return f"use --image-size {value}"
+    if kind == "image_size_or_small_input":
+        return f"use --image-size {value} or larger, or --small-input"
+    if kind == "small_input":
+        return "use --small-input"
+    return ""
+
+
+def _tui_advice(fix: tuple[str, Any]) -> str:
+    kind, value = fix
+    if kind == "unfreeze":
+        return f"unfreeze {value} (space on it, or / glob)"
+    if kind == "batchnorm":
+        return "b keeps BatchNorm statistics" if value == "freeze" else "b lets BatchNorm statistics train"
+    if kind == "image_size":
+        return "set image size in settings (c)"
+    if kind in ("image_size_or_small_input", "small_input"):
+        return "set image size or small input in settings (c)"
+    return ""
+
+
+def render(lint: Lint, style: str = "cli") -> str:
+    """``"severity: message; advice"``: the advice as command-line flags (``style="cli"``) or as
+    the TUI's keys (``style="tui"``); just the message when the lint has no fix."""
+    if style not in ("cli", "tui"):
+        raise ValueError(f"style must be 'cli' or 'tui', not {style!r}")
+    advice = ""
+    if lint.fix is not None:
+        advice = (_cli_advice if style == "cli" else _tui_advice)(lint.fix)
+    return f"{lint.severity}: {lint.message}" + (f"; {advice}" if advice else "")
 
 
 def _params_of(plan: FreezePlan, module: str) -> list[str]:
@@ -34,23 +81,41 @@ def frozen_new_modules(plan: FreezePlan) -> list[Lint]:
             out.append(Lint(
                 "frozen-new-module", "error", module,
                 f"{module} is new (randomly initialised) and frozen: it stays random and every layer "
-                f"after it sees noise; unfreeze it (--unfreeze '{module}')",
+                f"after it sees noise",
+                fix=("unfreeze", module),
             ))
     return out
 
 
 def input_too_small(plan: FreezePlan, image_size: int | None, min_size: tuple[int, int] | None) -> list[Lint]:
+    """``image_size`` is the size the model actually sees (after the input transform)."""
     if not image_size or not min_size:
         return []
     need = max(min_size)
-    if image_size < need:
-        return [Lint(
-            "input-too-small", "warning", "",
-            f"{image_size} px input is smaller than {plan.model.get('name')}'s minimum of {need} px: "
-            f"the forward pass will fail or collapse to nothing; use --image-size {need} or larger"
-            + (" or --small-input" if not plan.model.get("small_input") else ""),
-        )]
-    return []
+    if image_size >= need:
+        return []
+    name = str(plan.model.get("name"))
+    can_shrink = not plan.model.get("small_input") and supports_small_input(name)
+    return [Lint(
+        "input-too-small", "warning", "",
+        f"{image_size} px input is smaller than {name}'s minimum of {need} px: "
+        f"the forward pass will fail or collapse to nothing",
+        fix=("image_size_or_small_input", need) if can_shrink else ("image_size", need),
+    )]
+
+
+def wrong_fixed_size(plan: FreezePlan, image_size: int | None, info: ModelInfo | None) -> list[Lint]:
+    """A model built for one input size (ViT, MaxViT) that would be given another."""
+    if not image_size or info is None or not info.fixed_size or not info.input_size:
+        return []
+    if image_size == info.input_size:
+        return []
+    return [Lint(
+        "fixed-size", "error", "",
+        f"{plan.model.get('name')} is built for {info.input_size} px input and fails at any other size, "
+        f"but would see {image_size} px",
+        fix=("image_size", info.input_size),
+    )]
 
 
 def nothing_trainable(plan: FreezePlan) -> list[Lint]:
@@ -73,8 +138,8 @@ def batchnorm_stats_move(plan: FreezePlan, model: nn.Module | None) -> list[Lint
         return []
     shown = ", ".join(out[:3]) + (f" and {len(out) - 3} more" if len(out) > 3 else "")
     return [Lint("frozen-bn-train", "warning", out[0],
-                 f"{shown}: BatchNorm frozen but batchnorm is \"train\", so running statistics still move; "
-                 f"use --bn freeze to keep them")]
+                 f"{shown}: BatchNorm frozen but batchnorm is \"train\", so running statistics still move",
+                 fix=("batchnorm", "freeze"))]
 
 
 def trainable_below_frozen(plan: FreezePlan, order: list[str] | None = None) -> list[Lint]:
@@ -100,11 +165,19 @@ def check(
     image_size: int | None = None,
     min_size: tuple[int, int] | None = None,
     order: list[str] | None = None,
+    info: ModelInfo | None = None,
 ) -> list[Lint]:
-    """Every lint for ``plan``, errors first."""
+    """Every lint for ``plan``, errors first. ``image_size`` is the size the model sees (the
+    input transform's); ``info`` defaults to the model's :class:`ModelInfo`, and ``min_size`` to
+    its ``min_size``."""
+    if info is None and model is not None:
+        info = model_info(model)
+    if min_size is None and info is not None:
+        min_size = info.min_size
     found = (
         frozen_new_modules(plan)
         + nothing_trainable(plan)
+        + wrong_fixed_size(plan, image_size, info)
         + input_too_small(plan, image_size, min_size)
         + batchnorm_stats_move(plan, model)
         + trainable_below_frozen(plan, order)
