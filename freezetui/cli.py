@@ -26,13 +26,15 @@ def cmd_models(args) -> int:
 
 
 def print_lints(lints, stream=None) -> None:
+    from .core.lints import render
+
     stream = stream or sys.stdout
     if not lints:
         print("lints: none", file=stream)
         return
     print("lints:", file=stream)
     for l in lints:
-        print(f"  {l.severity.upper():7} {l.message}", file=stream)
+        print(f"  {l.severity.upper():7} {render(l, 'cli')}", file=stream)
 
 
 def cmd_plan_make(args) -> int:
@@ -42,7 +44,8 @@ def cmd_plan_make(args) -> int:
     from .core.models import build_model, model_info
     from .core.runner import plan_from_rules
 
-    model = build_model(args.model, weights=args.weights, num_classes=args.num_classes, small_input=args.small_input)
+    model = build_model(args.model, weights=args.weights, num_classes=args.num_classes, small_input=args.small_input,
+                        image_size=args.image_size)
     info = model_info(model)
     if info.note:
         print(f"note: {info.note}", file=sys.stderr)
@@ -52,7 +55,7 @@ def cmd_plan_make(args) -> int:
     c = plan.counts
     print(f"wrote {out}: {len(plan.frozen)} frozen / {len(plan.trainable)} trainable tensors, "
           f"{c['trainable']:,} of {c['total']:,} parameters trainable")
-    print_lints(check(plan, model, image_size=args.image_size, min_size=info.min_size))
+    print_lints(check(plan, model, image_size=args.image_size or info.input_size))
     return 0
 
 
@@ -101,7 +104,7 @@ def cmd_plan_show(args) -> int:
     c = plan.counts
     pct = 100 * c["trainable"] / c["total"] if c["total"] else 0
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
-    print_lints(check(plan, model, image_size=args.image_size, min_size=info.min_size))
+    print_lints(check(plan, model, image_size=args.image_size or info.input_size))
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .data import Dataset, load_data
+from .data import BatchTransform, Dataset, load_data
 from .errors import PlanError
 from .lints import Lint, check
 from .models import build_model, model_info
@@ -66,6 +66,8 @@ def model_for_plan(plan: FreezePlan, weights: str | None = None, num_classes: in
         weights=weights if weights is not None else (spec.get("weights") or "none"),
         num_classes=spec.get("num_classes") or num_classes,
         small_input=bool(spec.get("small_input")),
+        allow_code=not is_code(spec["name"]) or spec["name"] == allowed_code,
+        image_size=spec.get("image_size"),
     )
     plan.check_fits(model)
     plan.reorder_like(model)
@@ -107,7 +109,7 @@ def build_for_run(spec: RunSpec, data: Dataset, reporter: Reporter) -> tuple[nn.
         if m.num_classes is not None and (error := head_mismatch(m.num_classes, data)):
             raise error
         model = build_model(m.name, weights=m.weights, num_classes=m.num_classes or data.num_classes,
-                            small_input=m.small_input)
+                            small_input=m.small_input, image_size=spec.config.image_size)
         plan = plan_from_rules(model, spec.rules, spec.batchnorm)
     else:
         raise PlanError("train needs --plan PLAN or --model NAME (with --freeze/--unfreeze rules)")
@@ -118,6 +120,11 @@ def build_for_run(spec: RunSpec, data: Dataset, reporter: Reporter) -> tuple[nn.
         plan.model["num_classes"] = data.num_classes
         plan.model["new_modules"] = sorted(set(plan.new_modules) | set(info.new_modules if info else ()))
     return model, plan
+
+
+def seen_size(model: nn.Module, data: Dataset, config: TrainConfig) -> int:
+    """The size of the images the model will see, after the input transform."""
+    return BatchTransform.for_model(model_info(model), data.image_size, config.image_size).size
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -215,9 +222,7 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
             raise error
         if traced is None:
             traced = trace(model)
-        info = model_info(model)
-        reporter.lints(check(plan, model, image_size=config.image_size or data.image_size,
-                             min_size=info.min_size if info else None,
+        reporter.lints(check(plan, model, image_size=seen_size(model, data, config),
                              order=traced.param_order if traced else None))
         writers = []
         if rank == 0:

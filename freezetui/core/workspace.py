@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Dataset, load_data
+from .data import BatchTransform, Dataset, load_data
 from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
@@ -120,7 +120,7 @@ class Workspace:
                 weights = spec["weights"]
         torch.manual_seed(seed)
         net = build_model(model, weights=weights, num_classes=num_classes or dataset.num_classes,
-                          small_input=small_input)
+                          small_input=small_input, allow_code=True, image_size=image_size)
         return cls(net, dataset, loaded_plan, data_name=data, device=device)
 
     # ------------------------------------------------------------------ the tree
@@ -257,13 +257,18 @@ class Workspace:
     def lints(self, image_size: int | None = None) -> list[Lint]:
         """The core's lints for the current state, computed once per edit (the details panel
         asks on every cursor move)."""
-        size = image_size or (self.data.image_size if self.data else None)
+        size = self.seen_size(image_size)
         key = (self.version, size)
         if getattr(self, "_lints_key", None) != key:
-            self._lints = check(self.plan, self.model, image_size=size, min_size=self.info.min_size,
-                                order=self.order)
+            self._lints = check(self.plan, self.model, image_size=size, order=self.order)
             self._lints_key = key
         return self._lints
+
+    def seen_size(self, image_size: int | None = None) -> int | None:
+        """The size the model will see with this ``--image-size`` (None: the default)."""
+        if self.data is None:
+            return image_size or self.info.input_size
+        return BatchTransform.for_model(self.info, self.data.image_size, image_size).size
 
     def export(self, path: str | Path) -> Path:
         return self.plan.save(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from ...core.lints import render
 from ..format import STATE_STYLES
 
 
@@ -28,6 +29,6 @@ class Details(Static):
         text.append(f"  · {origin}", "bold magenta" if node.new else "dim")
         for lint in workspace.lints():
             if lint.module and (lint.module == name or lint.module.startswith(name + ".") if name else True):
-                text.append(f"\n{lint.severity}: {lint.message}", "red" if lint.severity == "error" else "yellow")
+                text.append(f"\n{lint.severity}: {render(lint, 'tui')}", "red" if lint.severity == "error" else "yellow")
                 break
         self.update(text, layout=False)  # fixed height: no layout pass

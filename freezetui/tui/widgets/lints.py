@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from ...core.lints import render
+
 STYLES = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
 
@@ -17,5 +19,5 @@ class LintsPanel(Static):
             if i:
                 text.append("\n")
             text.append(f"{lint.severity.upper()} ", STYLES[lint.severity])
-            text.append(lint.message)
+            text.append(render(lint, "tui"))
         self.update(text)
