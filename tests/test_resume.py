@@ -30,7 +30,7 @@ def test_interrupted_and_resumed_run_matches_one_run_bit_for_bit(tmp_path, cli_e
     plan = tmp_path / "plan.json"
     assert main(["plan", "make", "--model", "tiny:tiny_cnn", "--num-classes", "3", "--freeze", "stem",
                  "-o", str(plan)]) == 0
-    common = ["train", "--plan", str(plan), "--model", "tiny:tiny_cnn", "--data", str(data), "--epochs", str(EPOCHS), "--lr", "0.01"]
+    common = ["train", "--plan", str(plan), "--model", "tiny:tiny_cnn", "--device", "cpu", "--data", str(data), "--epochs", str(EPOCHS), "--lr", "0.01"]
 
     whole = _cli(cli_env, *common, "--out", str(tmp_path / "whole"))
     broken = _cli(cli_env, *common, "--out", str(tmp_path / "broken"))

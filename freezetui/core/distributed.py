@@ -6,6 +6,7 @@ run is a single process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -68,6 +69,22 @@ def any_all(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+@contextlib.contextmanager
+def rank_zero_first():
+    """Rank 0 runs the block first (downloads, decodes into a shared cache), the others after
+    it: never several processes writing the same files at once."""
+    if not active():
+        yield
+        return
+    if dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if dist.get_rank() == 0:
+            dist.barrier()
 
 
 def teardown() -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, load_data
-from .errors import PlanError
+from .errors import PlanError, TrainingError
 from .lints import Lint, check
 from .models import build_model, model_info
 from .plan import FreezePlan
@@ -208,15 +208,18 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
         if rank:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
             reporter = Reporter()
-        if data is None:
-            data = load_data(spec.data, seed=config.seed, size=config.image_size)
-            for w in data.warnings:
-                reporter.warning(w)
-        torch.manual_seed(config.seed)
-        if model is None:
-            model, plan = build_for_run(spec, data, reporter)
-        else:
-            plan = spec.plan
+        with distributed.rank_zero_first():  # downloads and caches are written once
+            if data is None:
+                data = load_data(spec.data, seed=config.seed, size=config.image_size)
+                for w in data.warnings:
+                    reporter.warning(w)
+            torch.manual_seed(config.seed)
+            if model is None:
+                model, plan = build_for_run(spec, data, reporter)
+            else:
+                plan = spec.plan
+        if not plan.trainable:
+            raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
         error = head_mismatch(output_classes(model), data)
         if error:
             raise error

@@ -3,6 +3,7 @@ afterwards that every frozen parameter is bit-identical to what it was before.""
 
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import time
@@ -44,6 +45,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     cache: bool = True  # cache the frozen prefix's output when that gives the same result
     compile: bool = False  # torch.compile the trainable part
+    deterministic: bool = False  # cudnn deterministic, no autotuning: bit-exact resume on CUDA
+    channels_last: bool = False  # NHWC on CUDA for convolutional models
+    sync_steps: int | None = None  # read the loss every N steps (None: every step on the CPU, ~4/s on CUDA)
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -237,7 +241,8 @@ def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_si
     """Validation loss and accuracy, from cached prefix features when given."""
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one read at the end
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     # under torchrun each process evaluates its own contiguous share, then the sums are added
     lo, hi = len(split) * distributed.rank() // distributed.world(), len(split) * (distributed.rank() + 1) // distributed.world()
     for i in range(lo, hi, batch_size):
@@ -248,30 +253,46 @@ def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_si
                 out = logits_of(rest(features.get(slice(i, j))))
             else:
                 out = logits_of(model(transform(split.images[i:j].to(device, non_blocking=True))))
-        total_loss += F.cross_entropy(out.float(), y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
+        total_loss += F.cross_entropy(out.float(), y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    total_loss, correct, n = distributed.sum_all(total_loss, correct, hi - lo, device=device)
+    total_loss, correct, n = distributed.sum_all(total_loss.item(), correct.item(), hi - lo, device=device)
     n = max(1.0, n)
     return total_loss / n, correct / n
 
 
+def device_budget(device: torch.device) -> int | None:
+    """Bytes a feature store may take on ``device``: half of what is free there, counting the
+    allocator's cached blocks as free (None: no limit, the CPU)."""
+    if device.type != "cuda":
+        return None
+    free = torch.cuda.mem_get_info(device)[0]
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(0.5 * (free + cached))
+
+
 class FeatureStore:
     """A frozen prefix's outputs for a whole split, computed once: on the training device when
-    they fit in half of its free memory, else on the CPU and moved per batch."""
+    they fit its budget (:func:`device_budget`, injectable), else on the CPU and moved per batch."""
 
     def __init__(self, prefix: nn.Module, images: torch.Tensor, transform: BatchTransform, device: torch.device,
-                 amp: bool, chunk: int = 256):
-        parts, on_device = [], True
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            for i in range(0, len(images), chunk):
-                f = prefix(transform(images[i:i + chunk].to(device, non_blocking=True)))
-                if i == 0 and device.type == "cuda":
-                    need = f[0].numel() * f.element_size() * len(images)
-                    on_device = need < 0.5 * torch.cuda.mem_get_info(device)[0]
-                parts.append(f if on_device else f.cpu())
-        self.features = torch.cat(parts)
+                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=device_budget):
+        self.features: torch.Tensor | None = None
         self.device = device
+        n = len(images)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            for i in range(0, n, chunk):
+                f = prefix(transform(images[i:i + chunk].to(device, non_blocking=True)))
+                if self.features is None:  # one tensor for the whole split: no second copy to concatenate
+                    need = f[0].numel() * f.element_size() * n
+                    limit = budget if budget is not None else budget_fn(device)
+                    home = device if limit is None or need <= limit else torch.device("cpu")
+                    self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home)
+                self.features[i:i + len(f)] = f.to(self.features.device)
+
+    @property
+    def on_device(self) -> bool:
+        return self.features is not None and self.features.device == self.device
 
     def get(self, index) -> torch.Tensor:
         if isinstance(index, torch.Tensor):  # features kept on the CPU are indexed there
@@ -299,6 +320,8 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=N
 
 # torch < 2.5 has only the CUDA-specific name.
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+SYNC_SECONDS = 0.25  # a single CUDA process reads its loss about 4 times a second
+SYNC_STEPS_DISTRIBUTED = 16
 
 
 def train(
@@ -398,13 +421,23 @@ class _Run:
         self.prefix, self.rest, cut, self.cache_train, self.cache_val = plan_split(model, self.plan, config,
                                                                                   self.traced)
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not config.deterministic
+            torch.backends.cudnn.deterministic = config.deterministic
+            if config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+                model.to(memory_format=torch.channels_last)
+                self.transform.channels_last = True
         head = self.rest if self.rest is not None else model
         if distributed.active():
             # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
             head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda"
                                                        else None)
         self.step_fn = torch.compile(head) if config.compile else head
+        if config.sync_steps:
+            self.sync_every = config.sync_steps
+        elif device.type == "cpu":
+            self.sync_every = 1
+        else:
+            self.sync_every = SYNC_STEPS_DISTRIBUTED if distributed.active() else 0  # 0: by time
         self.result.feature_cache = self.cache_train
         self.result.frozen_prefix = cut.name if cut else None
         start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
@@ -420,8 +453,12 @@ class _Run:
         self.optimizer.load_state_dict(resume["optimizer"])
         torch.set_rng_state(resume["rng"]["torch"])
         self.gen.set_state(resume["rng"]["generator"])
-        if self.device.type == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(resume["rng"]["cuda"])
+        cuda_state = resume["rng"].get("cuda")
+        if isinstance(cuda_state, (list, tuple)):  # older checkpoints kept every GPU's state
+            cuda_state = cuda_state[0] if cuda_state else None
+        if self.device.type == "cuda" and cuda_state is not None:
+            # the state of the GPU it trained on goes to the GPU it trains on now, whatever their numbers
+            torch.cuda.set_rng_state(cuda_state, self.device)
         self.result.history = [EpochEnd(**e) for e in resume["history"]]
         self.result.epochs = resume["epoch"]
         self.first_epoch = resume["epoch"] + 1
@@ -438,25 +475,43 @@ class _Run:
 
     def train_epoch(self, epoch: int) -> EpochEnd | None:
         """One pass over (this process's share of) the training set; None when stopped before
-        its first step."""
+        its first step. Losses accumulate on the device and are read at sync points only
+        (:meth:`sync_due`), where the stop flag and NaN/inf are checked too."""
         self.stage = "training"
         self.model.train()
         perm = torch.randperm(self.n, generator=self.gen).to(self.device)[self.rank::self.world]  # same on every rank
-        t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
+        t0 = self.last_sync = time.perf_counter()
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        window, bad = zero.clone(), torch.full((), -1, dtype=torch.int64, device=self.device)
+        loss_sum, seen, window_n = 0.0, 0, 0
         for step in range(1, self.steps + 1):
-            if distributed.any_all(self.stop is not None and self.stop.is_set(), self.device):
+            if self.stop_requested(step):
                 self.result.stopped = True
                 break
             idx = perm[(step - 1) * self.bs: step * self.bs]
-            loss_value = self.train_step(idx, epoch, step)
-            loss_sum += loss_value * len(idx)
+            loss = self.train_step(idx)
+            window += loss * len(idx)
+            bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
+            window_n += len(idx)
             seen += len(idx)
-            elapsed = time.perf_counter() - t0
-            ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps, loss_value,
-                         seen / elapsed if elapsed > 0 else 0.0)
-            for cb in self.callbacks:
-                cb.on_step(ev)
+            if self.sync_due(step):
+                value, first_bad = self.sync(window, bad)
+                if first_bad >= 0:
+                    raise TrainingError(
+                        f"loss became {value / window_n if math.isfinite(value) else value} at epoch {epoch}, "
+                        f"step {first_bad}; lower the learning rate (now {self.config.effective_lr:g}) "
+                        f"or check the data")
+                loss_sum += value
+                elapsed = time.perf_counter() - t0
+                ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps,
+                             value / window_n, seen / elapsed if elapsed > 0 else 0.0)
+                window.zero_()
+                window_n = 0
+                for cb in self.callbacks:
+                    cb.on_step(ev)
+        if window_n:  # stopped between sync points
+            value, first_bad = self.sync(window, bad)
+            loss_sum += value
         seconds = time.perf_counter() - t0
         if self.result.stopped and seen == 0:
             return None
@@ -470,8 +525,37 @@ class _Run:
                         seen_all / seconds if seconds > 0 else 0.0, time.perf_counter() - t0,
                         partial=self.result.stopped)
 
-    def train_step(self, idx: torch.Tensor, epoch: int, step: int) -> float:
-        """Forward, backward and update on one batch; returns its loss."""
+    def sync_due(self, step: int) -> bool:
+        """Read the device's numbers now? Every step on the CPU (free there), every
+        ``sync_steps`` under torchrun (all ranks agree by count), else about 4 times a second."""
+        if step == self.steps or self.sync_every == 1:
+            return True
+        if self.sync_every:
+            return step % self.sync_every == 0
+        return time.perf_counter() - self.last_sync >= SYNC_SECONDS
+
+    def sync(self, window: torch.Tensor, bad: torch.Tensor) -> tuple[float, int]:
+        """The one host-device synchronisation of a sync point: (loss sum, first bad step or -1)
+        agreed across ranks, so that a NaN on one rank stops them all."""
+        self.last_sync = time.perf_counter()
+        value, first_bad = window.item(), int(bad.item())
+        if distributed.active():
+            flag = distributed.any_all(first_bad >= 0, self.device)
+            if flag and first_bad < 0:
+                raise TrainingError("the loss became NaN or infinite on another process; "
+                                    "lower the learning rate or check the data")
+        return value, first_bad
+
+    def stop_requested(self, step: int) -> bool:
+        local = self.stop is not None and self.stop.is_set()
+        if not distributed.active():
+            return local
+        if step != 1 and not self.sync_due(step - 1):  # ranks agree at sync points only
+            return False
+        return distributed.any_all(local, self.device)
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and update on one batch; returns its loss, still on the device."""
         y = self.train_split.labels[idx]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.train_features is not None:
@@ -484,28 +568,36 @@ class _Run:
                     with torch.no_grad():  # the frozen prefix keeps no activations
                         x = self.prefix(x)
             loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss became {loss_value} at epoch {epoch}, step {step}; "
-                f"lower the learning rate (now {self.config.effective_lr:g}) or check the data"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss_value
+        return loss.detach()
 
     def end_epoch(self, ev: EpochEnd) -> None:
         self.result.history.append(ev)
         self.result.epochs = ev.epoch
-        for cb in self.callbacks:
-            cb.on_epoch(ev)
+        self.agreed(lambda: [cb.on_epoch(ev) for cb in self.callbacks])
 
     def checkpoint(self, epoch: int) -> None:
-        if self.checkpointers:
-            state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history, self.device)
-            for cb in self.checkpointers:
-                cb.on_checkpoint(state)
+        def write():
+            if self.checkpointers:
+                state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
+                                         self.device)
+                for cb in self.checkpointers:
+                    cb.on_checkpoint(state)
+        self.agreed(write)
+
+    def agreed(self, fn) -> None:
+        """Run ``fn`` (rank 0's writes); every rank learns whether it failed, and all stop together."""
+        error = None
+        try:
+            fn()
+        except TrainingError as e:
+            error = e
+        if distributed.any_all(error is not None, self.device) and error is None:
+            raise TrainingError("rank 0 could not write the run's files; see its message")
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------ finish
 
@@ -522,8 +614,19 @@ class _Run:
         r.train_images_per_s = self.images_total / self.train_seconds if self.train_seconds > 0 else 0.0
         r.changed = changed_since(self.model, self.snap) if self.snap is not None else []
         r.frozen_unchanged = not r.changed
-        for cb in self.callbacks:
-            cb.on_run_end(r)
+        try:
+            for cb in self.callbacks:
+                cb.on_run_end(r)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Drop what this run holds on the device (gradients, optimizer state, caches, the
+        traced halves), so the next run in the same process starts from free memory."""
+        self.model.zero_grad(set_to_none=True)
+        for name in ("optimizer", "train_features", "val_features", "prefix", "rest", "step_fn", "train_split"):
+            self.__dict__.pop(name, None)
+        release_memory(self.device)
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, epoch: int,
@@ -534,9 +637,16 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: to
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None},
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         "history": [e.to_dict() for e in history],
     }
+
+
+def release_memory(device: torch.device | str | None = None) -> None:
+    """Collect cyclic garbage (optimizers, traced modules) and return cached CUDA blocks."""
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.empty_cache()
 
 
 def gpu_count() -> int:
@@ -544,8 +654,9 @@ def gpu_count() -> int:
 
 
 def memory_in_use(device: str) -> str:
-    """' · 1.2 GiB' of CUDA memory allocated on ``device``; '' elsewhere."""
+    """' · 1.2 GiB used / 3.0 GiB reserved' of CUDA memory on ``device``; '' elsewhere."""
     dev = torch.device(device)
     if dev.type != "cuda" or not torch.cuda.is_available():
         return ""
-    return f" · {torch.cuda.memory_allocated(dev) / 2**30:.1f} GiB"
+    return (f" · {torch.cuda.memory_allocated(dev) / 2**30:.1f} GiB used / "
+            f"{torch.cuda.memory_reserved(dev) / 2**30:.1f} GiB reserved")
