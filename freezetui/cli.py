@@ -40,6 +40,8 @@ def print_lints(lints, stream=None) -> None:
 def cmd_plan_make(args) -> int:
     if not args.model:
         raise PlanError("plan make needs --model")
+    if Path(args.output).is_dir():
+        raise PlanError(f"-o {args.output} is a folder; give the plan's file name, e.g. {Path(args.output) / 'plan.json'}")
     from .core.lints import check
     from .core.models import build_model, model_info
     from .core.runner import plan_from_rules
@@ -238,3 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `freezetui models | head`
         sys.stderr.close()
         return 0
+    except IsADirectoryError as e:
+        print(f"freezetui: error: {e.filename2 or e.filename} is a folder; give a file name", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file we were told to read or write: name it, no traceback
+        if e.errno is None:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"freezetui: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+        return 1

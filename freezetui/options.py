@@ -102,6 +102,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="do not cache the frozen prefix's outputs (they are cached when that changes nothing)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trainable part")
+    p.add_argument("--deterministic", action="store_true",
+                   help="cudnn deterministic, no autotuning: a resumed CUDA run matches an uninterrupted one")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout on CUDA (convolutional models)")
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -151,6 +154,7 @@ def config_from_args(args) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, momentum=args.momentum, image_size=args.image_size, augment=args.augment,
         device=args.device, seed=args.seed, amp=args.amp, cache=args.cache, compile=args.compile,
+        deterministic=args.deterministic, channels_last=args.channels_last,
     )
     cfg.validate()
     return cfg
