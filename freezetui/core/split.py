@@ -12,6 +12,7 @@ trains the model.
 from __future__ import annotations
 
 import difflib
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -93,10 +94,21 @@ class _Tracer(fx.Tracer):
         return module_qualified_name in self.opaque or super().is_leaf_module(m, module_qualified_name)
 
 
+def _defaults(model: nn.Module) -> dict | None:
+    """The forward's optional arguments at their defaults (timm's ``attn_mask=None``, say): the
+    model is called with its input alone, and an argument left open would stay live throughout."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    return {p.name: p.default for p in params[1:]
+            if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD} or None
+
+
 def _graph_in_mode(model: nn.Module, opaque: frozenset[str], training: bool) -> fx.Graph | None:
     model.train(training)
     try:
-        return _Tracer(opaque).trace(model)
+        return _Tracer(opaque).trace(model, concrete_args=_defaults(model))
     except Exception:  # noqa: BLE001 - untraceable models simply get no split
         return None
 
@@ -109,7 +121,7 @@ def _target(root: nn.Module, n: fx.Node):
     if n.op == "get_attr" and n.target.startswith("_tensor_constant"):
         # each trace names its constants anew (and may compute them anew): compare the values
         t = _attr(root, n.target)
-        if isinstance(t, torch.Tensor) and t.numel() <= 1 << 16:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.numel() <= 1 << 16:
             return ("constant", t.dtype, tuple(t.shape), t.detach().cpu().numpy().tobytes()
                     if t.dtype != torch.bfloat16 else t.detach().float().cpu().numpy().tobytes())
         return ("constant", id(t))
