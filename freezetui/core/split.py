@@ -122,8 +122,8 @@ def _target(root: nn.Module, n: fx.Node):
         # each trace names its constants anew (and may compute them anew): compare the values
         t = _attr(root, n.target)
         if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.numel() <= 1 << 16:
-            return ("constant", t.dtype, tuple(t.shape), t.detach().cpu().numpy().tobytes()
-                    if t.dtype != torch.bfloat16 else t.detach().float().cpu().numpy().tobytes())
+            raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            return ("constant", t.dtype, tuple(t.shape), raw)
         return ("constant", id(t))
     return repr(n.target)
 
@@ -220,14 +220,14 @@ def trace(model: nn.Module) -> Traced | None:
                     train_g, eval_g = a, b
         else:
             refused = "its train and eval graphs still differ"
+        graph = train_g if train_g is not None else eval_g
+        gm = fx.GraphModule(model, graph, type(model).__name__)
     finally:
         for m, t in flags:
             m.training = t
-    graph = train_g if train_g is not None else eval_g
-    gm = fx.GraphModule(model, graph, type(model).__name__)
-    for name in set(vars(model)) - attrs:  # constants the tracer parked on the model; gm has its own
-        if name.startswith("_tensor_constant"):
-            delattr(model, name)
+        for name in set(vars(model)) - attrs:  # constants the tracer parked on the model; gm has its own
+            if name.startswith("_tensor_constant"):
+                delattr(model, name)
     return _index(gm, opaque, refused)
 
 
