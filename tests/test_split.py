@@ -3,6 +3,7 @@ changes nothing."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from freezetui import FreezePlan, TrainConfig, build_model, train
@@ -24,7 +25,9 @@ def test_prefix_then_rest_equals_the_model():
     plan = _plan(model, "conv1", "bn1", "layer1", "layer2", "layer3")
     traced = trace(model)
     cut = find_cut(traced, set(plan.frozen))
-    assert cut.name == "layer3.1.relu" and cut.has_batchnorm
+    assert cut.name == "layer3.1.relu" and cut.has_batchnorm and cut.deterministic
+    assert cut.module == "layer3" and cut.reason == "a trainable parameter in layer4.0.conv1"
+    assert cut.cacheable("freeze") and not cut.cacheable("train")
     prefix, rest = split(traced, cut)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -55,11 +58,65 @@ def test_cut_follows_execution_order_not_attribute_order():
     assert find_cut(traced, set(plan.frozen)).name == "body.3"
 
 
-def test_dropout_ends_the_cacheable_prefix():
+def test_dropout_ends_the_cacheable_prefix_not_the_prefix():
     model = build_model("alexnet", weights="none", num_classes=10, small_input=True)
     plan = _plan(model, "features")
+    traced = trace(model)
+    cut = find_cut(traced, set(plan.frozen))
+    assert cut.name == "flatten" and cut.deterministic  # before classifier.0, the Dropout
+    assert cut.module == "avgpool" and cut.reason == "a random op in classifier.0 (Dropout)"
+    deeper = find_cut(traced, set(plan.frozen), random_ok=True)
+    assert deeper.name == "classifier.0" and not deeper.deterministic and not deeper.cacheable("freeze")
+    assert deeper.reason == "a trainable parameter in classifier.1"
+
+
+def test_dropout_that_drops_nothing_is_deterministic():
+    model = build_model("alexnet", weights="none", num_classes=10, small_input=True)
+    model.classifier[0].p = 0.0
+    plan = _plan(model, "features")
     cut = find_cut(trace(model), set(plan.frozen))
-    assert cut.name == "flatten"  # before classifier.0, the Dropout
+    assert cut.name == "classifier.0" and cut.deterministic
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+        self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(F.dropout(self.body(x), self.p, self.training))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_functional_dropout(p):
+    model = FunctionalDropout(p)
+    plan = _plan(model, "body")
+    traced = trace(model)
+    cut = find_cut(traced, set(plan.frozen), random_ok=True)
+    assert traced.refused is None if p == 0 else traced.refused  # p > 0: the root's own forward branches
+    if p == 0:
+        assert cut.name == "dropout" and cut.deterministic
+
+
+def test_root_that_branches_on_the_mode_is_refused_but_ordered():
+    with torch.device("meta"):
+        model = build_model("googlenet", weights="none", num_classes=10)
+    traced = trace(model)
+    assert traced.refused and find_cut(traced, set(traced.param_order)) is None
+    assert set(traced.param_order) == {n for n, _ in model.named_parameters()}  # the aux heads too
+
+
+def test_trace_leaves_the_model_as_it_was():
+    model = build_model("maxvit_t", weights="none", num_classes=10)  # its forward bakes tensor constants
+    model.train()
+    model.stem.eval()  # flags that differ between modules are kept
+    before = {n: m.training for n, m in model.named_modules()}
+    attrs = set(vars(model))
+    assert trace(model).refused is None
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert set(vars(model)) == attrs
 
 
 def test_untraceable_model_has_no_split():

@@ -1,0 +1,275 @@
+"""Training through the split is training the model: for every torchvision classifier (and a
+few timm ones), with the first half of the parameters frozen, the prefix under ``no_grad`` then
+the rest give the same output, loss and gradients as the whole model at the same random state,
+in train mode and in eval mode."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from freezetui import FreezePlan, build_model
+from freezetui.core.split import find_cut, split, trace
+from freezetui.core.train import logits_of
+
+# Smallest input each model accepts (square side), where 32 is not enough.
+SIZES = {"alexnet": 63, "googlenet": 15, "inception_v3": 75, "maxvit_t": 224, "squeezenet1_0": 48,
+         "squeezenet1_1": 48}
+# Built at a smaller image size (the same layers, a smaller position embedding).
+KWARGS = {"vit_b_16": {"image_size": 32}, "vit_b_32": {"image_size": 32}, "vit_l_16": {"image_size": 32},
+          "vit_l_32": {"image_size": 32}, "vit_h_14": {"image_size": 28}}
+# Whose own forward differs between train and eval mode (auxiliary heads): never split.
+REFUSED = {"googlenet", "inception_v3"}
+
+ALL = sorted(torchvision.models.list_models(module=torchvision.models))
+# One small model of each family runs by default (a few seconds each on two cores); the other
+# sizes only repeat their layers at a cost of up to minutes each: FREEZETUI_ALL_MODELS=1 runs them.
+DEFAULT = ["convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet", "inception_v3",
+           "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18",
+           "shufflenet_v2_x0_5", "squeezenet1_1", "swin_v2_t"]
+OTHERS = [n for n in ALL if n not in DEFAULT]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # small convolutions on a shared machine run several times faster without thread hand-offs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    side = KWARGS.get(name, {}).get("image_size", SIZES.get(name, 32))
+    if name in REFUSED:  # only traced: the meta device skips the weights
+        with torch.device("meta"):
+            return build_model(name, weights="none", num_classes=5), torch.randn(2, 3, side, side)
+    if name in KWARGS:
+        model = torchvision.models.get_model(name, weights=None, num_classes=5, **KWARGS[name])
+    else:
+        model = build_model(name, weights="none", num_classes=5)
+    return model, torch.randn(2, 3, side, side)
+
+
+def freeze_first_half(model: nn.Module, order: list[str]) -> FreezePlan:
+    plan = FreezePlan.from_model(model, batchnorm="freeze")
+    plan.set_frozen(order[: len(order) // 2], True)
+    plan.apply(model)
+    return plan
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+def _run(model, forward, x, y, params, training: bool):
+    """Output, loss and gradients of one step, at a fixed random state; buffers put back after."""
+    state = _buffers(model)
+    model.train(training)
+    torch.manual_seed(1234)
+    with torch.set_grad_enabled(training):
+        out = logits_of(forward(x))
+        loss = F.cross_entropy(out.float(), y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True) if training else ()
+    for k, v in model.named_buffers():
+        v.copy_(state[k])
+    return out.detach(), loss.detach(), grads
+
+
+def _same(a, b, what: str) -> None:
+    assert (a is None) == (b is None), what
+    if a is not None:
+        assert torch.equal(a, b), f"{what} differs by {(a - b).abs().max().item():.3g}"
+
+
+def assert_split_is_exact(model: nn.Module, x: torch.Tensor):
+    """Freeze the first half of ``model`` in forward order; when it gets a split, assert that the
+    split computes what the model computes. Returns (traced, cut)."""
+    traced = trace(model)
+    assert traced is not None, "untraceable"
+    plan = freeze_first_half(model, traced.param_order)
+    cut = find_cut(traced, set(plan.frozen), random_ok=True)
+    if cut is None:
+        return traced, None
+    prefix, rest = split(traced, cut)
+    params = [p for p in model.parameters() if p.requires_grad]
+    y = torch.arange(len(x)) % 5
+
+    def through_split(inputs):
+        with torch.no_grad():
+            features = prefix(inputs)
+        return rest(features)
+
+    for training in (True, False):
+        mode = "train" if training else "eval"
+        whole = _run(model, model, x, y, params, training)
+        halves = _run(model, through_split, x, y, params, training)
+        _same(whole[0], halves[0], f"{mode} output")
+        _same(whole[1], halves[1], f"{mode} loss")
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        for name, g1, g2 in zip(names, whole[2], halves[2]):
+            _same(g1, g2, f"{mode} gradient of {name}")
+    return traced, cut
+
+
+def check_torchvision(name: str):
+    model, x = make(name)
+    traced, cut = assert_split_is_exact(model, x)
+    if name in REFUSED:
+        assert traced.refused and cut is None
+    else:
+        assert traced.refused is None and cut is not None, f"{name} got no split"
+    return model, x, traced, cut
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_torchvision_model_splits_exactly(name):
+    check_torchvision(name)
+
+
+@pytest.mark.skipif(not os.environ.get("FREEZETUI_ALL_MODELS"), reason="slow; set FREEZETUI_ALL_MODELS=1")
+@pytest.mark.parametrize("name", OTHERS)
+def test_every_other_torchvision_model_splits_exactly(name):
+    check_torchvision(name)
+
+
+def test_small_vision_transformer_with_dropout_splits_exactly():
+    # ViT's layers at a test size; with dropout > 0 the frozen half is random, so not cacheable
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              dropout=0.1, attention_dropout=0.1, num_classes=5)
+    _, cut = assert_split_is_exact(model, torch.randn(2, 3, 32, 32))
+    assert cut is not None and cut.module == "encoder.layers.encoder_layer_1" and not cut.deterministic
+    model.encoder.dropout.p = 0.0  # drops nothing: the prefix is as cacheable as without it
+    for layer in model.encoder.layers:
+        for m in layer.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+            if isinstance(m, nn.MultiheadAttention):
+                m.dropout = 0.0
+    _, cut = assert_split_is_exact(model, torch.randn(2, 3, 32, 32))
+    assert cut.deterministic
+
+
+def test_small_maxvit_splits_exactly():
+    # MaxViT's layers (MBConv, window and grid attention, stochastic depth) at a test size
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(0)
+    model = MaxVit(input_size=(32, 32), stem_channels=16, partition_size=2, block_channels=[16, 32],
+                   block_layers=[2, 2], head_dim=8, stochastic_depth_prob=0.2, num_classes=5)
+    _, cut = assert_split_is_exact(model, torch.randn(2, 3, 32, 32))
+    assert cut is not None
+
+
+def test_stochastic_depth_follows_the_mode():
+    # EfficientNet's stochastic depth is live in the trainable blocks in train mode, off in eval
+    from torchvision.ops import StochasticDepth
+
+    model, x, traced, cut = check_torchvision("efficientnet_b0")
+    assert not cut.deterministic  # the frozen half holds blocks with stochastic depth
+    assert any(m.endswith("stochastic_depth") for m in traced.opaque)
+    prefix, rest = split(traced, cut)
+    with torch.no_grad():
+        features = prefix(x)
+    later = [m for name, m in rest.named_modules() if isinstance(m, StochasticDepth)]
+    assert later  # the rest holds the modules, called as such
+
+    def rest_with_drop(p):
+        for m in later:
+            m.p = p
+        with torch.no_grad():
+            return rest(features)
+
+    model.train()
+    assert not torch.equal(rest_with_drop(0.0), rest_with_drop(1.0))  # p = 1 drops every block
+    model.eval()
+    assert torch.equal(rest_with_drop(0.0), rest_with_drop(1.0))
+
+
+class Noisy(nn.Module):
+    """A trainable layer with its own training branch: counts its train-mode calls, adds noise."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.lin = nn.Linear(n, n)
+        self.train_calls = 0
+
+    def forward(self, x):
+        x = self.lin(x)
+        if self.training:
+            self.train_calls += 1
+            x = x + 0.1 * torch.randn_like(x)
+        return x
+
+
+class WithNoisyLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.frozen_noise = Noisy(16)
+        self.mid = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+        self.noise = Noisy(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.noise(self.mid(self.frozen_noise(self.stem(x)))))
+
+
+def test_custom_training_branch_runs_when_trained_through_the_split():
+    torch.manual_seed(0)
+    model = WithNoisyLayers()
+    traced = trace(model)
+    assert {"frozen_noise", "noise"} <= traced.opaque
+    plan = FreezePlan.from_model(model)
+    plan.freeze("stem")
+    plan.freeze("frozen_noise")
+    plan.freeze("mid")
+    plan.apply(model)
+    cut = find_cut(traced, set(plan.frozen), random_ok=True)
+    assert cut.module == "mid" and not cut.deterministic
+    assert cut.reason == "a trainable parameter in noise.lin"
+    safe = find_cut(traced, set(plan.frozen))
+    assert safe.module == "stem" and safe.deterministic and "frozen_noise" in safe.reason
+    prefix, rest = split(traced, cut)
+    model.noise.train_calls = model.frozen_noise.train_calls = 0
+    model.train()
+    for _ in range(3):
+        with torch.no_grad():
+            f = prefix(torch.randn(4, 8))
+        rest(f).sum().backward()
+    assert model.noise.train_calls == 3 and model.frozen_noise.train_calls == 3
+    model.eval()
+    with torch.no_grad():
+        rest(prefix(torch.randn(4, 8)))
+    assert model.noise.train_calls == 3
+    _, cut = assert_split_is_exact(WithNoisyLayers(), torch.randn(4, 8))
+    assert cut is not None and not cut.deterministic
+
+
+TIMM = ["resnet18", "convnext_atto", "efficientnet_b0", "vit_tiny_patch16_224"]
+TIMM_KWARGS = {"vit_tiny_patch16_224": {"img_size": 32}}
+# With drop_path_rate the timm models have stochastic depth, as when fine-tuned.
+TIMM_DROP = {"convnext_atto": 0.1, "efficientnet_b0": 0.1, "vit_tiny_patch16_224": 0.1}
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_model_splits_exactly_or_is_refused(name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    kwargs = dict(TIMM_KWARGS.get(name, {}))
+    if name in TIMM_DROP:
+        kwargs["drop_path_rate"] = TIMM_DROP[name]
+    model = timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
+    x = torch.randn(2, 3, 32, 32)
+    traced = trace(model)
+    if traced is None or traced.refused:
+        pytest.skip(f"timm {name} gets no split: {traced.refused if traced else 'untraceable'}")
+    _, cut = assert_split_is_exact(model, x)
+    assert cut is not None
