@@ -182,18 +182,6 @@ def find_layout(path: Path, seed: int = 0, val_fraction: float = 0.1) -> FolderL
     return FolderLayout(path, classes, train, val, None, listing, skipped, notes)
 
 
-def listing_of(layout: FolderLayout) -> list[tuple[str, int, int]]:
-    """The layout's files as they are on disk now (a vanished file gets size -1)."""
-    out = []
-    for rel, _, _ in layout.listing:
-        try:
-            st = (layout.root / rel).stat()
-            out.append((rel, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((rel, -1, -1))
-    return out
-
-
 # ----------------------------------------------------------------------------- headers and decoding
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .atomic import write_json
 from .errors import DataError
-from .folders import FolderLayout, decode_chunk, find_layout, input_size, listing_of, read_headers, stored_size
+from .folders import FolderLayout, decode_chunk, find_layout, input_size, read_headers, stored_size
 
 VERSION = 1
 CHUNK = 32  # files per task: large enough to amortise the transfer, small enough to balance cores
@@ -144,13 +144,14 @@ def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize
             shutil.rmtree(entry, ignore_errors=True)
     for attempt in (1, 2):
         d = _decode_layout(layout, image_size, resize_size, crop_size, entry, progress, workers, notes)
-        if listing_of(layout) == layout.listing:
+        fresh = find_layout(path, seed)  # a file added, removed or rewritten meanwhile changes the key
+        if fresh.key() == layout.key():
             return d
         if d.path is not None:  # the entry may mix old and new files; the open map stays readable
             shutil.rmtree(d.path, ignore_errors=True)
             d.path = None
         if attempt == 1:
-            layout = find_layout(path, seed)
+            layout = fresh
             key = layout.key(VERSION, image_size, resize_size, crop_size, _max_pixels())
             entry = Path(cache_dir) / "folders" / key if entry is not None else None
     d.notes.append(f"{path} changed while it was being decoded, twice; using what was read and caching nothing")
