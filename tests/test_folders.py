@@ -312,3 +312,14 @@ def test_decoding_on_several_processes_gives_the_same_data(photos, tmp_path, mon
     pooled = load_data(str(photos), workers=2, cache_dir=tmp_path / "other", progress=lambda d, t: seen.append(d))
     assert torch.equal(serial.train.images, pooled.train.images) and torch.equal(serial.val.labels, pooled.val.labels)
     assert serial.warnings == pooled.warnings and seen == sorted(seen) and seen[-1] == 21
+
+
+def test_full_disk_when_finishing_the_cache_still_gives_the_data(photos, monkeypatch):
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imagecache, "write_json", full)
+    ds = load_data(str(photos))
+    assert len(ds.train) == 12 and ds.cache_path is None and ds.train.images[:, :, :128].float().mean() > 0
+    assert any("disk is full" in w for w in ds.warnings)
+    assert not list((photos.parent / "cache" / "folders").iterdir())  # no half-written entry left

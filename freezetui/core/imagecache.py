@@ -186,21 +186,21 @@ def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, ent
     n = len(files)
     row = 3 * size * size
 
-    tmp_dir = images = None
+    # Rows go to the cache file with pwrite, not through a writable map: the pages then sit in
+    # the page cache rather than in this process's resident memory, whatever the folder's size.
+    tmp_dir = fd = images = None
     if entry is not None and n:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp_dir = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
             _reserve(tmp_dir / "images.u8", n * row)
-            images = np.memmap(tmp_dir / "images.u8", dtype=np.uint8, mode="r+", shape=(n, 3, size, size))
+            fd = os.open(tmp_dir / "images.u8", os.O_RDWR)
         except OSError as e:
             if tmp_dir is not None:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
-            tmp_dir = images = None
-            why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
-            notes.append(f"could not write the decoded-image cache under {entry.parent} ({why}); "
-                         f"decoding into memory this time")
-    if images is None:
+            tmp_dir = fd = None
+            notes.append(_cache_failed(entry, e))
+    if fd is None:
         images = np.empty((n, 3, size, size), dtype=np.uint8)
 
     failed = np.zeros(n, dtype=bool)
@@ -211,7 +211,10 @@ def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, ent
     def got_pixels(start, result):
         nonlocal done
         arr, errors = result
-        images[start:start + len(arr)] = arr
+        if fd is not None:
+            os.pwrite(fd, np.ascontiguousarray(arr).data, start * row)
+        else:
+            images[start:start + len(arr)] = arr
         for j, err in enumerate(errors):
             if err is not None:
                 failed[start + j] = True
@@ -222,33 +225,35 @@ def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, ent
 
     try:
         _run_chunks(decode_chunk, root, files, (size, max_pixels), n_workers, got_pixels)
+        keep = np.flatnonzero(~failed)
+        if len(keep) < n:  # close the gaps left by files that failed to decode
+            for dst, src in enumerate(keep):
+                if dst != src:
+                    if fd is not None:
+                        os.pwrite(fd, os.pread(fd, row, int(src) * row), dst * row)
+                    else:
+                        images[dst] = images[src]
+            n_train -= int(failed[:n_train].sum())
+            labels = labels[keep]
+            n = len(keep)
+            if fd is not None:
+                os.ftruncate(fd, n * row)
+            else:
+                images = images[:n]
     except BaseException:
-        if tmp_dir is not None:
+        if fd is not None:
+            os.close(fd)
             shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    keep = np.flatnonzero(~failed)
-    if len(keep) < n:  # close the gaps in place, then shorten the file
-        for dst, src in enumerate(keep):
-            if dst != src:
-                images[dst] = images[src]
-        n_train -= int(failed[:n_train].sum())
-        labels = labels[keep]
-        n = len(keep)
-        if isinstance(images, np.memmap):
-            images.flush()
-            del images
-            os.truncate(tmp_dir / "images.u8", n * row)
-            images = np.memmap(tmp_dir / "images.u8", dtype=np.uint8, mode="r+", shape=(n, 3, size, size)) \
-                if n else np.zeros((0, 3, size, size), np.uint8)
-        else:
-            images = images[:n]
-    skipped.sort(key=lambda s: s)
+    skipped.sort()
     decoded = Decoded(images, labels, list(layout.classes), n_train, size, model_size, skipped, notes, None, n)
-    if tmp_dir is None:
+    if fd is None:
         return decoded
     try:
-        if isinstance(images, np.memmap):
-            images.flush()
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         write_json(tmp_dir / "meta.json", {
             "version": VERSION, "root": str(root), "count": n, "size": size, "input_size": model_size,
             "n_train": n_train, "classes": decoded.classes, "labels": labels.tolist(), "skipped": skipped,
@@ -258,18 +263,20 @@ def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, ent
             os.rename(tmp_dir, entry)
         except OSError:  # another process cached the same folder first: keep theirs
             shutil.rmtree(tmp_dir, ignore_errors=True)
-            tmp_dir = entry
         opened = _open_entry(entry)
         opened.notes, opened.decoded = notes, n
         return opened
     except (OSError, ValueError) as e:
-        arr = np.array(images)
+        decoded.images = np.fromfile(tmp_dir / "images.u8", dtype=np.uint8, count=n * row).reshape(n, 3, size, size)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        why = "the disk is full" if getattr(e, "errno", None) == errno.ENOSPC else type(e).__name__
-        notes.append(f"could not write the decoded-image cache under {entry.parent} ({why}); "
-                     f"decoding into memory this time")
-        decoded.images = arr
+        notes.append(_cache_failed(entry, e))
         return decoded
+
+
+def _cache_failed(entry: Path, e: BaseException) -> str:
+    why = "the disk is full" if getattr(e, "errno", None) == errno.ENOSPC else (
+        getattr(e, "strerror", None) or type(e).__name__)
+    return f"could not write the decoded-image cache under {entry.parent} ({why}); decoding into memory this time"
 
 
 def folder_nbytes(path: Path, seed: int = 0, image_size: int | None = None, resize_size: int | None = None,
