@@ -68,22 +68,22 @@ def _pool(n: int) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(n, mp_context=ctx)
 
 
-def _run_chunks(fn, root: Path, files: list[str], args: tuple, workers: int, on_chunk) -> None:
-    """Call ``fn(root, chunk, *args)`` for chunks of ``files``; ``on_chunk(start, result)`` in order of completion."""
+def _run_chunks(fn, root: Path, files: list[str], args: tuple, pool: cf.Executor | None, on_chunk) -> None:
+    """Call ``fn(root, chunk, *args)`` for chunks of ``files`` (in ``pool`` when given), and
+    ``on_chunk(start, result)`` as each finishes."""
     starts = list(range(0, len(files), CHUNK))
-    if workers <= 1:
+    if pool is None:
         for s in starts:
             on_chunk(s, fn(root, files[s:s + CHUNK], *args))
         return
-    with _pool(workers) as pool:
-        futures = {pool.submit(fn, root, files[s:s + CHUNK], *args): s for s in starts}
-        try:
-            for fut in cf.as_completed(futures):
-                on_chunk(futures[fut], fut.result())
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    futures = {pool.submit(fn, root, files[s:s + CHUNK], *args): s for s in starts}
+    try:
+        for fut in cf.as_completed(futures):
+            on_chunk(futures.pop(fut), fut.result())  # popped: a handled chunk is not kept alive
+    except BaseException:
+        for fut in list(futures):
+            fut.cancel()
+        raise
 
 
 def _headers_chunk(root, files, max_pixels):
@@ -160,20 +160,31 @@ def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize
 
 def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, entry: Path | None,
                    progress: Progress | None, workers: int | None, notes: list[str]) -> Decoded:
-    root = layout.root
     files = [f for f, _ in layout.train] + [f for f, _ in layout.val]
     labels = np.array([k for _, k in layout.train] + [k for _, k in layout.val], dtype=np.int64)
     n_train_listed = len(layout.train)
     skipped = list(layout.skipped)
     max_pixels = _max_pixels()
     n_workers = _workers(len(files), workers)
+    pool = _pool(n_workers) if n_workers > 1 else None
+    try:
+        return _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, pool, image_size,
+                             resize_size, crop_size, entry, progress, notes)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, pool, image_size, resize_size,
+                  crop_size, entry, progress, notes) -> Decoded:
+    root = layout.root
 
     headers: list = [None] * len(files)
 
     def got_headers(start, result):
         headers[start:start + len(result)] = result
 
-    _run_chunks(_headers_chunk, root, files, (max_pixels,), n_workers, got_headers)
+    _run_chunks(_headers_chunk, root, files, (max_pixels,), pool, got_headers)
     ok = [i for i, h in enumerate(headers) if isinstance(h, tuple)]
     for i, h in enumerate(headers):
         if not isinstance(h, tuple):
@@ -224,7 +235,7 @@ def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, ent
             progress(done, n)
 
     try:
-        _run_chunks(decode_chunk, root, files, (size, max_pixels), n_workers, got_pixels)
+        _run_chunks(decode_chunk, root, files, (size, max_pixels), pool, got_pixels)
         keep = np.flatnonzero(~failed)
         if len(keep) < n:  # close the gaps left by files that failed to decode
             for dst, src in enumerate(keep):
