@@ -323,3 +323,13 @@ def test_full_disk_when_finishing_the_cache_still_gives_the_data(photos, monkeyp
     assert len(ds.train) == 12 and ds.cache_path is None and ds.train.images[:, :, :128].float().mean() > 0
     assert any("disk is full" in w for w in ds.warnings)
     assert not list((photos.parent / "cache" / "folders").iterdir())  # no half-written entry left
+
+
+def test_no_cache_and_no_memory_is_a_clear_error(photos, monkeypatch):
+    def full(path, nbytes):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(imagecache, "_reserve", full)
+    monkeypatch.setattr(imagecache, "available_ram", lambda: 1000)
+    with pytest.raises(DataError, match="more than the free memory, and the decoded-image cache could not be written"):
+        load_data(str(photos))

@@ -1,7 +1,8 @@
-"""Datasets as uint8 tensors in memory, and batch transforms that run on the training device.
+"""Datasets as uint8 tensors, and batch transforms that run on the training device.
 
-Everything is decoded once; resizing, augmentation and normalisation happen per batch on the
-device, so there is no per-image Python in the training loop.
+Image folders are decoded once into a memory-mapped cache (``imagecache``); resizing,
+augmentation and normalisation happen per batch on the device, so there is no per-image Python
+in the training loop. Data that does not fit the device is streamed from the map (``StreamedSplit``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from .errors import DataError
 from .folders import IMAGE_EXTENSIONS, SMALL, STORAGE_MARGIN
-from .imagecache import check_decoded, describe_skipped, load_folder
+from .imagecache import available_ram, check_decoded, describe_skipped, load_folder
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import shapes_splits
 
@@ -189,20 +190,6 @@ def memory_budget(device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.5 * free)
     return int(0.5 * available_ram())
-
-
-def available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 * 1024**3
 
 
 def placement(nbytes: int, device, budget: int | None = None) -> str:

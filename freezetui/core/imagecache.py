@@ -212,6 +212,10 @@ def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, po
             tmp_dir = fd = None
             notes.append(_cache_failed(entry, e))
     if fd is None:
+        if n * row > 0.8 * available_ram():
+            raise DataError(f"{root} needs {n * row / 1024**3:.1f} GB at {size} px, more than the free memory, "
+                            f"and the decoded-image cache could not be written; free disk space under "
+                            f"{entry.parent if entry is not None else 'the cache folder'} or use a smaller --image-size")
         images = np.empty((n, 3, size, size), dtype=np.uint8)
 
     failed = np.zeros(n, dtype=bool)
@@ -282,6 +286,21 @@ def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, po
         shutil.rmtree(tmp_dir, ignore_errors=True)
         notes.append(_cache_failed(entry, e))
         return decoded
+
+
+def available_ram() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 1024**3
 
 
 def _cache_failed(entry: Path, e: BaseException) -> str:
