@@ -224,6 +224,10 @@ def test_split_folder_names_in_any_case(tmp_path):
     _split_folder(tmp_path / "d", ["TRAIN", "Validation"])
     ds = load_data(str(tmp_path / "d"))
     assert ds.classes == ["a", "b"] and len(ds.train) == 2 and len(ds.val) == 2
+    _split_folder(tmp_path / "e", ["train", "valid", "test"])
+    for _ in range(2):  # the note survives the cache
+        ds = load_data(str(tmp_path / "e"))
+        assert ds.warnings == ["used valid/ for validation and left out test/"]
 
 
 def test_decompression_bombs_are_skipped(tmp_path, monkeypatch):

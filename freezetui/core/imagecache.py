@@ -136,6 +136,7 @@ def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize
     if entry is not None and entry.exists():
         try:
             d = _open_entry(entry)
+            d.notes = notes
             if progress is not None:
                 progress(len(d.images), len(d.images))
             return d
