@@ -7,6 +7,11 @@ from freezetui.core.errors import DataError
 from freezetui.core.shapes import CLASSES, make_shapes
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("FREEZETUI_DATA", str(tmp_path / "cache"))
+
+
 def test_shapes_is_deterministic_and_balanced():
     a, la = make_shapes(200, seed=3)
     b, lb = make_shapes(200, seed=3)
@@ -37,7 +42,7 @@ def test_folder_with_train_and_val(tmp_path):
     make_image_folder(tmp_path / "d", per_class=5, layout="split")
     ds = load_data(str(tmp_path / "d"), size=16)
     assert len(ds.train) == 15 and len(ds.val) == 15
-    assert ds.image_size == 16
+    assert ds.input_size == 16 and ds.image_size == 18  # stored with room for random crops
 
 
 def test_bad_files_are_skipped_and_named(tmp_path):

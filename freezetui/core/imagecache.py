@@ -1,0 +1,334 @@
+"""Decode an image folder once, on all cores, into a memory-mappable uint8 file on disk.
+
+An entry lives in ``<cache>/folders/<key>/`` as ``images.u8`` (raw (N, 3, S, S) uint8, training
+rows first) and ``meta.json`` (shape, labels, classes, skipped files). The key digests the
+folder's listing (relative paths, sizes, mtimes), the split and the size settings, so a changed
+folder is decoded again. Entries are written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import errno
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .atomic import write_json
+from .errors import DataError
+from .folders import FolderLayout, decode_chunk, find_layout, input_size, read_headers, stored_size
+
+VERSION = 1
+CHUNK = 32  # files per task: large enough to amortise the transfer, small enough to balance cores
+SERIAL_BELOW = 64  # files; a pool costs more than it saves for fewer
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Decoded:
+    """A decoded folder: ``images`` (N, 3, S, S) uint8, memory-mapped when cached, rows
+    ``[:n_train]`` for training and the rest for validation."""
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    n_train: int
+    size: int
+    input_size: int
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None  # the cache entry, None when held in memory only
+    decoded: int = 0  # images decoded by this call (0 when the cache was used)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.shape[0]) * 3 * self.size * self.size
+
+
+def _workers(n_files: int, workers: int | None) -> int:
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))
+        except AttributeError:
+            workers = os.cpu_count() or 1
+    return max(1, min(workers, -(-n_files // CHUNK))) if n_files >= SERIAL_BELOW else 1
+
+
+def _pool(n: int) -> cf.ProcessPoolExecutor:
+    # Workers run only Pillow and numpy; fork spares them importing torch again.
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    return cf.ProcessPoolExecutor(n, mp_context=ctx)
+
+
+def _run_chunks(fn, root: Path, files: list[str], args: tuple, pool: cf.Executor | None, on_chunk) -> None:
+    """Call ``fn(root, chunk, *args)`` for chunks of ``files`` (in ``pool`` when given), and
+    ``on_chunk(start, result)`` as each finishes."""
+    starts = list(range(0, len(files), CHUNK))
+    if pool is None:
+        for s in starts:
+            on_chunk(s, fn(root, files[s:s + CHUNK], *args))
+        return
+    futures = {pool.submit(fn, root, files[s:s + CHUNK], *args): s for s in starts}
+    try:
+        for fut in cf.as_completed(futures):
+            on_chunk(futures.pop(fut), fut.result())  # popped: a handled chunk is not kept alive
+    except BaseException:
+        for fut in list(futures):
+            fut.cancel()
+        raise
+
+
+def _headers_chunk(root, files, max_pixels):
+    return read_headers(root, files, max_pixels)
+
+
+def _reserve(path: Path, nbytes: int) -> None:
+    """Create ``path`` with ``nbytes`` reserved, so writing into its memory map cannot hit a full
+    disk (which would kill the process with SIGBUS rather than raise)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, max(1, nbytes))
+        else:
+            os.ftruncate(fd, nbytes)
+    finally:
+        os.close(fd)
+
+
+def _open_entry(entry: Path) -> Decoded:
+    """A cache entry, memory-mapped; raises ValueError/OSError if anything in it is off."""
+    meta = json.loads((entry / "meta.json").read_text())
+    if meta.get("version") != VERSION:
+        raise ValueError("old cache version")
+    n, s = int(meta["count"]), int(meta["size"])
+    f = entry / "images.u8"
+    if f.stat().st_size != n * 3 * s * s or len(meta["labels"]) != n:
+        raise ValueError("cache file has the wrong length")
+    # copy-on-write: writable for torch.from_numpy, yet never writes back to the cache
+    images = np.memmap(f, dtype=np.uint8, mode="c", shape=(n, 3, s, s)) if n else np.zeros((0, 3, s, s), np.uint8)
+    return Decoded(images, np.asarray(meta["labels"], dtype=np.int64), meta["classes"], int(meta["n_train"]), s,
+                   int(meta["input_size"]), meta["skipped"], meta["notes"], entry, 0)
+
+
+def _max_pixels():
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize_size: int | None = None,
+                crop_size: int | None = None, cache_dir: Path | None = None, progress: Progress | None = None,
+                workers: int | None = None, use_cache: bool = True) -> Decoded:
+    """Decode ``path`` (see :func:`find_layout`) at the size :func:`stored_size` picks, reusing the
+    cache under ``cache_dir`` when the folder has not changed."""
+    layout = find_layout(path, seed)
+    notes: list[str] = list(layout.notes)
+    key = layout.key(VERSION, image_size, resize_size, crop_size, _max_pixels())
+    entry = Path(cache_dir) / "folders" / key if (use_cache and cache_dir is not None) else None
+    if entry is not None and entry.exists():
+        try:
+            d = _open_entry(entry)
+            d.notes = notes
+            if progress is not None:
+                progress(len(d.images), len(d.images))
+            return d
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            notes.append(f"the decoded-image cache {entry} was unreadable and was rebuilt")
+            shutil.rmtree(entry, ignore_errors=True)
+    for attempt in (1, 2):
+        d = _decode_layout(layout, image_size, resize_size, crop_size, entry, progress, workers, notes)
+        fresh = find_layout(path, seed)  # a file added, removed or rewritten meanwhile changes the key
+        if fresh.key() == layout.key():
+            return d
+        if d.path is not None:  # the entry may mix old and new files; the open map stays readable
+            shutil.rmtree(d.path, ignore_errors=True)
+            d.path = None
+        if attempt == 1:
+            layout = fresh
+            key = layout.key(VERSION, image_size, resize_size, crop_size, _max_pixels())
+            entry = Path(cache_dir) / "folders" / key if entry is not None else None
+    d.notes.append(f"{path} changed while it was being decoded, twice; using what was read and caching nothing")
+    return d
+
+
+def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, entry: Path | None,
+                   progress: Progress | None, workers: int | None, notes: list[str]) -> Decoded:
+    files = [f for f, _ in layout.train] + [f for f, _ in layout.val]
+    labels = np.array([k for _, k in layout.train] + [k for _, k in layout.val], dtype=np.int64)
+    n_train_listed = len(layout.train)
+    skipped = list(layout.skipped)
+    max_pixels = _max_pixels()
+    n_workers = _workers(len(files), workers)
+    pool = _pool(n_workers) if n_workers > 1 else None
+    try:
+        return _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, pool, image_size,
+                             resize_size, crop_size, entry, progress, notes)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, pool, image_size, resize_size,
+                  crop_size, entry, progress, notes) -> Decoded:
+    root = layout.root
+
+    headers: list = [None] * len(files)
+
+    def got_headers(start, result):
+        headers[start:start + len(result)] = result
+
+    _run_chunks(_headers_chunk, root, files, (max_pixels,), pool, got_headers)
+    ok = [i for i, h in enumerate(headers) if isinstance(h, tuple)]
+    for i, h in enumerate(headers):
+        if not isinstance(h, tuple):
+            skipped.append(f"{files[i]} ({h})")
+    size = stored_size([headers[i] for i in ok], image_size, resize_size)
+    model_size = input_size(size, image_size, resize_size, crop_size)
+    files = [files[i] for i in ok]
+    labels = labels[ok]
+    n_train = sum(1 for i in ok if i < n_train_listed)
+    n = len(files)
+    row = 3 * size * size
+
+    # Rows go to the cache file with pwrite, not through a writable map: the pages then sit in
+    # the page cache rather than in this process's resident memory, whatever the folder's size.
+    tmp_dir = fd = images = None
+    if entry is not None and n:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+            _reserve(tmp_dir / "images.u8", n * row)
+            fd = os.open(tmp_dir / "images.u8", os.O_RDWR)
+        except OSError as e:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir = fd = None
+            notes.append(_cache_failed(entry, e))
+    if fd is None:
+        if n * row > 0.8 * available_ram():
+            raise DataError(f"{root} needs {n * row / 1024**3:.1f} GB at {size} px, more than the free memory, "
+                            f"and the decoded-image cache could not be written; free disk space under "
+                            f"{entry.parent if entry is not None else 'the cache folder'} or use a smaller --image-size")
+        images = np.empty((n, 3, size, size), dtype=np.uint8)
+
+    failed = np.zeros(n, dtype=bool)
+    done = 0
+    if progress is not None:
+        progress(0, n)
+
+    def got_pixels(start, result):
+        nonlocal done
+        arr, errors = result
+        if fd is not None:
+            os.pwrite(fd, np.ascontiguousarray(arr).data, start * row)
+        else:
+            images[start:start + len(arr)] = arr
+        for j, err in enumerate(errors):
+            if err is not None:
+                failed[start + j] = True
+                skipped.append(f"{files[start + j]} ({err})")
+        done += len(arr)
+        if progress is not None:
+            progress(done, n)
+
+    try:
+        _run_chunks(decode_chunk, root, files, (size, max_pixels), pool, got_pixels)
+        keep = np.flatnonzero(~failed)
+        if len(keep) < n:  # close the gaps left by files that failed to decode
+            for dst, src in enumerate(keep):
+                if dst != src:
+                    if fd is not None:
+                        os.pwrite(fd, os.pread(fd, row, int(src) * row), dst * row)
+                    else:
+                        images[dst] = images[src]
+            n_train -= int(failed[:n_train].sum())
+            labels = labels[keep]
+            n = len(keep)
+            if fd is not None:
+                os.ftruncate(fd, n * row)
+            else:
+                images = images[:n]
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    skipped.sort()
+    decoded = Decoded(images, labels, list(layout.classes), n_train, size, model_size, skipped, notes, None, n)
+    if fd is None:
+        return decoded
+    try:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        write_json(tmp_dir / "meta.json", {
+            "version": VERSION, "root": str(root), "count": n, "size": size, "input_size": model_size,
+            "n_train": n_train, "classes": decoded.classes, "labels": labels.tolist(), "skipped": skipped,
+            "notes": [], "created": time.time(),
+        })
+        try:
+            os.rename(tmp_dir, entry)
+        except OSError:  # another process cached the same folder first: keep theirs
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        opened = _open_entry(entry)
+        opened.notes, opened.decoded = notes, n
+        return opened
+    except (OSError, ValueError) as e:
+        decoded.images = np.fromfile(tmp_dir / "images.u8", dtype=np.uint8, count=n * row).reshape(n, 3, size, size)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        notes.append(_cache_failed(entry, e))
+        return decoded
+
+
+def available_ram() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 1024**3
+
+
+def _cache_failed(entry: Path, e: BaseException) -> str:
+    why = "the disk is full" if getattr(e, "errno", None) == errno.ENOSPC else (
+        getattr(e, "strerror", None) or type(e).__name__)
+    return f"could not write the decoded-image cache under {entry.parent} ({why}); decoding into memory this time"
+
+
+def folder_nbytes(path: Path, seed: int = 0, image_size: int | None = None, resize_size: int | None = None,
+                  max_pixels: int | None = None) -> tuple[int, int]:
+    """(bytes needed for training plus validation images, stored side), from the headers only."""
+    layout = find_layout(path, seed)
+    files = [f for f, _ in layout.train] + [f for f, _ in layout.val]
+    sizes = [h for h in read_headers(path, files, max_pixels) if isinstance(h, tuple)]
+    s = stored_size(sizes, image_size, resize_size)
+    return len(sizes) * 3 * s * s, s
+
+
+def describe_skipped(skipped: list[str], shown: int = 5) -> str | None:
+    if not skipped:
+        return None
+    text = "; ".join(skipped[:shown]) + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")
+    return f"skipped {len(skipped)} file(s): {text}"
+
+
+def check_decoded(d: Decoded, path: Path) -> None:
+    if d.n_train == 0:
+        raise DataError(f"{path} holds no readable training images")
+    if len(d.images) - d.n_train == 0:
+        raise DataError(f"{path} holds no readable validation images (each class needs at least two images)")
