@@ -74,6 +74,8 @@ class ModelProfile:
     module_names: list[str]
     seconds: float = 0.0
     index: dict[str, int] = field(default_factory=dict)
+    _full: dict = field(default_factory=dict, repr=False)
+    _same_order: dict | None = field(default=None, repr=False)  # the last plan.params seen in model order  # full fine-tuning, per (batch, BatchNorm pass)
 
     def __post_init__(self):
         self.index = {n: i for i, n in enumerate(self.param_names)}
@@ -81,10 +83,14 @@ class ModelProfile:
         self._has_params = np.bincount(p0.use_call, minlength=len(p0.call_key)) > 0
 
     def trainable_mask(self, plan: FreezePlan) -> np.ndarray:
-        mask = np.zeros(len(self.param_names), dtype=bool)
+        n = len(self.param_names)
+        params = plan.params
+        if params is self._same_order or (len(params) == n and list(params) == self.param_names):
+            self._same_order = params  # a plan's names never change, only whether each is frozen
+            return ~np.fromiter(params.values(), dtype=bool, count=n)
+        mask = np.zeros(n, dtype=bool)
         index = self.index
-        idx = [index[n] for n, frozen in plan.params.items() if not frozen and n in index]
-        mask[idx] = True
+        mask[[index[name] for name, frozen in plan.params.items() if not frozen and name in index]] = True
         return mask
 
 
@@ -262,9 +268,11 @@ def profile_model(model: nn.Module, image_size: int, device: str | torch.device 
                 for m in bns:
                     m.eval()
             x = x0.clone().requires_grad_(pid != PASS_TRAINABLE)
-            state = {k: v.clone() for k, v in work.state_dict().items()}  # BatchNorm statistics move
+            buffers = [(t, t.clone()) for t in work.buffers()]  # BatchNorm statistics move
             recs[b, pid] = _run_pass(work, x, pid, param_ptrs, skip_ptrs, amp)
-            work.load_state_dict(state)
+            with torch.no_grad():
+                for t, kept in buffers:
+                    t.copy_(kept)
     del work
 
     b1, b2 = batches
@@ -344,13 +352,17 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
     trainable = profile.trainable_mask(plan)
     frozen_pass = PASS_FROZEN_TRAIN if plan.batchnorm == "train" and PASS_FROZEN_TRAIN in profile.passes \
         else PASS_FROZEN_EVAL
-    everything = np.ones_like(trainable)
     t0 = int(profile.first_use[trainable].min()) if trainable.any() else NEVER
-    t0_full = int(profile.first_use.min()) if len(profile.first_use) else NEVER
     act = _activations(profile, trainable, t0, frozen_pass, batch_size) if t0 != NEVER else 0.0
-    full_act = _activations(profile, everything, t0_full, frozen_pass, batch_size) if t0_full != NEVER else 0.0
     fwd, bwd = _flops(profile, trainable, t0)
-    _, full_bwd = _flops(profile, everything, t0_full)
+    full = profile._full.get((batch_size, frozen_pass))
+    if full is None:
+        everything = np.ones_like(trainable)
+        t0_full = int(profile.first_use.min()) if len(profile.first_use) else NEVER
+        full = profile._full[batch_size, frozen_pass] = (
+            _activations(profile, everything, t0_full, frozen_pass, batch_size) if t0_full != NEVER else 0.0,
+            _flops(profile, everything, t0_full)[1])
+    full_act, full_bwd = full
     states = OPTIMIZER_STATES.get(optimizer, 2) if optimizer != "sgd" or momentum else 0
     trainable_bytes = int(profile.param_bytes[trainable].sum())
     total_bytes = int(profile.param_bytes.sum())
