@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 from .plan import FreezePlan, _keep_eval
@@ -138,13 +137,12 @@ class _Recorder:
         return ptrs
 
     def end_call(self, out, inputs: set[int]) -> None:
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                p = _ptr(t)
-                if p and p not in inputs and p not in self.producer:
-                    self.producer[p] = ("out", self.segment, self.fresh_in_segment)
-                    self.fresh_in_segment += 1
-                    self.keep.append(t)
+        for t in _tensors(out, []):
+            p = _ptr(t)
+            if p and p not in inputs and p not in self.producer:
+                self.producer[p] = ("out", self.segment, self.fresh_in_segment)
+                self.fresh_in_segment += 1
+                self.keep.append(t)
 
     def pack(self, t: torch.Tensor):
         if self.busy or not isinstance(t, torch.Tensor) or t.device.type == "meta":
@@ -166,6 +164,22 @@ class _Recorder:
         return t
 
 
+def _tensors(obj, out: list) -> list:
+    """The tensors in a call's arguments or result (lists, tuples and dicts, two levels deep;
+    cheaper than a full pytree walk on every call)."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            if isinstance(x, torch.Tensor):
+                out.append(x)
+            elif isinstance(x, (list, tuple)):
+                out.extend(y for y in x if isinstance(y, torch.Tensor))
+    elif isinstance(obj, dict):
+        _tensors(list(obj.values()), out)
+    return out
+
+
 def _ptr(t: torch.Tensor) -> int:
     try:
         return t.untyped_storage().data_ptr()
@@ -185,8 +199,7 @@ class _Calls(TorchFunctionMode):
         rec = self.rec
         if rec.busy:
             return func(*args, **kwargs)
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        inputs = rec.begin_call(tensors)
+        inputs = rec.begin_call(_tensors(args, _tensors(kwargs, [])))
         out = func(*args, **kwargs)
         rec.end_call(out, inputs)
         return out
@@ -236,20 +249,7 @@ def _run_pass(model: nn.Module, x: torch.Tensor, pass_id: int, param_ptrs, skip_
     return rec
 
 
-def profile_model(model: nn.Module, image_size: int, device: str | torch.device = "cpu", amp: bool = False,
-                  batches: tuple[int, int] = PROFILE_BATCHES) -> ModelProfile:
-    """Measure ``model`` once at ``image_size``: forward passes on a copy at two small batch sizes,
-    (1) everything trainable, (2) everything frozen with BatchNorm in eval mode and the input
-    needing a gradient, and (3) the same with BatchNorm in training mode (models with BatchNorm
-    only). ``amp`` measures under bf16 autocast, as training on CUDA runs."""
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    work = copy.deepcopy(model).to(device)
-    for m in work.modules():  # a plan's keep-in-eval hooks would change what the first pass measures
-        for k, hook in list(m._forward_pre_hooks.items()):
-            if hook is _keep_eval:
-                del m._forward_pre_hooks[k]
-    params = list(work.named_parameters())
+def _measure(work: nn.Module, params, image_size: int, device, amp: bool, batches, buffers):
     param_ptrs: dict[int, list[int]] = {}
     for i, (_, p) in enumerate(params):
         param_ptrs.setdefault(_ptr(p), []).append(i)
@@ -268,12 +268,46 @@ def profile_model(model: nn.Module, image_size: int, device: str | torch.device 
                 for m in bns:
                     m.eval()
             x = x0.clone().requires_grad_(pid != PASS_TRAINABLE)
-            buffers = [(t, t.clone()) for t in work.buffers()]  # BatchNorm statistics move
             recs[b, pid] = _run_pass(work, x, pid, param_ptrs, skip_ptrs, amp)
             with torch.no_grad():
                 for t, kept in buffers:
                     t.copy_(kept)
-    del work
+    return recs, pass_ids
+
+
+def profile_model(model: nn.Module, image_size: int, device: str | torch.device | None = None, amp: bool = False,
+                  batches: tuple[int, int] = PROFILE_BATCHES) -> ModelProfile:
+    """Measure ``model`` once at ``image_size``: forward passes at two small batch sizes,
+    (1) everything trainable, (2) everything frozen with BatchNorm in eval mode and the input
+    needing a gradient, and (3) the same with BatchNorm in training mode (models with BatchNorm
+    only). It runs on the model itself, on its device, unless ``device`` names another (then on
+    a copy), and leaves it as it was. ``amp`` measures under bf16 autocast, as CUDA training runs."""
+    t0 = time.perf_counter()
+    own = next(iter(model.parameters()), torch.empty(0)).device
+    device = torch.device(device) if device is not None else own
+    work = model if device == own else copy.deepcopy(model).to(device)
+    params = list(work.named_parameters())
+    flags = [p.requires_grad for _, p in params]
+    modes = [m.training for m in work.modules()]
+    held_hooks = []  # a plan's keep-in-eval hooks would change what the first pass measures
+    for m in work.modules():
+        for k, hook in list(m._forward_pre_hooks.items()):
+            if hook is _keep_eval:
+                held_hooks.append((m, k, hook))
+                del m._forward_pre_hooks[k]
+    buffers = [(t, t.detach().clone()) for t in work.buffers()]  # BatchNorm statistics move
+    try:
+        recs, pass_ids = _measure(work, params, image_size, device, amp, batches, buffers)
+    finally:
+        with torch.no_grad():
+            for t, kept in buffers:
+                t.copy_(kept)
+        for (_, p), flag in zip(params, flags):
+            p.requires_grad_(flag)
+        for m, mode in zip(work.modules(), modes):
+            m.training = mode
+        for m, k, hook in held_hooks:
+            m._forward_pre_hooks[k] = hook
 
     b1, b2 = batches
     idents: dict[tuple, int] = {}
