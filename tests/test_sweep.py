@@ -1,0 +1,112 @@
+"""Sweeps: a ladder of plans trained from the same weights, resumable."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from freezetui.core.data import load_data
+from freezetui.core.errors import PlanError
+from freezetui.core.models import build_model
+from freezetui.core.runner import Reporter
+from freezetui.core.specs import ModelSpec
+from freezetui.core.sweep import format_table, ladder, run_sweep
+from freezetui.core.train import Callback, TrainConfig
+
+MODEL = ModelSpec("tiny:tiny_cnn", weights="none")
+
+
+def config():
+    return TrainConfig(epochs=2, batch_size=32, device="cpu", augment=False)
+
+
+class Notes(Reporter):
+    def __init__(self):
+        self.notes = []
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+class StopInSecondEpoch(Callback):
+    def __init__(self, stop):
+        self.stop = stop
+
+    def on_step(self, ev):
+        if ev.epoch == 2:
+            self.stop.set()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A sweep stopped in the second epoch of its second rung, then continued."""
+    out = tmp_path_factory.mktemp("sweep")
+    data = load_data("shapes", shapes_train=128, shapes_val=32)
+    stop = threading.Event()
+    first = run_sweep(MODEL, "shapes", config(), out, stop=stop, data=data,
+                      callbacks_factory=lambda i, name: [StopInSecondEpoch(stop)] if i == 1 else [])
+    rung0 = sorted(p for p in out.iterdir() if p.is_dir())[0]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in rung0.iterdir()}
+    notes = Notes()
+    rows = run_sweep(MODEL, "shapes", config(), out, data=data, reporter=notes)
+    return {"out": out, "first": first, "rows": rows, "rung0": rung0, "mtimes": mtimes, "notes": notes.notes}
+
+
+def test_ladder_is_nested_from_the_head_to_everything():
+    model = build_model("tiny:tiny_cnn", weights="none", num_classes=4)
+    rungs = ladder(model)
+    assert [n for n, _ in rungs] == ["head", "+block2", "+block1", "all"]
+    sets = [set(p.trainable) for _, p in rungs]
+    assert sets[0] == {"fc.weight", "fc.bias"}
+    assert all(a < b for a, b in zip(sets, sets[1:]))
+    assert not rungs[-1][1].frozen
+    assert [n for n, _ in ladder(model, rungs=2)] == ["head", "all"]
+    with pytest.raises(PlanError):
+        ladder(model, rungs=0)
+
+
+def test_sweep_json_lists_every_rung_with_its_results(sweep):
+    rows = json.loads((sweep["out"] / "sweep.json").read_text())
+    assert [r["name"] for r in rows] == ["head", "+block2", "+block1", "all"]
+    for r in rows:
+        for key in ("plan", "trainable", "val_acc", "best_val_acc", "seconds", "images_per_s", "estimate"):
+            assert r[key] is not None, key
+        assert not r["stopped"] and r["epochs"] == 2 and r["frozen_unchanged"]
+        assert (sweep["out"] / r["run"]).joinpath("summary.json").is_file()
+        assert json.loads(open(r["plan"]).read())["trainable"]
+        assert r["estimate"]["activation_bytes"] <= r["estimate"]["full_activation_bytes"]
+    assert [r["trainable"] for r in rows] == sorted(r["trainable"] for r in rows)
+    assert rows[-1]["estimate"]["activation_bytes"] == rows[-1]["estimate"]["full_activation_bytes"]
+    text = format_table(rows)
+    assert "+block1" in text and "best accuracy:" in text and "best accuracy per second:" in text
+
+
+def test_every_rung_starts_from_the_same_weights(sweep):
+    rows = sweep["rows"]
+    head = torch.load(sweep["out"] / rows[0]["run"] / "model.pt", weights_only=True)
+    for r in rows[1:]:
+        plan = json.loads(open(r["plan"]).read())
+        state = torch.load(sweep["out"] / r["run"] / "model.pt", weights_only=True)
+        for name in plan["frozen"]:
+            assert torch.equal(state[name], head[name]), (r["name"], name)
+        for name in plan["trainable"]:  # trained, so moved away from the shared start
+            if name.endswith("weight") and name not in ("fc.weight",):
+                assert not torch.equal(state[name], head[name]), (r["name"], name)
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(sweep):
+    first = sweep["first"]
+    assert len(first) == 2 and first[-1]["stopped"] and not first[0]["stopped"]
+    assert {p.name: p.stat().st_mtime_ns for p in sweep["rung0"].iterdir()} == sweep["mtimes"]
+    assert any("finished before, kept" in n for n in sweep["notes"])
+    assert any("+block2: resuming after epoch 1" in n for n in sweep["notes"])
+    metrics = (sweep["out"] / sweep["rows"][1]["run"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [1, 2]
+
+
+def test_a_sweep_folder_with_other_settings_is_refused(sweep):
+    other = config()
+    other.epochs = 3
+    with pytest.raises(PlanError, match="other settings"):
+        run_sweep(MODEL, "shapes", other, sweep["out"], data=load_data("shapes", shapes_train=128, shapes_val=32))
