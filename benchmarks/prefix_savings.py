@@ -14,6 +14,7 @@ import torch
 
 from freezetui import FreezePlan, TrainConfig, build_model, train
 from freezetui.core.data import load_data
+from freezetui.core.train import release_memory
 
 
 def one(data, freeze: bool, device: str, image_size: int, batch_size: int) -> tuple[float, float | None]:
@@ -23,8 +24,8 @@ def one(data, freeze: bool, device: str, image_size: int, batch_size: int) -> tu
     if freeze:
         for g in ("conv1", "bn1", "layer1", "layer2", "layer3"):
             plan.freeze(g)
+    release_memory(device)  # the previous run's optimizer state must not count in this peak
     if device.startswith("cuda"):
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     config = TrainConfig(epochs=2, batch_size=batch_size, image_size=image_size, device=device, augment=True)
     result = train(model, plan, data, config)

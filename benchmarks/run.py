@@ -1,7 +1,8 @@
 """All benchmarks in one command; prints a markdown table and writes benchmarks/out/<device>.json.
 
     python benchmarks/run.py            # CPU: everything, including the UI (needs Textual, tmux)
-    python benchmarks/run.py --gpu      # the GPU half only (torch and torchvision, no Textual)
+    python benchmarks/run.py --gpu      # the GPU half and every GPU check (torch and torchvision, no Textual),
+                                        # sized to fit 10 minutes on one H100/H200
 
 Speeds are measured here, never asserted in tests.
 """
@@ -23,6 +24,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 os.environ.setdefault("FREEZETUI_OFFLINE", "1")
 
 import feature_cache  # noqa: E402
+import gpu_checks  # noqa: E402
 import prefix_savings  # noqa: E402
 import scaling  # noqa: E402
 import seed_workload  # noqa: E402
@@ -48,6 +50,8 @@ def main() -> int:
     rows += prefix_savings.run(device, 224 if args.gpu else 64, 64 if args.gpu else 32,
                                images=4096 if args.gpu else 512)
     rows += scaling.run(device, images=4096 if args.gpu else 512)
+    if args.gpu:
+        rows += gpu_checks.run(device)
     if not args.gpu:
         import ui
 
@@ -60,9 +64,10 @@ def main() -> int:
     (out / f"{device}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"| benchmark | result | machine | date |\n|---|---|---|---|")
     for r in rows:
-        result = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("benchmark", "date", "machine", "torch"))
+        result = ", ".join(f"{k} {v}" for k, v in r.items()
+                           if k not in ("benchmark", "date", "machine", "torch", "trace", "stderr_tail"))
         print(f"| {r['benchmark']} | {result} | {r['machine']} | {r['date']} |")
-    return 0
+    return 0 if all(r.get("ok", True) for r in rows) else 1
 
 
 if __name__ == "__main__":

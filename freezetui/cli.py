@@ -88,10 +88,19 @@ def cmd_plan_show(args) -> int:
     from .core.plan import FreezePlan
     from .core.runner import model_for_plan
 
+    from .core.cost import describe, estimate, human_bytes, human_flops, profile_model
+
     plan = FreezePlan.load(args.plan)
     model = model_for_plan(plan, weights="none", allowed_code=args.model)
     plan.apply(model)
     info = model_info(model)
+    size = args.image_size or info.input_size or 224
+    est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer)
+    if args.json:
+        import json
+
+        print(json.dumps({"counts": plan.counts, "estimate": est}, indent=2))
+        return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
     width = max([len(r[0]) for r in rows] + [6])
@@ -106,6 +115,12 @@ def cmd_plan_show(args) -> int:
     c = plan.counts
     pct = 100 * c["trainable"] / c["total"] if c["total"] else 0
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
+    print(f"cost at batch {args.batch_size}, {size} px, {args.optimizer}: {describe(est)}")
+    print(f"  weights {human_bytes(est['param_bytes'])}, gradients {human_bytes(est['grad_bytes'])}, "
+          f"optimizer state {human_bytes(est['optimizer_bytes'])}, activations {human_bytes(est['activation_bytes'])} "
+          f"(full fine-tuning: {human_bytes(est['full_activation_bytes'])})")
+    print(f"  {human_flops(est['flops_per_image'])} per image (forward {human_flops(est['forward_flops_per_image'])}), "
+          f"full fine-tuning {human_flops(est['full_flops_per_image'])}")
     print_lints(check(plan, model, image_size=args.image_size or info.input_size))
     return 0
 
@@ -124,7 +139,8 @@ class ConsoleProgress:
               file=self.stream, flush=True)
         if ev.backward_stop:
             how = "its outputs cached" if ev.feature_cache else "run without gradients"
-            print(f"frozen prefix up to {ev.backward_stop}: {how}", file=self.stream, flush=True)
+            why = f" (it stops at {ev.prefix_reason})" if ev.prefix_reason else ""
+            print(f"frozen prefix up to {ev.backward_stop}: {how}{why}", file=self.stream, flush=True)
 
     def on_step(self, ev):
         now = time.monotonic()
@@ -145,7 +161,22 @@ class ConsoleProgress:
 
 
 class ConsoleReporter:
-    """The runner's notes, warnings and lints, on stderr."""
+    """The runner's notes, warnings, lints and decoding progress, on stderr."""
+
+    def __init__(self):
+        self.last = 0.0
+        self.live = sys.stderr.isatty()
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < 0.5:
+            return
+        self.last = now
+        line = f"decoding images: {done:,}/{total:,}"
+        if self.live:
+            print("\r" + line, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        elif done >= total or done == 0:
+            print(line, file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
         print(f"note: {text}", file=sys.stderr)
@@ -207,6 +238,32 @@ def cmd_train(args, parser) -> int:
     return 0 if result.frozen_unchanged else 1
 
 
+def cmd_sweep(args) -> int:
+    from .core import distributed
+    from .core.runner import stop_on_signals
+    from .core.sweep import format_table, run_sweep
+
+    if not args.model:
+        raise PlanError("sweep needs --model NAME")
+    config = config_from_args(args)
+    from .core.train import resolve_device
+
+    resolve_device(config.device)
+    stop = threading.Event()
+    rank0 = distributed.rank_from_env() == 0
+    with stop_on_signals(stop) as caught:
+        rows = run_sweep(model_spec_from_args(args), args.data, config, Path(args.out), rungs=args.rungs,
+                         batchnorm=args.bn, callbacks_factory=lambda i, name: [ConsoleProgress()] if rank0 else [],
+                         stop=stop, reporter=ConsoleReporter(), force=args.force)
+    if rank0:
+        print(format_table(rows))
+        print(f"wrote {Path(args.out) / 'sweep.json'}")
+    if rows and rows[-1]["stopped"]:
+        print(f"stopped: continue the sweep with the same command", file=sys.stderr)
+        return 128 + (caught[0] if caught else signal.SIGINT)
+    return 0
+
+
 def cmd_tui(args) -> int:
     try:
         from .tui.app import run_app
@@ -229,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_models(args)
             if args.command == "plan":
                 return cmd_plan_make(args) if args.plan_command == "make" else cmd_plan_show(args)
+            if args.command == "sweep":
+                return cmd_sweep(args)
             return cmd_train(args, main_parser)
         return cmd_tui(tui_parser.parse_args(argv))
     except FreezeTUIError as e:

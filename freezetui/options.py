@@ -11,7 +11,7 @@ import argparse
 from .core.specs import ModelSpec
 from .core.train import OPTIMIZERS, TrainConfig
 
-SUBCOMMANDS = ("models", "plan", "train")
+SUBCOMMANDS = ("models", "plan", "train", "sweep")
 # `train --resume DIR` continues a run with its own settings; only these may change.
 RESUME_OVERRIDES = ("device", "epochs")
 
@@ -135,7 +135,12 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     show.add_argument("plan")
     show.add_argument("--model", help="allow a plan naming this package.module:function factory to run it")
     show.add_argument("--depth", type=positive_int, default=1, help="module depth of the table")
-    show.add_argument("--image-size", type=positive_int, help="input size, for the lints")
+    show.add_argument("--image-size", type=positive_int, help="input size, for the lints and the cost estimate")
+    show.add_argument("--batch-size", type=positive_int, default=TrainConfig().batch_size,
+                      help="batch size of the cost estimate (default: %(default)s)")
+    show.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig().optimizer,
+                      help="optimizer of the cost estimate (default: %(default)s)")
+    show.add_argument("--json", action="store_true", help="print counts and the cost estimate as JSON")
 
     train = sub.add_parser("train", help="train headless with a plan (or --model and rules) and write a run folder")
     train.add_argument("--plan", help="the freeze plan (JSON)")
@@ -146,6 +151,14 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train.add_argument("--force", action="store_true", help="write into --out even if it holds files")
     train.add_argument("--resume", metavar="DIR",
                        help="continue the run in DIR from its last checkpoint (--epochs extends it, --device moves it)")
+    sweep = sub.add_parser("sweep", help="train a ladder of plans (head only, +last stage, ..., all) and compare")
+    add_model_options(sweep, model_default=None)
+    sweep.add_argument("--bn", choices=("train", "freeze"), default="freeze",
+                       help="frozen BatchNorm layers keep (freeze) or update (train) running statistics")
+    add_train_options(sweep)
+    sweep.add_argument("--rungs", type=positive_int, help="at most N rungs: the first N-1 and the all-trainable one")
+    sweep.add_argument("--out", required=True, help="sweep folder: sweep.json and one run folder per rung")
+    sweep.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     return main, tui
 
 

@@ -3,11 +3,14 @@
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["FREEZETUI_OFFLINE"] = "1"
+# decoded-folder caches of the tests' own folders go to a temporary place, never ~/.cache
+os.environ.setdefault("FREEZETUI_DATA", tempfile.mkdtemp(prefix="freezetui-test-data-"))
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 

@@ -20,9 +20,9 @@ def data():
     return load_data("shapes", shapes_train=96, shapes_val=32)
 
 
-def _model_and_plan(freeze=("stem",)):
+def _model_and_plan(freeze=("stem",), classes=None):
     torch.manual_seed(0)
-    model = build_model("tiny:tiny_cnn", weights="none")
+    model = build_model("tiny:tiny_cnn", weights="none", num_classes=classes)
     plan = FreezePlan.from_model(model)
     for g in freeze:
         plan.freeze(g)
@@ -101,3 +101,30 @@ def test_back_to_back_runs_leave_no_optimizer_or_feature_cache_behind(data):
     assert [o for o in gc.get_objects() if issubclass(type(o), torch.optim.Optimizer)] == []
     assert [o for o in gc.get_objects() if issubclass(type(o), train_mod.FeatureStore)] == []
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_streamed_training_equals_in_memory_training(tmp_path):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "imgs", per_class=20, size=20, layout="split")
+    data = load_data(str(folder))
+    results = []
+    for budget in (None, 1):  # 1 byte: the data cannot fit, batches stream from the memory map
+        model, plan = _model_and_plan(classes=data.num_classes)
+        streamed = []
+        real = train_mod.StreamedSplit.prefetch
+
+        def spy(self, *a, **k):
+            streamed.append(True)
+            return real(self, *a, **k)
+
+        train_mod.StreamedSplit.prefetch = spy
+        try:
+            result = train(model, plan, data, TrainConfig(epochs=2, batch_size=16, device="cpu", data_budget=budget))
+        finally:
+            train_mod.StreamedSplit.prefetch = real
+        results.append((bool(streamed), result, {k: v.clone() for k, v in model.state_dict().items()}))
+    (s0, r0, w0), (s1, r1, w1) = results
+    assert not s0 and s1
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert [e.val_acc for e in r0.history] == [e.val_acc for e in r1.history]

@@ -352,7 +352,8 @@ class BatchTransform:
         small = bool(getattr(info, "small_input", False))
         if weights is not None and not small and not image_size:
             return cls.for_model(info, data.image_size, None)
-        size = int(image_size or data.input_size)
+        fixed = getattr(info, "input_size", None) if getattr(info, "fixed_size", False) else None
+        size = int(image_size or fixed or data.input_size)  # a fixed-size model (ViT) gets its own size
         stored = data.image_size
         resize = min(stored, round(size * STORAGE_MARGIN)) if stored > size else size
         if weights is not None:

@@ -29,8 +29,9 @@ def setup(device: str) -> tuple[int, int]:
     if not dist.is_initialized():
         cuda = device != "cpu" and torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+            torch.cuda.set_device(local_index())
+        # NCCL wants a GPU per process; FREEZETUI_BACKEND=gloo lets processes share one (tests)
+        dist.init_process_group(os.environ.get("FREEZETUI_BACKEND") or ("nccl" if cuda else "gloo"))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -49,8 +50,13 @@ def world() -> int:
 def local_device(device: torch.device) -> torch.device:
     """Under torchrun each process takes the GPU of its LOCAL_RANK."""
     if active() and device.type == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_index())
     return device
+
+
+def local_index() -> int:
+    """This process's GPU: its LOCAL_RANK, wrapped around when processes share GPUs."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count())
 
 
 def sum_all(*values: float, device: torch.device) -> list[float]:

@@ -33,12 +33,42 @@ STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 class Reporter:
-    """Where a run's notes, warnings and lints go: printed by the CLI, ignored by the TUI (which
-    shows them live). Override what you need."""
+    """Where a run's notes, warnings, lints and decoding progress go: printed by the CLI,
+    ignored by the TUI (which shows them live). Override what you need."""
 
     def note(self, text: str) -> None: ...
     def warning(self, text: str) -> None: ...
     def lints(self, lints: list[Lint]) -> None: ...
+    def progress(self, done: int, total: int) -> None: ...
+
+
+def weights_sizes(name: str | None, weights: str | None) -> tuple[int | None, int | None]:
+    """(resize, crop) of a torchvision model's pretrained weights, known before the model is
+    built, so a photo folder is decoded once at the size training needs; (None, None) without."""
+    if not name or is_code(name) or name.startswith("timm:") or str(weights).lower() in ("none", "") \
+            or weights is None or Path(str(weights)).suffix in (".pt", ".pth", ".bin"):
+        return None, None
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(name)
+        member = enum.DEFAULT if str(weights).lower() == "auto" else enum[str(weights).split(".")[-1]]
+        t = member.transforms()
+        return int(t.resize_size[0]), int(t.crop_size[0])
+    except (ValueError, KeyError, AttributeError, TypeError, IndexError):
+        return None, None
+
+
+def load_run_data(spec: RunSpec, reporter: Reporter) -> Dataset:
+    """The run's data, sized for its model (the plan's or ``--model``'s weights)."""
+    source = spec.plan.model if spec.plan is not None else (dataclasses.asdict(spec.model) if spec.model else {})
+    small = bool(source.get("small_input"))
+    resize, crop = (None, None) if small else weights_sizes(source.get("name"), source.get("weights"))
+    data = load_data(spec.data, seed=spec.config.seed, size=spec.config.image_size, resize_size=resize,
+                     crop_size=crop, progress=reporter.progress)
+    for w in data.warnings:
+        reporter.warning(w)
+    return data
 
 
 # ----------------------------------------------------------------------------- models and plans
@@ -124,7 +154,22 @@ def build_for_run(spec: RunSpec, data: Dataset, reporter: Reporter) -> tuple[nn.
 
 def seen_size(model: nn.Module, data: Dataset, config: TrainConfig) -> int:
     """The size of the images the model will see, after the input transform."""
-    return BatchTransform.for_model(model_info(model), data.image_size, config.image_size).size
+    return BatchTransform.for_data(model_info(model), data, config.image_size).size
+
+
+def plan_estimate(model: nn.Module, plan: FreezePlan, data: Dataset, config: TrainConfig,
+                  reporter: Reporter) -> dict | None:
+    """The plan's predicted cost (recorded in summary.json beside what was measured); a model
+    that cannot be profiled gets a note, never a failed run."""
+    from .cost import estimate, profile_model
+
+    try:
+        plan.apply(model)
+        profile = profile_model(model, seen_size(model, data, config))
+        return estimate(profile, plan, min(config.batch_size, len(data.train)), config.optimizer, config.momentum)
+    except Exception as e:  # noqa: BLE001 - an estimate is advice; the run goes on without it
+        reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        return None
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -210,9 +255,7 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
             reporter = Reporter()
         with distributed.rank_zero_first():  # downloads and caches are written once
             if data is None:
-                data = load_data(spec.data, seed=config.seed, size=config.image_size)
-                for w in data.warnings:
-                    reporter.warning(w)
+                data = load_run_data(spec, reporter)
             torch.manual_seed(config.seed)
             if model is None:
                 model, plan = build_for_run(spec, data, reporter)
@@ -227,11 +270,14 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
             traced = trace(model)
         reporter.lints(check(plan, model, image_size=seen_size(model, data, config),
                              order=traced.param_order if traced else None))
+        estimate = plan_estimate(model, plan, data, config, reporter) if rank == 0 else None
         writers = []
         if rank == 0:
             writers = [*callbacks, RunWriter(spec.out, model, plan, config,
                                              extra={"data": spec.data, "model": plan.model["name"],
-                                                    "world_size": world},
+                                                    "world_size": world, "data_seconds": round(data.load_seconds, 3),
+                                                    "train_images": len(data.train), "val_images": len(data.val),
+                                                    "classes": list(data.classes), "estimate": estimate},
                                              resume_epoch=spec.resume["epoch"] if spec.resume else None)]
         return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume, traced=traced)
     finally:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .data import BatchTransform, Dataset, Split, random_crop_flip
+from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import TrainingError
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
@@ -48,6 +48,7 @@ class TrainConfig:
     deterministic: bool = False  # cudnn deterministic, no autotuning: bit-exact resume on CUDA
     channels_last: bool = False  # NHWC on CUDA for convolutional models
     sync_steps: int | None = None  # read the loss every N steps (None: every step on the CPU, ~4/s on CUDA)
+    data_budget: int | None = None  # bytes of device memory the data may take (None: a share of what is free)
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -90,7 +91,8 @@ class RunStart:
     input_size: int
     lr: float
     feature_cache: bool = False  # training reads cached prefix outputs
-    backward_stop: str | None = None  # where the frozen prefix ends (None: no prefix)
+    backward_stop: str | None = None  # the module of the tree where the frozen prefix ends (None: no prefix)
+    prefix_reason: str | None = None  # why it ends there ("a trainable parameter in layer4.0.conv1")
 
 
 @dataclass
@@ -131,6 +133,7 @@ class TrainResult:
     error: str | None = None
     feature_cache: bool = False
     frozen_prefix: str | None = None
+    peak_memory_bytes: int | None = None  # CUDA: the most allocated at once during the run
 
     @property
     def val_acc(self) -> float | None:
@@ -154,6 +157,7 @@ class TrainResult:
             "error": self.error,
             "feature_cache": self.feature_cache,
             "frozen_prefix": self.frozen_prefix,
+            "peak_memory_bytes": self.peak_memory_bytes,
         }
 
 
@@ -303,16 +307,23 @@ class FeatureStore:
 def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=None):
     """(prefix, rest, cut, cache_train, cache_val) for this plan; prefix None when there is none.
 
-    Cached features equal what the prefix computes each step only when nothing in it changes
-    between steps: no augmentation (for the training set) and BatchNorm statistics kept.
+    The prefix runs under no_grad; it may hold random or train-mode-dependent ops (it runs in
+    train mode, drawing random numbers in the same order as the whole model would). Its
+    outputs are cached only when nothing in it changes between steps: nothing random, BatchNorm
+    statistics kept, and (for the training set) no augmentation. A cacheable cut is preferred
+    to a deeper one that is not: frozen layers after the cut record no gradients anyway.
     """
     traced = traced if traced is not None else trace(model)
-    cut = find_cut(traced, set(plan.frozen)) if traced is not None else None
+    if traced is None:
+        return None, None, None, False, False
+    frozen = set(plan.frozen)
+    safe = find_cut(traced, frozen)
+    cut = safe if config.cache and safe is not None and safe.cacheable(plan.batchnorm) else \
+        find_cut(traced, frozen, random_ok=True)
     if cut is None:
         return None, None, None, False, False
     prefix, rest = split(traced, cut)
-    stable = plan.batchnorm == "freeze" or not cut.has_batchnorm
-    cache_val = config.cache and stable
+    cache_val = config.cache and cut.cacheable(plan.batchnorm)
     return prefix, rest, cut, cache_val and not config.augment, cache_val
 
 
@@ -405,14 +416,25 @@ class _Run:
             raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
         self.snap = frozen_snapshot(model, self.plan)
         self.stage = "moving the model to the device"
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         model.to(device)
         self.amp = config.amp and device.type == "cuda"
         torch.manual_seed(config.seed)
-        self.gen = torch.Generator().manual_seed(config.seed)
-        self.transform = BatchTransform.for_model(model_info(model), self.data.image_size, config.image_size)
+        self.gen = torch.Generator().manual_seed(config.seed)  # the epochs' order, on the CPU
+        # augmentation draws on the device: no host-device copy per step
+        self.aug_gen = torch.Generator(device=device).manual_seed(config.seed)
+        self.transform = BatchTransform.for_data(model_info(model), self.data, config.image_size)
         self.optimizer = make_optimizer(trainable, config, device)
         self.stage = "moving the data to the device"
-        self.train_split = self.data.train.to(device)
+        # in device memory when train + validation fit its budget, else streamed from the
+        # memory-mapped cache through pinned buffers with the next batch prefetched
+        self.streamer = None
+        if placement(self.data.nbytes, device, budget=config.data_budget) == "stream":
+            self.train_split = self.data.train
+            self.streamer = StreamedSplit(self.data.train, device, config.batch_size)
+        else:
+            self.train_split = self.data.train.to(device)
         self.n = len(self.train_split)
         share = self.n // self.world  # under torchrun each process trains on its own shard of every epoch
         self.bs = min(config.batch_size, share)
@@ -441,7 +463,8 @@ class _Run:
         self.result.feature_cache = self.cache_train
         self.result.frozen_prefix = cut.name if cut else None
         start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
-                         config.effective_lr, self.cache_train, cut.name if cut else None)
+                         config.effective_lr, self.cache_train, cut.module if cut else None,
+                         cut.reason if cut else None)
         for cb in self.callbacks:
             cb.on_run_start(start)
 
@@ -453,6 +476,8 @@ class _Run:
         self.optimizer.load_state_dict(resume["optimizer"])
         torch.set_rng_state(resume["rng"]["torch"])
         self.gen.set_state(resume["rng"]["generator"])
+        if resume["rng"].get("augment") is not None:
+            self.aug_gen.set_state(resume["rng"]["augment"])
         cuda_state = resume["rng"].get("cuda")
         if isinstance(cuda_state, (list, tuple)):  # older checkpoints kept every GPU's state
             cuda_state = cuda_state[0] if cuda_state else None
@@ -479,7 +504,8 @@ class _Run:
         (:meth:`sync_due`), where the stop flag and NaN/inf are checked too."""
         self.stage = "training"
         self.model.train()
-        perm = torch.randperm(self.n, generator=self.gen).to(self.device)[self.rank::self.world]  # same on every rank
+        perm = torch.randperm(self.n, generator=self.gen)[self.rank::self.world]  # same on every rank
+        batches = self.batches(perm)
         t0 = self.last_sync = time.perf_counter()
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         window, bad = zero.clone(), torch.full((), -1, dtype=torch.int64, device=self.device)
@@ -488,8 +514,8 @@ class _Run:
             if self.stop_requested(step):
                 self.result.stopped = True
                 break
-            idx = perm[(step - 1) * self.bs: step * self.bs]
-            loss = self.train_step(idx)
+            idx, images, labels = next(batches)
+            loss = self.train_step(idx, images, labels)
             window += loss * len(idx)
             bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
             window_n += len(idx)
@@ -509,6 +535,7 @@ class _Run:
                 window_n = 0
                 for cb in self.callbacks:
                     cb.on_step(ev)
+        batches.close()  # ends a prefetching thread early when the epoch was stopped
         if window_n:  # stopped between sync points
             value, first_bad = self.sync(window, bad)
             loss_sum += value
@@ -554,16 +581,26 @@ class _Run:
             return False
         return distributed.any_all(local, self.device)
 
-    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+    def batches(self, perm: torch.Tensor):
+        """(indices, uint8 images or None, labels) on the device for each step of an epoch."""
+        if self.streamer is not None and self.train_features is None:
+            for step, (x, y) in enumerate(self.streamer.prefetch(perm, self.bs, self.steps)):
+                yield perm[step * self.bs:(step + 1) * self.bs], x, y
+            return
+        perm = perm.to(self.train_split.labels.device)
+        for step in range(self.steps):
+            idx = perm[step * self.bs:(step + 1) * self.bs]
+            labels = self.train_split.labels[idx].to(self.device, non_blocking=True)
+            images = None if self.train_features is not None else self.train_split.images[idx].to(self.device)
+            yield idx, images, labels
+
+    def train_step(self, idx: torch.Tensor, images: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one batch; returns its loss, still on the device."""
-        y = self.train_split.labels[idx]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             if self.train_features is not None:
                 x = self.train_features.get(idx)
             else:
-                x = self.transform(self.train_split.images[idx])
-                if self.config.augment:
-                    x = random_crop_flip(x, self.gen)
+                x = self.transform.augment(images, self.aug_gen) if self.config.augment else self.transform(images)
                 if self.prefix is not None:
                     with torch.no_grad():  # the frozen prefix keeps no activations
                         x = self.prefix(x)
@@ -583,6 +620,7 @@ class _Run:
             if self.checkpointers:
                 state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
                                          self.device)
+                state["rng"]["augment"] = self.aug_gen.get_state()
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)
         self.agreed(write)
@@ -612,6 +650,8 @@ class _Run:
         r = self.result
         r.seconds = time.perf_counter() - self.t_run
         r.train_images_per_s = self.images_total / self.train_seconds if self.train_seconds > 0 else 0.0
+        if self.device.type == "cuda":
+            r.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
         r.changed = changed_since(self.model, self.snap) if self.snap is not None else []
         r.frozen_unchanged = not r.changed
         try:

@@ -20,7 +20,7 @@ from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan
-from .runner import check_code_allowed
+from .runner import check_code_allowed, weights_sizes
 from .split import find_cut, trace
 from .train import TrainConfig, resolve_device
 
@@ -104,20 +104,22 @@ class Workspace:
     @classmethod
     def open(cls, model: str = "resnet18", weights: str | None = "auto", data: str = "shapes",
              num_classes: int | None = None, small_input: bool = False, plan: str | None = None,
-             device: str = "auto", seed: int = 0, image_size: int | None = None) -> "Workspace":
+             device: str = "auto", seed: int = 0, image_size: int | None = None,
+             progress=None) -> "Workspace":
         """Load the data, build the model sized to it, and apply ``plan`` if given (its model
         wins; a plan naming a Python factory needs ``model`` to name it too)."""
         resolve_device(device)
         loaded_plan = FreezePlan.load(plan) if plan else None
         if loaded_plan is not None:
             check_code_allowed(loaded_plan.model["name"], model)
-        dataset = load_data(data, seed=seed, size=image_size)
         if loaded_plan is not None:
             spec = loaded_plan.model
             model, small_input = spec["name"], bool(spec.get("small_input"))
             num_classes = spec.get("num_classes") or num_classes
             if weights == "auto" and spec.get("weights"):
                 weights = spec["weights"]
+        resize, crop = (None, None) if small_input else weights_sizes(model, weights)
+        dataset = load_data(data, seed=seed, size=image_size, resize_size=resize, crop_size=crop, progress=progress)
         torch.manual_seed(seed)
         net = build_model(model, weights=weights, num_classes=num_classes or dataset.num_classes,
                           small_input=small_input, allow_code=True, image_size=image_size)
@@ -268,7 +270,7 @@ class Workspace:
         """The size the model will see with this ``--image-size`` (None: the default)."""
         if self.data is None:
             return image_size or self.info.input_size
-        return BatchTransform.for_model(self.info, self.data.image_size, image_size).size
+        return BatchTransform.for_data(self.info, self.data, image_size).size
 
     def export(self, path: str | Path) -> Path:
         return self.plan.save(path)
