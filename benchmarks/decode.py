@@ -113,6 +113,28 @@ def load_in_child(folder: Path, cache: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def streamed_vs_in_memory(folder: Path, cache: Path) -> dict:
+    """Epoch throughput of a small CNN at the stored size, data in memory against streamed from
+    the memory-mapped cache (the budget forced to 1 byte); the second epoch of each."""
+    import torch
+    from torch import nn
+
+    from freezetui import FreezePlan, TrainConfig, train
+    from freezetui.core.data import load_data
+
+    os.environ["FREEZETUI_DATA"] = str(cache)
+    data = load_data(str(folder))
+    speed = {}
+    for name, budget in (("in_memory", None), ("streamed", 1)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2),
+                              nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, data.num_classes))
+        config = TrainConfig(epochs=2, batch_size=64, device="cpu", data_budget=budget)
+        speed[name] = train(model, FreezePlan.from_model(model), data, config).history[-1].images_per_s
+    return {"in_memory_images_per_s": round(speed["in_memory"], 1), "streamed_images_per_s": round(speed["streamed"], 1),
+            "streamed_share": round(speed["streamed"] / speed["in_memory"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
@@ -135,6 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         first = load_in_child(folder, Path(cache))
         second = load_in_child(folder, Path(cache))
+        results.update(streamed_vs_in_memory(folder, Path(cache)))
     results.update({
         "first_decode_s": round(first["seconds"], 2),
         "first_images_per_s": round(first["decoded"] / first["seconds"], 1),
@@ -160,6 +183,8 @@ def main() -> None:
     print(f"{'first decode (pool + draft + cache write)':44s} {results['first_images_per_s']:8.1f} images/s"
           f"   x{results['speedup']}")
     print(f"{'second run, data ready':44s} {results['second_ready_s']:8.3f} s")
+    print(f"{'epoch, streamed / in memory (small CNN)':44s} {results['streamed_images_per_s']:8.1f} / "
+          f"{results['in_memory_images_per_s']:.1f} images/s   {100 * results['streamed_share']:.0f} %")
     for n, r in results["rss_mb"].items():
         print(f"{'peak RSS, ' + str(n) + ' images (first / second)':44s} {r['first']:5d} / {r['second']} MB"
               f"   (after imports {r['after_import']} MB)")
