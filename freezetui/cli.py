@@ -163,12 +163,12 @@ def cmd_plan_show(args) -> int:
     kind_w = max([len(r[1]) for r in rows] + [4])
     print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights')}, "
           f"batchnorm {plan.batchnorm}")
-    extra_head = f"  {'lr ×':>11}  {'trains from':>11}" if scheduled else ""
+    extra_head = f"  {'lr ×':>13}  {'trains from':>11}" if scheduled else ""
     print(f"  {'module':<{width}}  {'type':<{kind_w}}  {'params':>12}  {'trainable':>12}  {'frozen':>12}{extra_head}")
     for name, kind, total, trainable, frozen in rows:
         state = "frozen" if trainable == 0 else "mixed" if frozen else ""
         mark = " (new)" if name in new or any(n.startswith(name + ".") for n in new) else ""
-        sched = f"  {rates.get(name, ''):>11}  {starts.get(name, ''):>11}" if scheduled else ""
+        sched = f"  {rates.get(name, ''):>13}  {starts.get(name, ''):>11}" if scheduled else ""
         print(f"  {name:<{width}}  {kind:<{kind_w}}  {total:>12,}  {trainable:>12,}  {frozen:>12,}{sched}  "
               f"{state}{mark}".rstrip())
     c = plan.counts
