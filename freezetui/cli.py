@@ -52,13 +52,69 @@ def cmd_plan_make(args) -> int:
     if info.note:
         print(f"note: {info.note}", file=sys.stderr)
     plan = plan_from_rules(model, args.rules, args.bn)
+    add_schedule(plan, model, args)
     plan.apply(model)
     out = plan.save(args.output)
     c = plan.counts
     print(f"wrote {out}: {len(plan.frozen)} frozen / {len(plan.trainable)} trainable tensors, "
           f"{c['trainable']:,} of {c['total']:,} parameters trainable")
+    for line in describe_schedule(plan):
+        print(f"  {line}")
     print_lints(check(plan, model, image_size=args.image_size or info.input_size))
     return 0
+
+
+def add_schedule(plan, model, args) -> None:
+    """``--recipe``, ``--stage``, ``--lr-mult`` and ``--layer-decay`` onto a plan from rules."""
+    from .core.schedule import fine_tune_recipe
+    from .core.split import trace
+
+    if args.recipe and (args.rules or args.stage or args.lr_mult or args.layer_decay):
+        raise PlanError("--recipe fine-tune sets the stages and rates itself; give it without "
+                        "--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
+    if args.lr_mult and args.layer_decay:
+        raise PlanError("give either --lr-mult or --layer-decay, not both")
+    if args.recipe:
+        traced = trace(model)
+        fine_tune_recipe(plan, model, traced.param_order if traced else None)
+        plan.extra["recipe"] = args.recipe
+        return
+    by_epoch: dict[int, list[str]] = {}
+    for epoch, globs in args.stage:  # --stage 3:a --stage 3:b is one stage
+        by_epoch.setdefault(epoch, []).extend(globs)
+    for epoch in sorted(by_epoch):
+        plan.add_stage(epoch, unfreeze=by_epoch[epoch])
+    for glob, f in args.lr_mult:
+        plan.set_lr_mult(glob, f)
+    if args.layer_decay:
+        plan.set_layer_decay(args.layer_decay)
+
+
+def describe_schedule(plan) -> list[str]:
+    from .core.schedule import describe
+
+    return describe(plan)
+
+
+def module_starts(plan, depth: int = 1) -> dict[str, str]:
+    """The epoch each module at ``depth`` starts training ("2", "1–3" when mixed, "never")."""
+    from .core.plan import module_prefixes
+
+    spans: dict[str, list] = {}
+    for name in plan.params:
+        prefixes = module_prefixes(name)
+        key = prefixes[min(depth, len(prefixes)) - 1] if prefixes else name
+        spans.setdefault(key, []).append(plan.stage_of(name))
+    out = {}
+    for key, v in spans.items():
+        known = [e for e in v if e is not None]
+        if not known:
+            out[key] = "never"
+        elif min(known) == max(known) and len(known) == len(v):
+            out[key] = f"epoch {known[0]}"
+        else:
+            out[key] = f"epoch {min(known)}–{max(known)}" + ("+" if len(known) < len(v) else "")
+    return out
 
 
 def module_table(model, plan, depth: int = 1) -> list[tuple[str, str, int, int, int]]:
@@ -89,6 +145,8 @@ def cmd_plan_show(args) -> int:
     from .core.runner import model_for_plan
 
     from .core.cost import describe, estimate, human_bytes, human_flops, profile_model
+    from .core.schedule import module_rates
+    from .core.split import trace
 
     plan = FreezePlan.load(args.plan)
     model = model_for_plan(plan, weights="none", allowed_code=args.model)
@@ -103,18 +161,29 @@ def cmd_plan_show(args) -> int:
         return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
+    scheduled = bool(plan.stages or plan.lr_mult or plan.layer_decay is not None)
+    rates, starts = {}, {}
+    if scheduled:
+        traced = trace(model) if plan.layer_decay is not None else None
+        rates = module_rates(plan, model, args.depth, traced.param_order if traced else None)
+        starts = module_starts(plan, args.depth)
     width = max([len(r[0]) for r in rows] + [6])
     kind_w = max([len(r[1]) for r in rows] + [4])
     print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights')}, "
           f"batchnorm {plan.batchnorm}")
-    print(f"  {'module':<{width}}  {'type':<{kind_w}}  {'params':>12}  {'trainable':>12}  {'frozen':>12}")
+    extra_head = f"  {'lr ×':>13}  {'trains from':>11}" if scheduled else ""
+    print(f"  {'module':<{width}}  {'type':<{kind_w}}  {'params':>12}  {'trainable':>12}  {'frozen':>12}{extra_head}")
     for name, kind, total, trainable, frozen in rows:
         state = "frozen" if trainable == 0 else "mixed" if frozen else ""
         mark = " (new)" if name in new or any(n.startswith(name + ".") for n in new) else ""
-        print(f"  {name:<{width}}  {kind:<{kind_w}}  {total:>12,}  {trainable:>12,}  {frozen:>12,}  {state}{mark}")
+        sched = f"  {rates.get(name, ''):>13}  {starts.get(name, ''):>11}" if scheduled else ""
+        print(f"  {name:<{width}}  {kind:<{kind_w}}  {total:>12,}  {trainable:>12,}  {frozen:>12,}{sched}  "
+              f"{state}{mark}".rstrip())
     c = plan.counts
     pct = 100 * c["trainable"] / c["total"] if c["total"] else 0
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
+    for line in describe_schedule(plan):
+        print(f"  {line}")
     print(f"cost at batch {args.batch_size}, {size} px, {args.optimizer}: {describe(est)}")
     print(f"  weights {human_bytes(est['param_bytes'])}, gradients {human_bytes(est['grad_bytes'])}, "
           f"optimizer state {human_bytes(est['optimizer_bytes'])}, activations {human_bytes(est['activation_bytes'])} "
@@ -141,6 +210,8 @@ class ConsoleProgress:
             how = "its outputs cached" if ev.feature_cache else "run without gradients"
             why = f" (it stops at {ev.prefix_reason})" if ev.prefix_reason else ""
             print(f"frozen prefix up to {ev.backward_stop}: {how}{why}", file=self.stream, flush=True)
+        for line in ev.schedule:
+            print(f"schedule: {line}", file=self.stream, flush=True)
 
     def on_step(self, ev):
         now = time.monotonic()
@@ -153,7 +224,8 @@ class ConsoleProgress:
         if self.live:
             print("\r" + " " * 70 + "\r", end="", file=self.stream)
         print(f"epoch {ev.epoch}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
-              f"val acc {100 * ev.val_acc:.1f}%  {ev.images_per_s:,.0f} img/s  {ev.seconds:.1f}s",
+              f"val acc {100 * ev.val_acc:.1f}%  {ev.images_per_s:,.0f} img/s  {ev.seconds:.1f}s  "
+              f"stage {ev.stage}  {ev.trainable:,} trainable  lr {ev.lr:.3g}",
               file=self.stream, flush=True)
 
     def on_run_end(self, result):

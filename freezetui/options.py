@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from .core.schedule import SCHEDULES
 from .core.specs import ModelSpec
 from .core.train import OPTIMIZERS, TrainConfig
 
@@ -84,6 +85,50 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
                    help="frozen BatchNorm layers keep (freeze) or update (train) running statistics")
 
 
+def stage_arg(text: str) -> tuple[int, list[str]]:
+    """``EPOCH:GLOB[,GLOB…]``: unfreeze those globs at the start of that epoch."""
+    epoch, sep, globs = text.partition(":")
+    try:
+        n = int(epoch)
+    except ValueError:
+        n = 0
+    names = [g for g in globs.split(",") if g]
+    if not sep or n < 2 or not names:
+        raise argparse.ArgumentTypeError(f"{text!r} is not EPOCH:GLOB[,GLOB...] with EPOCH from 2 on")
+    return n, names
+
+
+def lr_mult_arg(text: str) -> tuple[str, float]:
+    """``GLOB=F``: parameters matching GLOB train at F × the base rate."""
+    glob, sep, value = text.rpartition("=")
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not sep or not glob or not (0 < f < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not GLOB=F with F a positive number")
+    return glob, f
+
+
+def decay_arg(text: str) -> float:
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def add_schedule_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", type=stage_arg, action="append", default=[], metavar="EPOCH:GLOB[,GLOB...]",
+                   help="unfreeze GLOBs at the start of EPOCH (repeatable, in epoch order)")
+    p.add_argument("--lr-mult", type=lr_mult_arg, action="append", default=[], metavar="GLOB=F",
+                   help="parameters matching GLOB train at F × the rate (repeatable, later wins)")
+    p.add_argument("--layer-decay", type=decay_arg, metavar="F",
+                   help="rates F, F², … over the blocks before the head (instead of --lr-mult)")
+    p.add_argument("--recipe", choices=("fine-tune",),
+                   help="fine-tune: the head alone for 1 epoch, then everything at half the rate, "
+                        "rates spread 100x over the blocks (fastai's fine_tune)")
+
+
 def add_train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--data", default="shapes", help="shapes, cifar10, cifar100, mnist, fashion-mnist, or a folder")
@@ -105,6 +150,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="cudnn deterministic, no autotuning: a resumed CUDA run matches an uninterrupted one")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout on CUDA (convolutional models)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                   help="learning-rate schedule over the run (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=d.warmup_epochs,
+                   help="linear warmup at the start, in epochs (default: %(default)s; onecycle has its own)")
+    p.add_argument("--decay-all", action="store_true", help="weight decay on biases and norm layers too")
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -128,6 +178,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     make = plan_sub.add_parser("make", help="write a freeze plan from --freeze/--unfreeze rules")
     add_model_options(make, model_default=None)
     add_rule_options(make)
+    add_schedule_plan_options(make)
     make.add_argument("--image-size", type=positive_int, help="input size, for the lints")
     make.add_argument("-o", "--output", required=True, help="plan file to write (JSON)")
 
@@ -167,7 +218,8 @@ def config_from_args(args) -> TrainConfig:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         optimizer=args.optimizer, momentum=args.momentum, image_size=args.image_size, augment=args.augment,
         device=args.device, seed=args.seed, amp=args.amp, cache=args.cache, compile=args.compile,
-        deterministic=args.deterministic, channels_last=args.channels_last,
+        deterministic=args.deterministic, channels_last=args.channels_last, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, decay_all=args.decay_all,
     )
     cfg.validate()
     return cfg

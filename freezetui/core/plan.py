@@ -2,6 +2,8 @@
 
 A plan is plain data (it round-trips through JSON exactly); :meth:`FreezePlan.apply` puts it
 on a model and :meth:`FreezePlan.freeze` / :meth:`FreezePlan.unfreeze` edit it with globs.
+Optional schedule keys: ``lr_mult`` (per-glob rate multipliers), ``layer_decay`` and
+``stages`` (unfreeze/freeze at later epochs); ``frozen``/``trainable`` describe epoch 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .models import model_info
 
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
-KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts"}
+KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages"}
+STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale"}
 _BN_HOOK = "_freezetui_bn_hook"
 
 
@@ -44,6 +47,34 @@ def _short_list(names: Iterable[str], limit: int = 4) -> str:
 
 
 @dataclass
+class Stage:
+    """What changes at the start of a (1-based) epoch: globs to unfreeze and to freeze, then
+    optionally the BatchNorm policy and a scale on every rate from then on."""
+
+    epoch: int
+    unfreeze: list[str] = field(default_factory=list)
+    freeze: list[str] = field(default_factory=list)
+    batchnorm: str | None = None  # None: unchanged
+    lr_scale: float | None = None  # None: unchanged
+
+    def to_dict(self) -> dict:
+        d: dict = {"epoch": self.epoch}
+        if self.unfreeze:
+            d["unfreeze"] = list(self.unfreeze)
+        if self.freeze:
+            d["freeze"] = list(self.freeze)
+        if self.batchnorm is not None:
+            d["batchnorm"] = self.batchnorm
+        if self.lr_scale is not None:
+            d["lr_scale"] = self.lr_scale
+        return d
+
+
+def _positive_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and x != float("inf")
+
+
+@dataclass
 class FreezePlan:
     """Which parameters are frozen. ``params`` keeps the model's parameter order."""
 
@@ -53,6 +84,9 @@ class FreezePlan:
     numels: dict[str, int] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     file_counts: dict | None = None  # counts read from a file, kept when numels are unknown
+    lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), the last match wins
+    layer_decay: float | None = None  # rates d, d², … over the blocks before the head
+    stages: list[Stage] = field(default_factory=list)  # in increasing epoch order
 
     # ------------------------------------------------------------------ construction
 
@@ -140,6 +174,126 @@ class FreezePlan:
     def copy(self) -> "FreezePlan":
         return copy.deepcopy(self)
 
+    # ------------------------------------------------------------------ the schedule
+
+    def add_stage(self, epoch: int, unfreeze: Iterable[str] = (), freeze: Iterable[str] = (),
+                  batchnorm: str | None = None, lr_scale: float | None = None) -> Stage:
+        """Append a stage (after the last one); its globs must match something."""
+        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale)
+        self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, "plan")
+        self.stages.append(stage)
+        return stage
+
+    def set_lr_mult(self, pattern: str, multiplier: float) -> None:
+        """Add a rate rule (later rules win); a glob matching nothing is a PlanError."""
+        self._check_lr_rule(pattern, multiplier, "plan")
+        if self.layer_decay is not None:
+            raise PlanError("a plan has either lr_mult rules or layer_decay, not both")
+        self.lr_mult.append((pattern, float(multiplier)))
+
+    def set_layer_decay(self, decay: float | None) -> None:
+        if decay is not None and not (_positive_number(decay) and decay <= 1):
+            raise PlanError(f"layer_decay must be a number in (0, 1], got {decay!r}")
+        if decay is not None and self.lr_mult:
+            raise PlanError("a plan has either lr_mult rules or layer_decay, not both")
+        self.layer_decay = None if decay is None else float(decay)
+
+    def lr_multiplier(self, param: str) -> float:
+        """The multiplier of the last ``lr_mult`` rule matching ``param`` (1.0 if none). With
+        ``layer_decay`` the rate depends on the model's blocks: see
+        :func:`freezetui.core.schedule.param_multipliers`."""
+        for pattern, mult in reversed(self.lr_mult):
+            if glob_matches(pattern, param):
+                return mult
+        return 1.0
+
+    def stage_index(self, epoch: int) -> int:
+        """1 for the plan's own frozen/trainable, k + 1 once the k-th stage has started."""
+        return 1 + sum(1 for s in self.stages if s.epoch <= epoch)
+
+    def at_epoch(self, epoch: int) -> "FreezePlan":
+        """The plan in force during ``epoch``: stages up to it applied, without stages of its own."""
+        plan = copy.copy(self)
+        plan.params = dict(self.params)
+        plan.stages = []
+        for s in self.stages:
+            if s.epoch > epoch:
+                break
+            for pattern in s.unfreeze:
+                plan._set(pattern, False)
+            for pattern in s.freeze:
+                plan._set(pattern, True)
+            if s.batchnorm is not None:
+                plan.batchnorm = s.batchnorm
+        return plan
+
+    def lr_scale_at(self, epoch: int) -> float:
+        scale = 1.0
+        for s in self.stages:
+            if s.epoch <= epoch and s.lr_scale is not None:
+                scale = s.lr_scale
+        return scale
+
+    def stage_of(self, param: str) -> int | None:
+        """The first epoch in which ``param`` trains (1: from the start), None when never."""
+        if not self.params[param]:
+            return 1
+        frozen = True
+        for s in self.stages:
+            for pattern in s.unfreeze:
+                if glob_matches(pattern, param):
+                    frozen = False
+            for pattern in s.freeze:
+                if glob_matches(pattern, param):
+                    frozen = True
+            if not frozen:
+                return s.epoch
+        return None
+
+    def _check_lr_rule(self, pattern: object, mult: object, source: str) -> None:
+        if not isinstance(pattern, str) or not _positive_number(mult):
+            raise PlanError(f"{source}: each lr_mult rule is [glob, positive number], got {[pattern, mult]!r}")
+        if not self.matching(pattern):
+            raise PlanError(f"{source}: lr_mult rule {pattern!r} matches no parameter or module of "
+                            f"{self.model.get('name')}")
+
+    def _check_stage(self, s: Stage, after: int, source: str) -> None:
+        if type(s.epoch) is not int or s.epoch < 2:
+            raise PlanError(f"{source}: a stage's epoch must be a whole number from 2 on (frozen/trainable "
+                            f"describe epoch 1), got {s.epoch!r}")
+        if self.stages and s.epoch <= after:
+            raise PlanError(f"{source}: stages must be in increasing epoch order ({s.epoch} after {after})")
+        for key in ("unfreeze", "freeze"):
+            globs = getattr(s, key)
+            if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+                raise PlanError(f"{source}: the stage at epoch {s.epoch} needs \"{key}\" as a list of globs")
+            for g in globs:
+                if not self.matching(g):
+                    raise PlanError(f"{source}: the stage at epoch {s.epoch} {key}s {g!r}, which matches no "
+                                    f"parameter or module of {self.model.get('name')}")
+        if s.batchnorm is not None and s.batchnorm not in BATCHNORM_MODES:
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} has batchnorm {s.batchnorm!r}; "
+                            f"use \"train\" or \"freeze\"")
+        if s.lr_scale is not None and not _positive_number(s.lr_scale):
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} needs a positive lr_scale, got {s.lr_scale!r}")
+        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale):
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} changes nothing")
+        trial = copy.copy(self)
+        trial.stages = [*self.stages, s]
+        if not trial.at_epoch(s.epoch).trainable:
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} leaves every parameter frozen")
+
+    def schedule_dict(self) -> dict:
+        """The schedule keys as the file holds them; empty for a static plan."""
+        d: dict = {}
+        if self.lr_mult:
+            d["lr_mult"] = [[g, m] for g, m in self.lr_mult]
+        if self.layer_decay is not None:
+            d["layer_decay"] = self.layer_decay
+        if self.stages:
+            d["stages"] = [s.to_dict() for s in self.stages]
+        return d
+
     # ------------------------------------------------------------------ the model
 
     def check_fits(self, model: nn.Module) -> None:
@@ -189,6 +343,7 @@ class FreezePlan:
             "frozen": self.frozen,
             "trainable": self.trainable,
             "counts": self.counts,
+            **self.schedule_dict(),
         }
         for k, v in self.extra.items():
             d.setdefault(k, copy.deepcopy(v))
@@ -240,8 +395,40 @@ class FreezePlan:
         params = {n: True for n in lists["frozen"]}
         params.update({n: False for n in lists["trainable"]})
         extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in KNOWN_KEYS}
-        return cls(model=copy.deepcopy(model), params=params, batchnorm=batchnorm, extra=extra,
+        plan = cls(model=copy.deepcopy(model), params=params, batchnorm=batchnorm, extra=extra,
                    file_counts=copy.deepcopy(counts))
+        plan._read_schedule(d, source)
+        return plan
+
+    def _read_schedule(self, d: dict, source: str) -> None:
+        rules = d.get("lr_mult")
+        if rules is not None:
+            if not isinstance(rules, list) or not all(isinstance(r, list) and len(r) == 2 for r in rules):
+                raise PlanError(f"{source}: \"lr_mult\" must be a list of [glob, multiplier] pairs")
+            for pattern, mult in rules:
+                self._check_lr_rule(pattern, mult, source)
+                self.lr_mult.append((pattern, float(mult)))
+        decay = d.get("layer_decay")
+        if decay is not None:
+            if self.lr_mult:
+                raise PlanError(f"{source}: give either \"lr_mult\" or \"layer_decay\", not both")
+            if not (_positive_number(decay) and decay <= 1):
+                raise PlanError(f"{source}: \"layer_decay\" must be a number in (0, 1], got {decay!r}")
+            self.layer_decay = float(decay)
+        stages = d.get("stages")
+        if stages is None:
+            return
+        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+            raise PlanError(f"{source}: \"stages\" must be a list of objects")
+        for raw in stages:
+            unknown = sorted(set(raw) - STAGE_KEYS)
+            if unknown:
+                raise PlanError(f"{source}: a stage has unknown key(s) {', '.join(unknown)}; "
+                                f"use {', '.join(sorted(STAGE_KEYS))}")
+            stage = Stage(raw.get("epoch"), raw.get("unfreeze", []), raw.get("freeze", []), raw.get("batchnorm"),
+                          raw.get("lr_scale"))
+            self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, source)
+            self.stages.append(stage)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FreezePlan":

@@ -18,6 +18,7 @@ from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import TrainingError
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
+from .schedule import SCHEDULES, describe, param_groups, schedule_factor, unfreeze_warmup, warmup_steps
 from .split import find_cut, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -49,6 +50,9 @@ class TrainConfig:
     channels_last: bool = False  # NHWC on CUDA for convolutional models
     sync_steps: int | None = None  # read the loss every N steps (None: every step on the CPU, ~4/s on CUDA)
     data_budget: int | None = None  # bytes of device memory the data may take (None: a share of what is free)
+    schedule: str = "cosine"  # constant, cosine or onecycle (see schedule.schedule_factor)
+    warmup_epochs: float = 0.5  # linear warmup (constant and cosine)
+    decay_all: bool = False  # weight decay on biases and norm layers too
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -61,6 +65,10 @@ class TrainConfig:
             raise TrainingError(f"weight decay must be zero or positive, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise TrainingError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise TrainingError(f"warmup epochs must be zero or positive, got {self.warmup_epochs}")
         if self.image_size is not None and self.image_size < 8:
             raise TrainingError(f"image size must be at least 8 px, got {self.image_size}")
 
@@ -93,6 +101,7 @@ class RunStart:
     feature_cache: bool = False  # training reads cached prefix outputs
     backward_stop: str | None = None  # the module of the tree where the frozen prefix ends (None: no prefix)
     prefix_reason: str | None = None  # why it ends there ("a trainable parameter in layer4.0.conv1")
+    schedule: list[str] = field(default_factory=list)  # the plan's stages and rates in words
 
 
 @dataclass
@@ -115,6 +124,9 @@ class EpochEnd:
     images_per_s: float
     seconds: float
     partial: bool = False  # a run stopped in the middle of this epoch
+    stage: int = 1  # 1: the plan's own frozen/trainable; k + 1: after its k-th stage
+    trainable: int = 0  # trainable scalars this epoch
+    lr: float = 0.0  # the head's rate at the end of the epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,7 +222,8 @@ def output_classes(model: nn.Module) -> int | None:
     return m.out_features if isinstance(m, nn.Linear) else m.out_channels
 
 
-def make_optimizer(params: list[nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: list, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """``params``: parameters, or group dicts (their own ``lr``/``weight_decay`` win)."""
     lr, wd = config.effective_lr, config.weight_decay
     fused = {"fused": True} if device.type == "cuda" else {}
     if config.optimizer == "adamw":
@@ -230,6 +243,16 @@ def frozen_snapshot(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tenso
             for b, t in m.named_buffers(recurse=False):
                 snap[f"{names[id(m)]}.{b}"] = t.detach().to("cpu", copy=True)
     return snap
+
+
+def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, order: list[str] | None = None) -> list[dict]:
+    """Every parameter, frozen ones included (no gradient: no state, no decay), grouped by rate
+    multiplier, first training epoch and weight decay; ``lr_mult`` and ``first_epoch`` ride in
+    the group for :meth:`_Run.set_rates`."""
+    params = dict(model.named_parameters())
+    return [{"params": [params[n] for n in g.names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
+             "first_epoch": g.first_epoch, "weight_decay": config.weight_decay if g.decay else 0.0}
+            for g in param_groups(plan, model, order, config.decay_all)]
 
 
 def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
@@ -360,6 +383,7 @@ def train(
         run.restore(resume)
         run.cache_features()
         for epoch in range(run.first_epoch, run.config.epochs + 1):
+            run.enter_stage(epoch)
             ev = run.train_epoch(epoch)
             if ev is None:  # stopped before its first step
                 break
@@ -393,6 +417,8 @@ class _Run:
         self.bs = config.batch_size
         self.stage = "setting up"
         self.snap: dict[str, torch.Tensor] | None = None
+        self.active: FreezePlan | None = None  # the plan in force this epoch (stages applied)
+        self.drifted: list[str] = []  # parameters that changed before the stage that unfroze them
         self.images_total, self.train_seconds = 0, 0.0
         self.t_run = time.perf_counter()
         # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
@@ -410,11 +436,14 @@ class _Run:
                 f"the model's head has {n_out} outputs but {self.data.name} has {self.data.num_classes} classes; "
                 f"make the plan with --num-classes {self.data.num_classes}"
             )
-        self.plan.apply(model)
+        self.active = self.plan.at_epoch(1)
+        self.active.apply(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
-        self.snap = frozen_snapshot(model, self.plan)
+        self.snap = frozen_snapshot(model, self.active)
+        if self.traced is None:
+            self.traced = trace(model)
         self.stage = "moving the model to the device"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -425,7 +454,11 @@ class _Run:
         # augmentation draws on the device: no host-device copy per step
         self.aug_gen = torch.Generator(device=device).manual_seed(config.seed)
         self.transform = BatchTransform.for_data(model_info(model), self.data, config.image_size)
-        self.optimizer = make_optimizer(trainable, config, device)
+        self.optimizer = make_optimizer(optimizer_groups(model, self.plan, config, self.order), config, device)
+        heads = find_heads(model)
+        head = dict(model.named_parameters()).get(f"{heads[-1]}.weight") if heads else None
+        self.head_group = next((i for i, g in enumerate(self.optimizer.param_groups)
+                                if any(p is head for p in g["params"])), 0)  # its rate goes in the metrics
         self.stage = "moving the data to the device"
         # in device memory when train + validation fit its budget, else streamed from the
         # memory-mapped cache through pinned buffers with the next batch prefetched
@@ -440,40 +473,90 @@ class _Run:
         self.bs = min(config.batch_size, share)
         # drop the ragged last batch, as BatchNorm dislikes size 1
         self.steps = share // self.bs if share >= self.bs else 1
-        self.prefix, self.rest, cut, self.cache_train, self.cache_val = plan_split(model, self.plan, config,
-                                                                                  self.traced)
+        self.total_steps = config.epochs * self.steps
+        self.warmup = warmup_steps(config.warmup_epochs, self.steps, self.total_steps)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cudnn.deterministic = config.deterministic
             if config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
                 model.to(memory_format=torch.channels_last)
                 self.transform.channels_last = True
-        head = self.rest if self.rest is not None else model
-        if distributed.active():
-            # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
-            head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda"
-                                                       else None)
-        self.step_fn = torch.compile(head) if config.compile else head
+        cut = self.split_trainable()
         if config.sync_steps:
             self.sync_every = config.sync_steps
         elif device.type == "cpu":
             self.sync_every = 1
         else:
             self.sync_every = SYNC_STEPS_DISTRIBUTED if distributed.active() else 0  # 0: by time
-        self.result.feature_cache = self.cache_train
-        self.result.frozen_prefix = cut.name if cut else None
         start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
                          config.effective_lr, self.cache_train, cut.module if cut else None,
-                         cut.reason if cut else None)
+                         cut.reason if cut else None, describe(self.plan))
         for cb in self.callbacks:
             cb.on_run_start(start)
+
+    @property
+    def order(self) -> list[str] | None:
+        return self.traced.param_order if self.traced is not None else None
+
+    def split_trainable(self):
+        """The frozen prefix of the plan in force, and the trainable rest wrapped for training
+        (DDP under torchrun, rebuilt for each trainable set; compiled when asked). Returns the cut."""
+        model, device = self.model, self.device
+        self.prefix, self.rest, cut, self.cache_train, self.cache_val = plan_split(model, self.active, self.config,
+                                                                                  self.traced)
+        head = self.rest if self.rest is not None else model
+        if distributed.active():
+            # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
+            head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda"
+                                                       else None)
+        self.step_fn = torch.compile(head) if self.config.compile else head
+        self.result.feature_cache = self.cache_train
+        self.result.frozen_prefix = cut.name if cut else None
+        return cut
+
+    def switch_plan(self, plan: FreezePlan, check: bool = True) -> None:
+        """Put a stage's plan on the model: ``requires_grad`` and the BatchNorm policy, the
+        frozen-drift reference (a parameter released now must not have changed while frozen,
+        when ``check``), the frozen prefix and its wrapping. Features are re-cached by the caller."""
+        self.stage = "changing the trainable set"
+        plan.apply(self.model)
+        now = frozen_snapshot(self.model, plan)
+        for name in [n for n in self.snap if n not in now]:
+            if check and changed_since(self.model, {name: self.snap[name]}):
+                self.drifted.append(name)
+            del self.snap[name]
+        for name, t in now.items():
+            self.snap.setdefault(name, t)
+        self.active = plan
+        self.split_trainable()
+
+    def enter_stage(self, epoch: int) -> None:
+        """At a stage boundary: the new trainable set, its prefix and its cached features."""
+        plan = self.plan.at_epoch(epoch)
+        if plan.params == self.active.params and plan.batchnorm == self.active.batchnorm:
+            return
+        self.switch_plan(plan)
+        self.cache_features()
+
+    def set_rates(self, epoch: int, step: int) -> None:
+        """Every group's rate for 1-based ``step`` of ``epoch``: the schedule's factor × the
+        stage's scale × the group's multiplier × its own warmup after it was unfrozen."""
+        t = (epoch - 1) * self.steps + step - 1
+        base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * schedule_factor(
+            self.config.schedule, t, self.total_steps, self.warmup)
+        for g in self.optimizer.param_groups:
+            g["lr"] = base * g["lr_mult"] * unfreeze_warmup(t, self.steps, g["first_epoch"])
 
     def restore(self, resume: dict | None) -> None:
         """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
         if resume is None:
             return
         self.model.load_state_dict(resume["model"])
-        self.optimizer.load_state_dict(resume["optimizer"])
+        try:
+            self.optimizer.load_state_dict(resume["optimizer"])
+        except ValueError:
+            raise TrainingError("the checkpoint's optimizer does not fit this run's parameter groups "
+                                "(written by an older freezetui or for another plan); start the run again") from None
         torch.set_rng_state(resume["rng"]["torch"])
         self.gen.set_state(resume["rng"]["generator"])
         if resume["rng"].get("augment") is not None:
@@ -487,6 +570,13 @@ class _Run:
         self.result.history = [EpochEnd(**e) for e in resume["history"]]
         self.result.epochs = resume["epoch"]
         self.first_epoch = resume["epoch"] + 1
+        stage = resume.get("stage")
+        if stage is not None and stage != self.plan.stage_index(resume["epoch"]):
+            raise TrainingError(f"the checkpoint was in stage {stage} at epoch {resume['epoch']}, but this plan "
+                                f"has stage {self.plan.stage_index(resume['epoch'])} there; resume with its own plan")
+        before = self.plan.at_epoch(resume["epoch"])
+        if before.params != self.active.params or before.batchnorm != self.active.batchnorm:
+            self.switch_plan(before, check=False)  # the run that passed those boundaries checked them
 
     def cache_features(self) -> None:
         """The frozen prefix's outputs, computed once where that gives the same result."""
@@ -515,6 +605,7 @@ class _Run:
                 self.result.stopped = True
                 break
             idx, images, labels = next(batches)
+            self.set_rates(epoch, step)
             loss = self.train_step(idx, images, labels)
             window += loss * len(idx)
             bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
@@ -611,6 +702,9 @@ class _Run:
         return loss.detach()
 
     def end_epoch(self, ev: EpochEnd) -> None:
+        ev.stage = self.plan.stage_index(ev.epoch)
+        ev.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        ev.lr = self.optimizer.param_groups[self.head_group]["lr"]
         self.result.history.append(ev)
         self.result.epochs = ev.epoch
         self.agreed(lambda: [cb.on_epoch(ev) for cb in self.callbacks])
@@ -619,7 +713,7 @@ class _Run:
         def write():
             if self.checkpointers:
                 state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
-                                         self.device)
+                                         self.device, stage=self.plan.stage_index(epoch))
                 state["rng"]["augment"] = self.aug_gen.get_state()
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)
@@ -652,7 +746,8 @@ class _Run:
         r.train_images_per_s = self.images_total / self.train_seconds if self.train_seconds > 0 else 0.0
         if self.device.type == "cuda":
             r.peak_memory_bytes = torch.cuda.max_memory_allocated(self.device)
-        r.changed = changed_since(self.model, self.snap) if self.snap is not None else []
+        later = changed_since(self.model, self.snap) if self.snap is not None else []
+        r.changed = list(dict.fromkeys(self.drifted + later))
         r.frozen_unchanged = not r.changed
         try:
             for cb in self.callbacks:
@@ -670,10 +765,12 @@ class _Run:
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, epoch: int,
-                     history: list[EpochEnd], device: torch.device) -> dict:
-    """Everything a resumed run needs, as tensors and plain data (loadable with weights_only)."""
+                     history: list[EpochEnd], device: torch.device, stage: int = 1) -> dict:
+    """Everything a resumed run needs, as tensors and plain data (loadable with weights_only).
+    The rates are a function of the step, so no scheduler state is needed."""
     return {
         "epoch": epoch,
+        "stage": stage,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "generator": gen.get_state(),
