@@ -277,13 +277,17 @@ class FreezeApp(App):
         self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
 
     def action_settings(self) -> None:
+        seen = self.workspace.seen_size if self.workspace is not None else None
+        screen = SettingsScreen(self.config, seen, self.options.keep_only_model)
+
         def done(config: TrainConfig | None) -> None:
             if config is not None:
                 self.config = config
+                self.options.keep_only_model = screen.keep_only_model
                 self.refresh_plan()
                 self.notify("Settings saved; t trains with them")
 
-        self.push_screen(SettingsScreen(self.config), done)
+        self.push_screen(screen, done)
 
     def action_torchrun(self) -> None:
         if self.workspace is None:
