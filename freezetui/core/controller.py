@@ -225,7 +225,7 @@ class RunController:
             record.status = "stopped" if result.stopped else "done"
             best = f"{100 * record.best_acc:.1f}%" if record.best_acc is not None else "—"
             frozen = "frozen params unchanged" if result.frozen_unchanged else "FROZEN PARAMS CHANGED"
-            return f"run {record.label} {record.status} · best val acc {best} · saved to {record.folder} · {frozen}"
+            return f"run {record.label} {record.status} · best val acc {best} · {frozen}\nsaved to {record.folder}"
         record.status = "failed"
         record.error = error_text(error)
         return f"run {record.label} failed: {record.error}"

@@ -132,6 +132,10 @@ class FreezeApp(App):
         return Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device, o.seed,
                               self.config.image_size)
 
+    def on_resize(self, event) -> None:
+        # below 100 columns one chart (accuracy) gets the right column's width
+        self.screen_stack[0].set_class(event.size.width < 100, "narrow")
+
     def on_unmount(self) -> None:
         try:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
@@ -158,7 +162,7 @@ class FreezeApp(App):
         self.refresh_plan()
         past = self.controller.load_past_runs()
         for record in past:
-            self.main(RunsTable).upsert(record)
+            self.main(RunsTable).upsert(record, size=folder_size(record.folder))
         if past:
             self.main(Charts).dirty = True
         if ws.info.note:
@@ -296,7 +300,8 @@ class FreezeApp(App):
         gpus = gpu_count()
         out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
         command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
-                                   model=self.options.model, device=self.options.device)
+                                   model=self.options.model,
+                                   device=self.config.device if self.config.device != "auto" else self.options.device)
         stale = self.exported_version != self.workspace.version
         note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
                 else f"It reads {path}, which holds the current plan.")
@@ -423,10 +428,10 @@ class FreezeApp(App):
         self.set_runs_clock(False)
         if ok and self.options.keep_only_model and record.status == "done":
             prune_run_folder(record.folder)
-        self.main(RunPanel).finish(text, record.folder, folder_size(record.folder))
+        self.main(RunPanel).finish(text, folder_size(record.folder))
         if not ok:  # the run panel says where a finished run is; a failure also gets a toast
             self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
-        self.main(RunsTable).upsert(record, record.id == self.compare_id)
+        self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
         self.main(Charts).dirty = True
         self.redraw_charts(force=True)
         if self.controller.quit_requested:
@@ -447,7 +452,8 @@ class FreezeApp(App):
             return
         runs = {r.id: r for r in self.workspace.runs}
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        self.main(Charts).redraw(current, compare, force)
+        for charts in self.screen_stack[0].query(Charts):  # none while the app shuts down
+            charts.redraw(current, compare, force)
 
     def set_runs_clock(self, running: bool) -> None:
         """Tick the runs table's time column once a second while a run is in progress."""

@@ -43,4 +43,4 @@ def shorten_left(text: str, width: int) -> str:
 
 GLYPHS = {"trainable": "□", "frozen": "■", "mixed": "◩", "empty": " "}
 STATE_STYLES = {"trainable": "green", "frozen": "cyan", "mixed": "yellow", "empty": "dim"}
-LEGEND = [("□", "trainable"), ("■", "frozen"), ("◩", "partly frozen"), ("new", "re-initialised by freezetui (inside)")]
+LEGEND = [("□", "trainable"), ("■", "frozen"), ("◩", "partly frozen"), ("new", "new module: random init, train it")]

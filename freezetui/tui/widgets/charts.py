@@ -40,30 +40,65 @@ class TimedPlot(PlotextPlot):
         return out
 
 
+def epoch_ticks(last: int, room: int) -> list[int]:
+    """Whole epochs 1..last, thinned to what fits ``room`` columns (about one tick per 6)."""
+    count = max(2, room // 6)
+    step = max(1, -(-last // count))
+    ticks = list(range(1, last + 1, step))
+    if ticks[-1] != last:
+        ticks.append(last)
+    return ticks
+
+
+def legend(entries: list[tuple[str, str]]) -> str:
+    """A legend for the chart's border title: plotext draws its own over the curves."""
+    return "  ".join(f"[{color}]━[/] {label}" for label, color in entries)
+
+
 class LossChart(TimedPlot):
+    TITLE = "train loss per step"
+
+    def on_mount(self) -> None:
+        self.border_title = self.TITLE
+
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
-        self.plt.title("train loss per step")
         limit = max(20, self.size.width)
+        shown = []
         for record, color in ((compare, "orange"), (current, "cyan")):
             if record is not None and record.steps:
                 ys = smooth(list(record.steps))
                 xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
-                self.plt.plot(xs, ys, color=color, label=record.label, marker="braille")
+                self.plt.plot(xs, ys, color=color, marker="braille")
+                shown.append((record.label, color))
+        self.border_title = f"{self.TITLE}  {legend(shown)}" if len(shown) > 1 else self.TITLE
         self.refresh()
 
 
 class AccuracyChart(TimedPlot):
+    TITLE = "val acc % · loss (right, dots)"
+
+    def on_mount(self) -> None:
+        self.border_title = self.TITLE
+
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
-        self.plt.title("val acc % (left) / loss")
+        last = 1
+        shown = []
         for record, color in ((compare, "orange"), (current, "cyan")):
             if record is not None and record.epochs:
                 xs = [e["epoch"] for e in record.epochs]
-                self.plt.plot(xs, [100 * e["val_acc"] for e in record.epochs], color=color,
-                              label=f"{record.label} acc", marker="braille")
+                last = max(last, xs[-1])
+                # one epoch is one point: draw it large enough to be seen
+                marker = "braille" if len(xs) > 1 else "●"
+                self.plt.plot(xs, [100 * e["val_acc"] for e in record.epochs], color=color, marker=marker)
                 self.plt.plot(xs, [e["val_loss"] for e in record.epochs], color=color, yside="right",
-                              label=f"{record.label} loss", marker="dot")
+                              marker="dot" if len(xs) > 1 else "○")
+                shown.append((record.label, color))
+        ticks = epoch_ticks(last, self.size.width)
+        self.plt.xticks(ticks, [str(t) for t in ticks])
+        self.plt.xlim(0.5 if last == 1 else 1, last + 0.5 if last == 1 else last)
+        self.border_title = f"{self.TITLE}  {legend(shown)}" if len(shown) > 1 else self.TITLE
         self.refresh()
 
 
