@@ -210,16 +210,14 @@ class Workspace:
                 stack.append(str(n.target))
             return [m for m in stack if m in self.nodes and m]
 
-        def ending(i: int) -> str | None:
-            later: set[str] = set()
-            for n in nodes[i + 1:]:
-                later.update(modules(n))
-            for m in modules(nodes[i]):  # outermost first
-                if m not in later and not any(x.startswith(m + ".") for x in later):
-                    return m
-            return None
-
-        found = ending(index)
+        if getattr(self, "_last_node", None) is None:  # once per model: where each module's nodes end
+            self._node_modules = [modules(n) for n in nodes]
+            self._last_node = {}
+            for i, ms in enumerate(self._node_modules):
+                for m in ms:
+                    self._last_node[m] = i
+        # the outermost module whose last node this is
+        found = next((m for m in self._node_modules[index] if self._last_node[m] == index), None)
         if found:
             return found
         for i in range(index, -1, -1):  # else the last module that ran

@@ -27,40 +27,43 @@ def next_torchrun_dir(runs_dir: str, model: str) -> Path:
 
 def torchrun_args(plan_path: str, data: str, config, gpus: int, out: str, model: str | None = None,
                   device: str = "auto") -> list[list[str]]:
-    """The headless equivalent of pressing t, on ``gpus`` processes, one group of words a line."""
-    lines = [["torchrun", "--standalone", "--nproc-per-node", str(max(1, gpus)), "-m", "freezetui", "train"],
-             ["--plan", plan_path, "--data", data]]
+    """The headless equivalent of pressing t, on ``gpus`` processes: the words, an option and
+    its value kept together."""
+    groups = [["torchrun"], ["--standalone"], ["--nproc-per-node", str(max(1, gpus))], ["-m", "freezetui", "train"],
+              ["--plan", plan_path], ["--data", data]]
     if model and is_code(model):  # a plan naming code runs only when the command names it too
-        lines[-1] += ["--model", model]
-    settings = ["--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
-                "--optimizer", config.optimizer, "--weight-decay", f"{config.weight_decay:g}"]
+        groups.append(["--model", model])
+    groups += [["--epochs", str(config.epochs)], ["--batch-size", str(config.batch_size)],
+               ["--optimizer", config.optimizer], ["--weight-decay", f"{config.weight_decay:g}"]]
     if config.lr is not None:
-        settings += ["--lr", f"{config.lr:g}"]
+        groups.append(["--lr", f"{config.lr:g}"])
     if config.optimizer == "sgd":
-        settings += ["--momentum", f"{config.momentum:g}"]
-    lines.append(settings)
-    extra = ["--seed", str(config.seed)]
+        groups.append(["--momentum", f"{config.momentum:g}"])
+    groups.append(["--seed", str(config.seed)])
     if config.image_size:
-        extra += ["--image-size", str(config.image_size)]
+        groups.append(["--image-size", str(config.image_size)])
     if device and device != "auto":
-        extra += ["--device", device]
-    if not config.augment:
-        extra.append("--no-augment")
-    if not config.cache:
-        extra.append("--no-cache")
-    if not config.amp:
-        extra.append("--no-amp")
-    if config.compile:
-        extra.append("--compile")
-    lines += [extra, ["--out", out]]
-    return lines
+        groups.append(["--device", device])
+    for flag, on in (("--no-augment", not config.augment), ("--no-cache", not config.cache),
+                     ("--no-amp", not config.amp), ("--compile", config.compile)):
+        if on:
+            groups.append([flag])
+    groups.append(["--out", out])
+    return groups
 
 
 def torchrun_command(plan_path: str, data: str, config, gpus: int, out: str = "runs/torchrun",
-                     model: str | None = None, device: str = "auto") -> str:
-    """The command as a shell reads it, continued over lines with ``\\``."""
-    lines = torchrun_args(plan_path, data, config, gpus, out, model, device)
-    return " \\\n    ".join(shlex.join(words) for words in lines)
+                     model: str | None = None, device: str = "auto", width: int = 50) -> str:
+    """The command as a shell reads it, continued over lines of about ``width`` columns with
+    ``\\`` (it fits an 80-column dialog, so no line wraps without one)."""
+    lines: list[str] = []
+    for group in torchrun_args(plan_path, data, config, gpus, out, model, device):
+        words = shlex.join(group)
+        if lines and len(lines[-1]) + 1 + len(words) <= width and not group[0] == "--out":
+            lines[-1] += " " + words
+        else:
+            lines.append(words)
+    return " \\\n    ".join(lines)
 
 
 def osc52_note(app) -> str:

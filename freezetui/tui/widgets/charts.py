@@ -40,23 +40,28 @@ class TimedPlot(PlotextPlot):
         return out
 
 
-def epoch_ticks(last: int, room: int) -> list[int]:
-    """Whole epochs 1..last, thinned to what fits ``room`` columns (about one tick per 6)."""
-    count = max(2, room // 6)
-    step = max(1, -(-last // count))
-    ticks = list(range(1, last + 1, step))
-    if ticks[-1] != last:
-        ticks.append(last)
-    return ticks
+def int_ticks(last: int, room: int) -> list[int]:
+    """Whole numbers from 1 to ``last`` at a round spacing (1, 2, 5, 10, 20, 50, …), about one
+    tick per 8 columns: a run's epochs and steps are counted, never fractional."""
+    count = max(2, room // 8)
+    step = 1
+    while -(-last // step) > count:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    if step == 1:
+        return list(range(1, last + 1))
+    return [1, *range(step, last + 1, step)]
+
+
+epoch_ticks = int_ticks
 
 
 def legend(entries: list[tuple[str, str]]) -> str:
     """A legend for the chart's border title: plotext draws its own over the curves."""
-    return "  ".join(f"[{color}]━[/] {label}" for label, color in entries)
+    return " ".join(f"[{color}]━{label}[/]" for label, color in entries)
 
 
 class LossChart(TimedPlot):
-    TITLE = "train loss per step"
+    TITLE = "train loss/step"
 
     def on_mount(self) -> None:
         self.border_title = self.TITLE
@@ -64,19 +69,22 @@ class LossChart(TimedPlot):
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
         limit = max(20, self.size.width)
-        shown = []
+        shown, last = [], 1
         for record, color in ((compare, "orange"), (current, "cyan")):
             if record is not None and record.steps:
                 ys = smooth(list(record.steps))
                 xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
                 self.plt.plot(xs, ys, color=color, marker="braille")
                 shown.append((record.label, color))
-        self.border_title = f"{self.TITLE}  {legend(shown)}" if len(shown) > 1 else self.TITLE
+                last = max(last, len(record.steps))
+        ticks = int_ticks(last, self.size.width)
+        self.plt.xticks(ticks, [str(t) for t in ticks])
+        self.border_title = f"{self.TITLE} {legend(shown)}" if len(shown) > 1 else self.TITLE
         self.refresh()
 
 
 class AccuracyChart(TimedPlot):
-    TITLE = "val acc % · loss (right, dots)"
+    TITLE = "val acc % · loss •"
 
     def on_mount(self) -> None:
         self.border_title = self.TITLE
@@ -98,7 +106,7 @@ class AccuracyChart(TimedPlot):
         ticks = epoch_ticks(last, self.size.width)
         self.plt.xticks(ticks, [str(t) for t in ticks])
         self.plt.xlim(0.5 if last == 1 else 1, last + 0.5 if last == 1 else last)
-        self.border_title = f"{self.TITLE}  {legend(shown)}" if len(shown) > 1 else self.TITLE
+        self.border_title = f"{self.TITLE} {legend(shown)}" if len(shown) > 1 else self.TITLE
         self.refresh()
 
 
