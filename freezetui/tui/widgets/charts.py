@@ -111,9 +111,9 @@ class AccuracyChart(TimedPlot):
 
 
 class Charts(Horizontal):
-    """Both plots. Plotting is pure Python and shares the CPU with training, so it may take at
-    most ~5 % of the time: after plots that took d seconds to render, the next redraw waits at
-    least 20·d (see :meth:`redraw`)."""
+    """Both plots. Plotting is pure Python and holds the GIL the training thread needs, so it may
+    take at most ~2.5 % of the time: after plots that took d seconds to render, the next redraw
+    waits at least 40·d, and at least a second (see :meth:`redraw`)."""
 
     dirty = False
     last_draw = 0.0
@@ -131,7 +131,7 @@ class Charts(Horizontal):
         if not self.dirty:
             return
         now = time.monotonic()
-        if not force and now - self.last_draw < 20 * self.render_seconds:
+        if not force and now - self.last_draw < max(1.0, 40 * self.render_seconds):
             return
         self.dirty = False
         self.draw(current, compare)
