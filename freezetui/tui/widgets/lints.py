@@ -23,7 +23,10 @@ class LintsPanel(Static):
         room = max(1, self.content_size.height or 3)
         text, used = Text(), 0
         for i, lint in enumerate(lints):
-            line = Text.assemble((f"{lint.severity.upper()} ", STYLES[lint.severity]), render(lint, "tui"))
+            advice = render(lint, "tui")
+            if advice.lower().startswith(f"{lint.severity}: "):  # the severity is already in the label
+                advice = advice[len(lint.severity) + 2:]
+            line = Text.assemble((f"{lint.severity.upper()} ", STYLES[lint.severity]), advice)
             lines = len(line.wrap(self.app.console, width))
             rest = len(lints) - i
             if used + lines > room and i:
