@@ -91,6 +91,7 @@ class FreezeApp(App):
         self.compare_id: int | None = None
         self.plan_watch = PlanFileWatch(self.options.plan)
         self.exported_version: int | None = None  # the plan version last exported or opened
+        self.saved_version: int | None = None  # the version q may quit without asking about
 
     # ------------------------------------------------------------------ layout
 
@@ -154,7 +155,9 @@ class FreezeApp(App):
     def show_workspace(self) -> None:
         ws = self.workspace
         self.controller = RunController(ws, self.options.runs_dir, self.trainer)
-        self.exported_version = ws.version  # what was opened counts as saved
+        self.saved_version = ws.version  # what was opened needs no export before quitting
+        if self.options.plan:
+            self.exported_version = ws.version  # the plan file holds it
         self.sub_title = ws.describe()
         tree = self.main(ModuleTree)
         tree.load(ws)
@@ -253,7 +256,7 @@ class FreezeApp(App):
 
         def done(path: str | None) -> None:
             if path:
-                self.exported_version = self.workspace.version
+                self.exported_version = self.saved_version = self.workspace.version
                 self.plan_watch.watch(path)
                 self.notify(f"Plan saved to {path}")
 
@@ -274,7 +277,7 @@ class FreezeApp(App):
 
         def done(path: str | None) -> None:
             if path:
-                self.exported_version = self.workspace.version
+                self.exported_version = self.saved_version = self.workspace.version
                 self.plan_watch.watch(path)
                 self.notify(f"Plan loaded from {path}")
 
@@ -476,7 +479,7 @@ class FreezeApp(App):
 
     @property
     def unexported_edits(self) -> bool:
-        return self.workspace is not None and self.exported_version != self.workspace.version
+        return self.workspace is not None and self.saved_version != self.workspace.version
 
     async def action_quit(self) -> None:
         if self.controller is not None and not self.controller.running and self.unexported_edits:
