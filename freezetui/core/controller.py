@@ -7,13 +7,17 @@ thread; nothing here knows about Textual, so the whole lifecycle is testable wit
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
+import shlex
 import threading
 from pathlib import Path
 from typing import Callable
 
 from .errors import FreezeTUIError, PlanError
 from .runner import execute, resume_spec
-from .runs import new_run_dir
+from .runs import new_run_dir, read_metrics
 from .specs import RunSpec
 from .train import Callback, TrainConfig, TrainResult
 from .workspace import RunRecord, Workspace
@@ -51,6 +55,107 @@ def error_text(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}" if error else "unknown error"
 
 
+def folder_size(folder: str | os.PathLike | None) -> int:
+    """Bytes under a run folder (0 when it is gone)."""
+    if folder is None:
+        return 0
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass
+    return total
+
+
+def prune_run_folder(folder: str | os.PathLike | None) -> int:
+    """Delete a finished run's ``checkpoint.pt`` (its weights are in ``model.pt``; the checkpoint
+    only serves resuming); returns the bytes freed."""
+    if folder is None:
+        return 0
+    path = Path(folder) / "checkpoint.pt"
+    if not (Path(folder) / "model.pt").is_file() or not path.is_file():
+        return 0
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def load_past_run(folder: Path, run_id: int) -> RunRecord | None:
+    """A run folder written by an earlier session, as a :class:`RunRecord`; None when it is not
+    a run folder. Reads ``config.json``, ``plan.json``, ``metrics.jsonl`` and ``summary.json``."""
+    config_json = _read_json(folder / "config.json")
+    plan_json = _read_json(folder / "plan.json")
+    if not config_json or not plan_json:
+        return None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        config = TrainConfig(**{k: v for k, v in config_json.items() if k in names})
+    except TypeError:
+        return None
+    try:
+        epochs = read_metrics(folder)
+    except (OSError, ValueError):
+        epochs = []
+    summary = _read_json(folder / "summary.json")
+    counts = plan_json.get("counts") or {}
+    total = summary.get("total_params") or counts.get("total") or 0
+    trainable = summary.get("trainable_params", counts.get("trainable", 0))
+    if summary:
+        status = "failed" if summary.get("error") else "stopped" if summary.get("stopped") else "done"
+    else:  # the session ended without a summary: what the checkpoint holds can be resumed
+        status = "stopped"
+    record = RunRecord(run_id, f"#{run_id}", int(trainable or 0), int(total or 0), config, folder=folder,
+                       epochs=epochs, status=status, error=summary.get("error"),
+                       seconds=float(summary.get("seconds") or 0.0),
+                       frozen_unchanged=summary.get("frozen_unchanged"), device=str(config_json.get("device", "")))
+    return record
+
+
+def run_number(folder: Path) -> int | None:
+    """The run number the TUI put at the end of a folder's name (``…-resnet18-3`` is 3)."""
+    m = re.search(r"-(\d+)$", folder.name)
+    return int(m.group(1)) if m else None
+
+
+def load_past_runs(runs_dir: str | os.PathLike, model_name: str, data_name: str | None = None) -> list[RunRecord]:
+    """Earlier runs of this model (and data) under ``runs_dir``, oldest first, numbered as
+    their folders are."""
+    base = Path(runs_dir)
+    if not base.is_dir():
+        return []
+    found: list[RunRecord] = []
+    used: set[int] = set()
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        extra = _read_json(folder / "config.json")
+        plan = _read_json(folder / "plan.json")
+        if (plan.get("model") or {}).get("name") != model_name:
+            continue
+        if data_name and extra.get("data") not in (None, data_name):
+            continue
+        number = run_number(folder)
+        if number is None or number in used:
+            number = max(used | {0}) + 1
+        record = load_past_run(folder, number)
+        if record is not None:
+            used.add(number)
+            found.append(record)
+    return sorted(found, key=lambda r: r.id)
+
+
+def resume_command(folder: str | os.PathLike) -> str:
+    return shlex.join(["freezetui", "train", "--resume", str(folder)])
+
+
 class RunController:
     """One run at a time over a workspace; the plan is read-only while it runs."""
 
@@ -62,6 +167,7 @@ class RunController:
         self.quit_requested = False
         self.running = False
         self.resuming = False
+        self.stopped_for_quit: RunRecord | None = None
 
     @property
     def current(self) -> RunRecord | None:
@@ -119,7 +225,7 @@ class RunController:
             record.status = "stopped" if result.stopped else "done"
             best = f"{100 * record.best_acc:.1f}%" if record.best_acc is not None else "—"
             frozen = "frozen params unchanged" if result.frozen_unchanged else "FROZEN PARAMS CHANGED"
-            return f"run {record.label} {record.status} · best val acc {best} · saved to {record.folder} · {frozen}"
+            return f"run {record.label} {record.status} · best val acc {best} · {frozen}\nsaved to {record.folder}"
         record.status = "failed"
         record.error = error_text(error)
         return f"run {record.label} failed: {record.error}"
@@ -129,8 +235,40 @@ class RunController:
         if not self.running:
             return True
         self.quit_requested = True
+        self.stopped_for_quit = self.current
         self.stop_event.set()
         return False
+
+    def load_past_runs(self) -> list[RunRecord]:
+        """Put the earlier runs of this model under the runs folder in the workspace's runs,
+        so they can be compared and resumed, and new runs number on from them."""
+        ws = self.workspace
+        past = load_past_runs(self.runs_dir, ws.info.name, ws.data_name or None)
+        known = {str(r.folder) for r in ws.runs}
+        past = [r for r in past if str(r.folder) not in known]
+        ws.runs[:0] = past
+        return past
+
+    def next_run_refusal(self) -> str | None:
+        """Why a new run cannot start with the current plan (before any folder is made)."""
+        if self.running:
+            return "A run is in progress; t stops it."
+        if self.workspace.totals()["trainable"] == 0:
+            return "Nothing is trainable, so a run would change nothing: unfreeze something first (H: head only, A: all)."
+        return None
+
+    def exit_message(self) -> str | None:
+        """What to print on the terminal after the app has exited: where the run that quitting
+        stopped is, and how to go on with it."""
+        record = self.stopped_for_quit
+        if record is None or record.folder is None:
+            return None
+        lines = [f"freezetui: run {record.label} {record.status}; its files are in {record.folder}"]
+        if (Path(record.folder) / "checkpoint.pt").is_file() and record.status != "done":
+            lines.append(f"resume it with: {resume_command(record.folder)}")
+        elif record.status != "done":
+            lines.append("it stopped before its first epoch ended, so there is no checkpoint to resume from")
+        return "\n".join(lines)
 
     def hang_up(self) -> bool:
         """The terminal went away: stop the run (its files are kept) and exit as soon as possible."""

@@ -194,6 +194,77 @@ class Workspace:
         idx = np.flatnonzero(~self.frozen)
         return self.param_names[idx[0]].rpartition(".")[0] if len(idx) and idx[0] > 0 else None
 
+    def has_batchnorm(self) -> bool:
+        """Whether any module is a BatchNorm (the BN setting matters only then)."""
+        if not hasattr(self, "_has_bn"):
+            self._has_bn = any("BatchNorm" in n.kind for n in self.nodes.values() if not n.is_param)
+        return self._has_bn
+
+    def _tree_module(self, index: int) -> str | None:
+        """The tree's name for where graph node ``index`` leaves the model: the outermost module
+        whose forward pass ends with it (``layer2``, not the ReLU its last block ends with), else
+        the last module that ran before it (a ``torch.flatten`` after ``avgpool`` is ``avgpool``)."""
+        nodes = self.traced.nodes
+
+        def modules(n) -> list[str]:
+            stack = [v[0] if isinstance(v, tuple) else str(v) for v in (n.meta.get("nn_module_stack") or {}).values()]
+            if n.op == "call_module":
+                stack.append(str(n.target))
+            return [m for m in stack if m in self.nodes and m]
+
+        if getattr(self, "_last_node", None) is None:  # once per model: where each module's nodes end
+            self._node_modules = [modules(n) for n in nodes]
+            self._last_node = {}
+            for i, ms in enumerate(self._node_modules):
+                for m in ms:
+                    self._last_node[m] = i
+        # the outermost module whose last node this is
+        found = next((m for m in self._node_modules[index] if self._last_node[m] == index), None)
+        if found:
+            return found
+        for i in range(index, -1, -1):  # else the last module that ran
+            if nodes[i].op == "call_module" and str(nodes[i].target) in self.nodes:
+                return str(nodes[i].target)
+        return None
+
+    def frozen_prefix(self) -> tuple[str, str] | None:
+        """(module of the tree where the frozen prefix ends, why it ends there), or None when
+        there is no prefix. Backward never runs below that module; a run may cache its output."""
+        if getattr(self, "_prefix_key", None) == self.version:
+            return self._prefix
+        self._prefix = self._find_prefix()
+        self._prefix_key = self.version
+        return self._prefix
+
+    def _find_prefix(self) -> tuple[str, str] | None:
+        frozen = {n for n, f in zip(self.param_names, self.frozen) if f}
+        if self.traced is None:
+            stop = self.backward_stop()
+            return (stop, "the model cannot be traced, so this is by parameter order") if stop else None
+        cut = find_cut(self.traced, frozen)
+        if cut is None:
+            return None
+        nodes = self.traced.nodes
+        where = self._tree_module(cut.index) or cut.name
+        reason = "the model ends there"
+        for i in range(cut.index + 1, len(nodes)):
+            n = nodes[i]
+            trainable = [p for p in self.traced.node_params[i] if p not in frozen]
+            kind = self.traced.kinds[i]
+            if trainable:
+                owner = trainable[0].rpartition(".")[0] or trainable[0]
+                skipped = any(self.traced.node_params[j] for j in range(cut.index + 1, i))
+                reason = (f"{owner} trains, and a skip connection goes around the frozen layers before it"
+                          if skipped else f"then {owner} trains")
+                break
+            if any(s in kind for s in ("Dropout", "StochasticDepth", "DropPath")) or (
+                    n.op == "call_function" and "dropout" in getattr(n.target, "__name__", "")):
+                reason = f"then {n.target if n.op == 'call_module' else n.name} is random (dropout)"
+                break
+            if n.op == "output":
+                break
+        return where, reason
+
     # ------------------------------------------------------------------ editing
 
     def _check_unlocked(self) -> None:
@@ -297,7 +368,8 @@ class Workspace:
 
     def new_run(self, config: TrainConfig) -> RunRecord:
         t = self.totals()
-        record = RunRecord(len(self.runs) + 1, f"#{len(self.runs) + 1}", t["trainable"], t["total"], config)
+        number = max((r.id for r in self.runs), default=0) + 1  # on from earlier sessions' runs
+        record = RunRecord(number, f"#{number}", t["trainable"], t["total"], config)
         self.runs.append(record)
         return record
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,10 +15,11 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
-from ..core.controller import RunController, default_trainer, error_text
+from ..core.controller import RunController, default_trainer, error_text, folder_size, prune_run_folder
+from ..core.lints import render
 from ..core.errors import FreezeTUIError
 from ..core.train import TrainConfig, gpu_count, memory_in_use
 from ..core.workspace import Workspace
@@ -30,7 +32,7 @@ from .screens.glob_dialog import GlobDialog
 from .screens.help import HelpScreen
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
-from .screens.torchrun import TorchrunScreen, torchrun_command
+from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
 from .widgets.charts import Charts
 from .widgets.details import Details
 from .widgets.lints import LintsPanel
@@ -56,22 +58,25 @@ class AppOptions:
     seed: int = 0
     runs_dir: str = "runs"
     config: TrainConfig = field(default_factory=TrainConfig)
+    keep_only_model: bool = False  # after a finished run, delete its checkpoint (keep model.pt)
 
 
 class FreezeApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "freezetui"
+    # The footer shows what a new user needs first and fits 80 columns; every key is in the
+    # help (?) and the command palette (tests/tui/test_keys.py checks both).
     BINDINGS = [
         Binding("t", "train", "Train/stop", id="train"),
         Binding("c", "settings", "Settings", id="settings"),
-        Binding("e", "export", "Export", id="export"),
-        Binding("o", "open_plan", "Open plan", id="open"),
-        Binding("slash", "glob", "Glob", key_display="/", id="glob"),
-        Binding("H", "head_only", "Head only", id="head_only"),
-        Binding("A", "all_trainable", "Train all", id="all_trainable"),
-        Binding("b", "toggle_batchnorm", "BN stats", id="batchnorm"),
-        Binding("T", "torchrun", "torchrun cmd", id="torchrun"),
-        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("e", "export", "Export plan", id="export", show=False),
+        Binding("o", "open_plan", "Open plan", id="open", show=False),
+        Binding("slash", "glob", "Freeze/unfreeze by glob", key_display="/", id="glob", show=False),
+        Binding("H", "head_only", "Train only the head", id="head_only", show=False),
+        Binding("A", "all_trainable", "Train everything", id="all_trainable", show=False),
+        Binding("b", "toggle_batchnorm", "Keep/update BatchNorm statistics", id="batchnorm", show=False),
+        Binding("T", "torchrun", "torchrun command for several GPUs", id="torchrun", show=False),
+        Binding("question_mark", "help", "Keys", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
 
@@ -85,7 +90,8 @@ class FreezeApp(App):
         self.config = self.options.config
         self.compare_id: int | None = None
         self.plan_watch = PlanFileWatch(self.options.plan)
-        self.exported_version: int | None = None
+        self.exported_version: int | None = None  # the plan version last exported or opened
+        self.saved_version: int | None = None  # the version q may quit without asking about
 
     # ------------------------------------------------------------------ layout
 
@@ -93,7 +99,9 @@ class FreezeApp(App):
         yield Header()
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield ModuleTree(id="tree")
+                with Vertical(id="tree-box"):
+                    yield Static("", id="tree-header")
+                    yield ModuleTree(id="tree")
                 yield Details(id="details")
             with Vertical(id="right"):
                 yield Totals(id="totals")
@@ -104,10 +112,9 @@ class FreezeApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.main(ModuleTree).border_title = "model"
+        self.main("#tree-box").border_title = "model"
         self.main(LintsPanel).border_title = "lints"
-        self.main(LintsPanel).display = False
-        self.main(RunsTable).border_title = "runs (Enter: compare)"
+        self.main(RunsTable).border_title = "runs · Enter compare · r resume"
         self.set_interval(0.5, self.redraw_charts)
         self.set_interval(2.0, self.check_plan_file)
         try:  # the SSH session dropping: stop the run within a batch, keep its files, exit
@@ -125,6 +132,10 @@ class FreezeApp(App):
         o = self.options
         return Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device, o.seed,
                               self.config.image_size)
+
+    def on_resize(self, event) -> None:
+        # below 100 columns one chart (accuracy) gets the right column's width
+        self.screen_stack[0].set_class(event.size.width < 100, "narrow")
 
     def on_unmount(self) -> None:
         try:
@@ -144,11 +155,19 @@ class FreezeApp(App):
     def show_workspace(self) -> None:
         ws = self.workspace
         self.controller = RunController(ws, self.options.runs_dir, self.trainer)
+        self.saved_version = ws.version  # what was opened needs no export before quitting
+        if self.options.plan:
+            self.exported_version = ws.version  # the plan file holds it
         self.sub_title = ws.describe()
         tree = self.main(ModuleTree)
         tree.load(ws)
         tree.focus()
         self.refresh_plan()
+        past = self.controller.load_past_runs()
+        for record in past:
+            self.main(RunsTable).upsert(record, size=folder_size(record.folder))
+        if past:
+            self.main(Charts).dirty = True
         if ws.info.note:
             self.notify(ws.info.note, title="weights", timeout=8)
         for w in (ws.data.warnings if ws.data else []):
@@ -237,7 +256,7 @@ class FreezeApp(App):
 
         def done(path: str | None) -> None:
             if path:
-                self.exported_version = self.workspace.version
+                self.exported_version = self.saved_version = self.workspace.version
                 self.plan_watch.watch(path)
                 self.notify(f"Plan saved to {path}")
 
@@ -258,42 +277,57 @@ class FreezeApp(App):
 
         def done(path: str | None) -> None:
             if path:
-                self.exported_version = self.workspace.version
+                self.exported_version = self.saved_version = self.workspace.version
                 self.plan_watch.watch(path)
                 self.notify(f"Plan loaded from {path}")
 
         self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
 
     def action_settings(self) -> None:
+        seen = self.workspace.seen_size if self.workspace is not None else None
+        screen = SettingsScreen(self.config, seen, self.options.keep_only_model)
+
         def done(config: TrainConfig | None) -> None:
             if config is not None:
                 self.config = config
+                self.options.keep_only_model = screen.keep_only_model
                 self.refresh_plan()
                 self.notify("Settings saved; t trains with them")
 
-        self.push_screen(SettingsScreen(self.config), done)
+        self.push_screen(screen, done)
 
     def action_torchrun(self) -> None:
         if self.workspace is None:
             return
         path = str(self.plan_watch.path or "freeze-plan.json")
-        command = torchrun_command(path, self.options.data, self.config, gpu_count() or 2)
+        gpus = gpu_count()
+        out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
+        command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
+                                   model=self.options.model,
+                                   device=self.config.device if self.config.device != "auto" else self.options.device)
         stale = self.exported_version != self.workspace.version
         note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
                 else f"It reads {path}, which holds the current plan.")
+        gpu_note = (f"{gpus} GPU(s) found on this machine." if gpus else
+                    "No GPU on this machine: set --nproc-per-node to the GPUs where you run it.")
         self.copy_to_clipboard(command)
-        self.push_screen(TorchrunScreen(command, note))
+        self.push_screen(TorchrunScreen(command, note, gpu_note))
+
+    def key_groups(self) -> list[tuple[str, list]]:
+        """Every binding with an id, by where it works: the help and the palette list these."""
+        return [("model tree", ModuleTree.BINDINGS), ("anywhere", self.BINDINGS), ("runs table", RunsTable.BINDINGS)]
 
     def action_help(self) -> None:
-        tree = self.main(ModuleTree)
-        keys = key_table([*tree.BINDINGS, *self.BINDINGS, *RunsTable.BINDINGS])
-        self.push_screen(HelpScreen(keys))
+        self.push_screen(HelpScreen([(title, key_table(b)) for title, b in self.key_groups()]))
 
     def get_system_commands(self, screen):
-        yield from super().get_system_commands(screen)
+        # Textual's own Quit and Keys stay; ours replace neither, so each shows once.
+        for command in super().get_system_commands(screen):
+            if command.title != "Keys":
+                yield command
         tree = self.main(ModuleTree)
         yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")())
-        yield from binding_commands(self.BINDINGS, lambda a: self.run_action(a))
+        yield from binding_commands([b for b in self.BINDINGS if b.action != "quit"], lambda a: self.run_action(a))
         runs = self.main(RunsTable)
         yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")())
 
@@ -324,10 +358,28 @@ class FreezeApp(App):
                     self.main(RunPanel).finish("stopping after this batch…")
             self.push_screen(ConfirmScreen("Stop the run? What it trained so far is kept."), answered)
             return
+        refusal = self.controller.next_run_refusal()
+        if refusal:
+            self.notify(refusal, severity="warning")
+            return
+        errors = [l for l in self.workspace.lints(self.config.image_size) if l.severity == "error"]
+        if errors:
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self.start_run()
+            self.push_screen(ConfirmScreen(f"The plan has an error: {render(errors[0], 'tui')}\n\nTrain anyway?"),
+                             confirmed)
+            return
+        self.start_run()
+
+    def start_run(self) -> None:
+        if self.training:
+            return
         record = self.controller.start(self.config)
         self.main(RunsTable).upsert(record)
         self.main(RunPanel).start(record.label, None)
         self.main(Charts).dirty = True
+        self.set_runs_clock(True)
         self.train_worker()
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
@@ -341,8 +393,11 @@ class FreezeApp(App):
         if refusal or self.training:
             self.notify(refusal or "A run is in progress; stop it first (t).", severity="warning")
             return
+        done_steps = record.total_steps and len(record.epochs) * record.total_steps // max(1, record.config.epochs)
         self.controller.start_resume(record)
-        self.main(RunPanel).start(record.label, None)
+        self.main(RunsTable).upsert(record)
+        self.main(RunPanel).start(record.label, None, resumed_from=done_steps or None)
+        self.set_runs_clock(True)
         self.train_worker()
 
     @on(TrainProgress)
@@ -373,16 +428,17 @@ class FreezeApp(App):
         text = self.controller.finished(worker.result if ok else None,
                                         None if ok else worker.error or RuntimeError("cancelled"))
         record = self.controller.current
-        self.main(RunPanel).finish(text)
-        if ok:
-            self.notify(f"Run {record.label} {record.status}; saved to {record.folder}")
-        else:
+        self.set_runs_clock(False)
+        if ok and self.options.keep_only_model and record.status == "done":
+            prune_run_folder(record.folder)
+        self.main(RunPanel).finish(text, folder_size(record.folder))
+        if not ok:  # the run panel says where a finished run is; a failure also gets a toast
             self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
-        self.main(RunsTable).upsert(record, False)
+        self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
         self.main(Charts).dirty = True
         self.redraw_charts(force=True)
         if self.controller.quit_requested:
-            self.exit()
+            self.exit(message=self.controller.exit_message())
 
     @on(DataTable.RowSelected)
     def on_run_selected(self, event: DataTable.RowSelected) -> None:
@@ -399,9 +455,40 @@ class FreezeApp(App):
             return
         runs = {r.id: r for r in self.workspace.runs}
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        self.main(Charts).redraw(current, compare, force)
+        for charts in self.screen_stack[0].query(Charts):  # none while the app shuts down
+            charts.redraw(current, compare, force)
+
+    def set_runs_clock(self, running: bool) -> None:
+        """Tick the runs table's time column while a run is in progress."""
+        timer = getattr(self, "_runs_clock", None)
+        if timer is not None:
+            timer.stop()
+            self._runs_clock = None
+        if running:
+            started = time.monotonic()
+            record = self.controller.current
+            base = record.seconds
+
+            def tick() -> None:
+                if self.controller.running and self.controller.current is record:
+                    record.seconds = base + time.monotonic() - started
+                    self.main(RunsTable).update_time(record)
+
+            # every 5 s: a repaint of the table costs the UI thread ~25 ms, and the GIL with it
+            self._runs_clock = self.set_interval(5.0, tick)
+
+    @property
+    def unexported_edits(self) -> bool:
+        return self.workspace is not None and self.saved_version != self.workspace.version
 
     async def action_quit(self) -> None:
+        if self.controller is not None and not self.controller.running and self.unexported_edits:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.exit()
+            self.push_screen(ConfirmScreen("The plan was edited and not exported (e exports it). Quit anyway?"),
+                             answered)
+            return
         if self.controller is None or self.controller.quit():
             self.exit()
             return

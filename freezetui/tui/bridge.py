@@ -1,4 +1,4 @@
-"""The core trainer's callbacks, turned into UI messages: at most 4 per second, coalescing.
+"""The core trainer's callbacks, turned into UI messages: at most 2 per second, coalescing.
 
 Runs on the training thread. It only appends to the RunRecord and posts messages (thread-safe);
 it never touches a widget.
@@ -11,7 +11,7 @@ import time
 from ..core.train import Callback, EpochEnd, RunStart, StepEnd, TrainResult
 from .messages import EpochDone, TrainProgress
 
-INTERVAL = 0.25  # 4 a second: each progress repaint costs the training ~3 % on a 2-core CPU
+INTERVAL = 0.5  # 2 a second: each progress repaint takes the GIL from the training thread
 
 
 class UIBridge(Callback):

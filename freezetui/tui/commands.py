@@ -10,11 +10,11 @@ from textual.binding import Binding
 
 def binding_commands(bindings: Iterable[Binding], run_action) -> Iterable[SystemCommand]:
     for b in bindings:
-        if b.show and b.description:
+        if b.id and b.description:
             key = b.key_display or b.key.split(",")[0]
             yield SystemCommand(f"{b.description} ({key})", b.tooltip or b.description,
                                 lambda action=b.action: run_action(action))
 
 
 def key_table(bindings: Iterable[Binding]) -> list[tuple[str, str]]:
-    return [(b.key_display or b.key.split(",")[0], b.tooltip or b.description) for b in bindings if b.show]
+    return [(b.key_display or b.key.split(",")[0], b.tooltip or b.description) for b in bindings if b.id]

@@ -7,6 +7,7 @@ import random
 import signal
 
 from freezetui.tui.app import default_trainer
+from freezetui.tui.format import human
 from freezetui.tui.screens.torchrun import TorchrunScreen
 from freezetui.tui.widgets.totals import Totals
 from tui.fakes import blocking_trainer, make_app
@@ -88,11 +89,19 @@ async def test_torchrun_command_matches_plan_and_settings(tmp_path, monkeypatch)
         assert isinstance(app.screen, TorchrunScreen)
         command = app.screen.command
         assert command.startswith("torchrun --standalone --nproc-per-node ")
-        for part in ("-m freezetui train", "--plan freeze-plan.json", "--epochs 3", "--lr 0.01", "--no-augment"):
+        for part in ("-m freezetui train", "--plan freeze-plan.json", "--epochs 3", "--lr 0.01", "--no-augment",
+                     "--device cpu", "--model tiny:tiny_cnn", f"--out {tmp_path / 'runs'}/"):
             assert part in command
-        assert "Export the current plan" in str(app.screen.query(".dialog-help").first().render())
-        await pilot.press("escape", "e", "enter", "T")
-        assert "holds the current plan" in str(app.screen.query(".dialog-help").first().render())
+        assert all(line.endswith(" \\") for line in command.splitlines()[:-1])  # a shell reads it whole
+        assert "--out runs/torchrun" not in command  # a fresh folder each time
+
+        def notes():
+            return " ".join(str(w.render()) for w in app.screen.query(".dialog-help"))
+        assert "Export the current plan" in notes() and "OSC 52" in notes()
+        await pilot.press("q")  # q closes it too
+        assert not isinstance(app.screen, TorchrunScreen)
+        await pilot.press("e", "enter", "T")
+        assert "holds the current plan" in notes()
 
 
 KEYS = ["space", "f", "u", "F", "H", "A", "b", "j", "k", "h", "l", "t", "e", "o", "c", "slash", "escape",
@@ -116,7 +125,7 @@ async def test_monkey_keeps_totals_consistent_with_the_tree(tmp_path, monkeypatc
                 frozen = sum(int(n) for n, f in zip(ws.numel, ws.frozen) if f)
                 totals = ws.totals()
                 assert totals["frozen"] == frozen and totals["trainable"] == totals["total"] - frozen
-                assert f"frozen {frozen:,}" in str(app.main(Totals).render())
+                assert f"frozen {human(frozen)}" in str(app.main(Totals).render())
                 # every expanded node's glyph state agrees with its parameters
                 for node in [app.main("#tree").root, *app.main("#tree").root.children]:
                     name = node.data

@@ -1,58 +1,80 @@
-"""Snapshots of the main screen, the export dialog and a finished run (deterministic fake trainer)."""
+"""Snapshots at 80×24 and 120×40: the main screen, every dialog and finished runs (a fake,
+deterministic trainer; runs under a fresh folder so no earlier run shows up)."""
+
+import pytest
 
 from freezetui.core.train import TrainConfig
 from freezetui.tui.app import AppOptions, create_app
 from tui.fakes import fake_trainer, small_workspace
 
-SIZE = (100, 32)
+SMALL, LARGE = (80, 24), (120, 40)
 
 
-def _app():
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.delenv("TMUX", raising=False)  # the torchrun dialog's clipboard note
+    monkeypatch.setattr("freezetui.tui.app.gpu_count", lambda: 0)
+    monkeypatch.setattr("freezetui.tui.app.next_torchrun_dir", lambda runs, model: "runs/torchrun-1")
+    monkeypatch.chdir(tmp_path)
     options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir="runs",
                          config=TrainConfig(epochs=3, device="cpu"))
     return create_app(options, workspace=small_workspace(), trainer=fake_trainer)
 
 
+async def _settle(pilot):
+    pilot.app.clear_notifications()
+    pilot.app.redraw_charts(force=True)
+    await pilot.pause()
+
+
 class TestMainScreen:
-    def test_opened(self, snap_compare):
-        assert snap_compare(_app(), terminal_size=SIZE)
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_opened(self, snap_compare, app, size):
+        assert snap_compare(app, press=["l", "j", "l"], terminal_size=size)
 
-    def test_seed_bug_lint_after_freezing_everything(self, snap_compare):
-        assert snap_compare(_app(), press=["space", "j", "j"], terminal_size=SIZE)
+    def test_error_lint_after_freezing_everything(self, snap_compare, app):
+        assert snap_compare(app, press=["space", "j", "j"], terminal_size=SMALL)
 
 
-class TestExportDialog:
-    def test_export_dialog(self, snap_compare):
-        assert snap_compare(_app(), press=["H", "e"], terminal_size=SIZE)
+class TestDialogs:
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_settings(self, snap_compare, app, size):
+        assert snap_compare(app, press=["c"], terminal_size=size)
+
+    def test_settings_error_beside_its_field(self, snap_compare, app):
+        assert snap_compare(app, press=["c", "backspace", "0", "tab", "tab", "tab", "ctrl+u"], terminal_size=SMALL)
+
+    def test_export(self, snap_compare, app):
+        assert snap_compare(app, press=["H", "e"], terminal_size=SMALL)
+
+    def test_open(self, snap_compare, app):
+        assert snap_compare(app, press=["o"], terminal_size=SMALL)
+
+    def test_glob(self, snap_compare, app):
+        assert snap_compare(app, press=["slash"], terminal_size=SMALL)
+
+    def test_help(self, snap_compare, app):
+        assert snap_compare(app, press=["question_mark"], terminal_size=SMALL)
+
+    def test_torchrun(self, snap_compare, app):
+        assert snap_compare(app, press=["T"], terminal_size=SMALL)
+
+    def test_quit_with_unexported_edits(self, snap_compare, app):
+        assert snap_compare(app, press=["H", "q"], terminal_size=SMALL)
 
 
 class TestFinishedRun:
-    def test_two_runs_compared(self, snap_compare):
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_two_runs_compared(self, snap_compare, app, size):
         async def run_before(pilot):
-            app = pilot.app
             await pilot.press("t")
-            await app.workers.wait_for_complete()
-            await pilot.pause()
-            await pilot.press("H", "t")
-            await app.workers.wait_for_complete()
-            await pilot.pause()
-            app.main("#runs").focus()
-            await pilot.press("up", "enter")
-            app.clear_notifications()
-            app.redraw_charts(force=True)
-            await pilot.pause()
-
-        assert snap_compare(_app(), run_before=run_before, terminal_size=SIZE)
-
-
-class TestSmallTerminal:
-    def test_80x24_after_a_run(self, snap_compare):
-        async def run_before(pilot):
-            await pilot.press("j", "f", "t")
             await pilot.app.workers.wait_for_complete()
             await pilot.pause()
-            pilot.app.clear_notifications()
-            pilot.app.redraw_charts(force=True)
+            await pilot.press("H", "t")
+            await pilot.app.workers.wait_for_complete()
             await pilot.pause()
+            pilot.app.main("#runs").focus()
+            await pilot.press("up", "enter")
+            await _settle(pilot)
 
-        assert snap_compare(_app(), run_before=run_before, terminal_size=(80, 24))
+        assert snap_compare(app, run_before=run_before, terminal_size=size)

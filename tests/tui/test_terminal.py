@@ -1,6 +1,7 @@
 """The real app in a real terminal (tmux): start, freeze, export, train, quit."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import uuid
 import pytest
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _screen(session: str) -> str:
@@ -38,12 +40,13 @@ def test_start_freeze_export_train_quit(tmp_path, cli_env):
     # COLUMNS/LINES from the test runner would override the terminal's real size
     cmd = (f"cd {tmp_path} && env -u COLUMNS -u LINES {sys.executable} -m freezetui --model tiny:tiny_cnn --weights none "
            f"--epochs 1 --device cpu; echo $? > {done}")
+    cli_env = {**cli_env, "PYTHONPATH": os.pathsep.join([ROOT, cli_env["PYTHONPATH"]])}  # this checkout's code
     env_args = [arg for k in ("PYTHONPATH", "FREEZETUI_OFFLINE") for arg in ("-e", f"{k}={cli_env[k]}")]
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", *env_args, cmd], check=True)
     try:
         _wait_for(session, "tiny:tiny_cnn · random init · shapes")
         _keys(session, "j", "f")  # freeze the stem
-        _wait_for(session, "frozen prefix ends at stem.2")
+        _wait_for(session, "frozen prefix ends at stem: then block1.0 trains")
         _keys(session, "e")
         _wait_for(session, "Export the freeze plan")
         _keys(session, "Enter")
@@ -52,6 +55,7 @@ def test_start_freeze_export_train_quit(tmp_path, cli_env):
         assert plan["frozen"][:2] == ["stem.0.weight", "stem.0.bias"]
         _keys(session, "t")
         _wait_for(session, "run #1 done", timeout=180)
+        _wait_for(session, "saved to")  # where the run is, on screen
         _keys(session, "q")
         deadline = time.monotonic() + 30
         while not done.exists() and time.monotonic() < deadline:

@@ -1,18 +1,18 @@
-"""A yes/no question: y or Enter says yes, n or Escape says no."""
+"""A yes/no question. The safe answer is the default: Enter and Escape say no, only y says yes."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label
 
 
 class ConfirmScreen(ModalScreen[bool]):
     BINDINGS = [
-        Binding("y,enter", "answer(True)", "Yes"),
-        Binding("n,escape", "answer(False)", "No"),
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape,enter", "answer(False)", "No"),
     ]
 
     def __init__(self, question: str):
@@ -20,9 +20,9 @@ class ConfirmScreen(ModalScreen[bool]):
         self.question = question
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
+        with VerticalScroll(classes="dialog confirm"):
             yield Label(self.question, classes="dialog-title")
-            yield Label("y / Enter: yes    n / Esc: no", classes="dialog-help")
+            yield Label("y: yes    n / Enter / Esc: no", classes="dialog-help")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)

@@ -1,32 +1,59 @@
-"""Every key of the app, from the bindings themselves so the list cannot drift."""
+"""Every key of the app, from the bindings themselves so the list cannot drift, and what the
+tree's glyphs and columns mean."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
+from ..format import LEGEND, STATE_STYLES
+
 EXTRA = [
     ("↑ ↓ / j k", "move"),
     ("← → / h l", "collapse / expand"),
     ("Tab", "next panel (tree, runs)"),
-    ("Enter (runs)", "overlay that run's curves"),
-    ("Ctrl+P", "command palette"),
+    ("Ctrl+P", "command palette: every key, by name"),
 ]
+
+
+def key_rows(groups: list[tuple[str, list[tuple[str, str]]]]) -> Text:
+    text = Text()
+    for title, keys in [*groups, ("moving around", EXTRA)]:
+        text.append(f"{title}\n", "bold")
+        for key, description in keys:
+            text.append(f"{key:>12}  ", "bold cyan")
+            text.append(f"{description}\n")
+    return text
+
+
+def legend() -> Text:
+    styles = [STATE_STYLES["trainable"], STATE_STYLES["frozen"], STATE_STYLES["mixed"], "bold magenta"]
+    text = Text("the tree\n", "bold")
+    for (glyph, meaning), style in zip(LEGEND, styles):
+        text.append(f"{glyph:>12}  ", style)
+        text.append(f"{meaning}\n")
+    text.append(f"{'+new':>12}  ", "bold magenta")
+    text.append("a new module is inside (expand to see it)\n")
+    text.append(f"{'params':>12}  parameters under the row; ")
+    text.append("trainable", "green")
+    text.append(": how many of them train")
+    return text
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
-    def __init__(self, keys: list[tuple[str, str]]):
+    def __init__(self, groups: list[tuple[str, list[tuple[str, str]]]]):
         super().__init__()
-        self.keys = keys
+        self.groups = groups
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog", id="help"):
             yield Label("freezetui keys", classes="dialog-title")
-            rows = "\n".join(f"{k:>14}  {d}" for k, d in [*self.keys, *EXTRA])
-            yield Static(rows, id="keys")
-            yield Label("Esc or ? closes", classes="dialog-help")
+            yield Static(key_rows(self.groups), id="keys")
+            yield Static(legend(), id="legend")
+            yield Label("Esc, ? or q closes", classes="dialog-help")

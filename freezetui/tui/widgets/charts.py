@@ -40,37 +40,80 @@ class TimedPlot(PlotextPlot):
         return out
 
 
+def int_ticks(last: int, room: int) -> list[int]:
+    """Whole numbers from 1 to ``last`` at a round spacing (1, 2, 5, 10, 20, 50, …), about one
+    tick per 8 columns: a run's epochs and steps are counted, never fractional."""
+    count = max(2, room // 8)
+    step = 1
+    while -(-last // step) > count:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2
+    if step == 1:
+        return list(range(1, last + 1))
+    return [1, *range(step, last + 1, step)]
+
+
+epoch_ticks = int_ticks
+
+
+def legend(entries: list[tuple[str, str]]) -> str:
+    """A legend for the chart's border title: plotext draws its own over the curves."""
+    return " ".join(f"[{color}]━{label}[/]" for label, color in entries)
+
+
 class LossChart(TimedPlot):
+    TITLE = "train loss/step"
+
+    def on_mount(self) -> None:
+        self.border_title = self.TITLE
+
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
-        self.plt.title("train loss per step")
         limit = max(20, self.size.width)
+        shown, last = [], 1
         for record, color in ((compare, "orange"), (current, "cyan")):
             if record is not None and record.steps:
                 ys = smooth(list(record.steps))
                 xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
-                self.plt.plot(xs, ys, color=color, label=record.label, marker="braille")
+                self.plt.plot(xs, ys, color=color, marker="braille")
+                shown.append((record.label, color))
+                last = max(last, len(record.steps))
+        ticks = int_ticks(last, self.size.width)
+        self.plt.xticks(ticks, [str(t) for t in ticks])
+        self.border_title = f"{self.TITLE} {legend(shown)}" if len(shown) > 1 else self.TITLE
         self.refresh()
 
 
 class AccuracyChart(TimedPlot):
+    TITLE = "val acc % · loss •"
+
+    def on_mount(self) -> None:
+        self.border_title = self.TITLE
+
     def draw(self, current, compare=None) -> None:
         self.plt.clear_data()
-        self.plt.title("val acc % (left) / loss")
+        last = 1
+        shown = []
         for record, color in ((compare, "orange"), (current, "cyan")):
             if record is not None and record.epochs:
                 xs = [e["epoch"] for e in record.epochs]
-                self.plt.plot(xs, [100 * e["val_acc"] for e in record.epochs], color=color,
-                              label=f"{record.label} acc", marker="braille")
+                last = max(last, xs[-1])
+                # one epoch is one point: draw it large enough to be seen
+                marker = "braille" if len(xs) > 1 else "●"
+                self.plt.plot(xs, [100 * e["val_acc"] for e in record.epochs], color=color, marker=marker)
                 self.plt.plot(xs, [e["val_loss"] for e in record.epochs], color=color, yside="right",
-                              label=f"{record.label} loss", marker="dot")
+                              marker="dot" if len(xs) > 1 else "○")
+                shown.append((record.label, color))
+        ticks = epoch_ticks(last, self.size.width)
+        self.plt.xticks(ticks, [str(t) for t in ticks])
+        self.plt.xlim(0.5 if last == 1 else 1, last + 0.5 if last == 1 else last)
+        self.border_title = f"{self.TITLE} {legend(shown)}" if len(shown) > 1 else self.TITLE
         self.refresh()
 
 
 class Charts(Horizontal):
-    """Both plots. Plotting is pure Python and shares the CPU with training, so it may take at
-    most ~5 % of the time: after plots that took d seconds to render, the next redraw waits at
-    least 20·d (see :meth:`redraw`)."""
+    """Both plots. Plotting is pure Python and holds the GIL the training thread needs, so it may
+    take at most ~2.5 % of the time: after plots that took d seconds to render, the next redraw
+    waits at least 40·d, and at least a second (see :meth:`redraw`)."""
 
     dirty = False
     last_draw = 0.0
@@ -88,7 +131,7 @@ class Charts(Horizontal):
         if not self.dirty:
             return
         now = time.monotonic()
-        if not force and now - self.last_draw < 20 * self.render_seconds:
+        if not force and now - self.last_draw < max(1.0, 40 * self.render_seconds):
             return
         self.dirty = False
         self.draw(current, compare)

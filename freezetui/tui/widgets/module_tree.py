@@ -15,7 +15,16 @@ from textual.widgets.tree import TreeNode
 from ..format import GLYPHS, STATE_STYLES, human
 from ..messages import PlanChanged
 
-COUNTS_WIDTH = 26  # type (10) + params (7) + trainable (7) + gaps
+PARAMS_WIDTH = 8  # "  148.0k"
+TRAINABLE_WIDTH = 10  # " trainable"
+TYPE_MIN_ROOM = 56  # narrower trees leave the type to the details panel
+NAME_MIN = 8
+
+
+def columns(width: int, type_width: int) -> tuple[int, int]:
+    """(type column width, 0 when hidden; counts width) for a tree ``width`` columns wide."""
+    counts = PARAMS_WIDTH + TRAINABLE_WIDTH
+    return (type_width + 1 if width >= TYPE_MIN_ROOM else 0), counts
 
 
 class ModuleTree(Tree[str]):
@@ -23,9 +32,9 @@ class ModuleTree(Tree[str]):
 
     BINDINGS = [
         Binding("space", "toggle_freeze", "Toggle", id="toggle"),
-        Binding("f", "freeze", "Freeze", id="freeze"),
-        Binding("u", "unfreeze", "Unfreeze", id="unfreeze"),
-        Binding("F", "freeze_before", "Freeze before", id="freeze_before"),
+        Binding("f", "freeze", "Freeze", id="freeze", show=False),
+        Binding("u", "unfreeze", "Unfreeze", id="unfreeze", show=False),
+        Binding("F", "freeze_before", "Freeze everything before this", id="freeze_before", show=False),
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
         Binding("l,right", "expand", "Expand", show=False),
@@ -35,6 +44,7 @@ class ModuleTree(Tree[str]):
     def __init__(self, **kwargs):
         super().__init__("model", **kwargs)
         self.workspace = None
+        self.new_inside: set[str] = set()
         self.show_root = True
         self.auto_expand = False
         self.guide_depth = 3
@@ -43,12 +53,17 @@ class ModuleTree(Tree[str]):
 
     def load(self, workspace) -> None:
         self.workspace = workspace
+        self.new_inside = set()
+        for name in workspace.info.new_modules:
+            parts = name.split(".")
+            self.new_inside.update(".".join(parts[:k]) for k in range(1, len(parts)))
         self.clear()
         self.root.data = ""
         self.root.set_label(workspace.nodes[""].label)
         self._add_children(self.root)
         self.root.expand()
         self.move_cursor(self.root)
+        self.show_header()
 
     def _add_children(self, node: TreeNode[str]) -> None:
         for child in self.workspace.nodes[node.data].children:
@@ -62,36 +77,76 @@ class ModuleTree(Tree[str]):
 
     # ------------------------------------------------------------------ drawing
 
+    @property
+    def row_width(self) -> int:
+        return max(1, self.scrollable_content_region.width)
+
+    def type_width(self) -> int:
+        if self.workspace is None:
+            return 0
+        if not hasattr(self, "_type_width"):
+            kinds = [n.kind for n in self.workspace.nodes.values() if not n.is_param]
+            self._type_width = min(18, max(map(len, kinds), default=6))
+        return self._type_width
+
+    def header(self) -> Text:
+        """The column titles, aligned with the rows' columns."""
+        width = self.row_width
+        type_w, _ = columns(width, self.type_width())
+        name_w = max(1, width - type_w - PARAMS_WIDTH - TRAINABLE_WIDTH - 4)
+        text = Text("    " + "module".ljust(name_w), "bold")
+        if type_w:
+            text.append("type".ljust(type_w), "bold")
+        text.append("params".rjust(PARAMS_WIDTH), "bold")
+        text.append("trainable".rjust(TRAINABLE_WIDTH), "bold green")
+        return text
+
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         if self.workspace is None or node.data is None:
             return super().render_label(node, base_style, style)
         ws = self.workspace
         info = ws.nodes[node.data]
         state = ws.state(node.data)
-        depth = len(node.data.split(".")) if node.data else 0
-        name_width = max(6, self.size.width - COUNTS_WIDTH - 6 - depth * self.guide_depth)
+        depth = node.data.count(".") + 1 if node.data else 0
+        width = max(NAME_MIN + 4, self.row_width - depth * self.guide_depth)  # the label's columns
+        type_w, counts_w = columns(self.row_width, self.type_width())
+        name_w = max(NAME_MIN, width - 4 - type_w - counts_w)
         icon = (self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE) if node.allow_expand else "  "
-        suffix = " new" if info.name in ws.info.new_modules else ""
+        if info.name in ws.info.new_modules:
+            suffix = " new"
+        elif info.name in self.new_inside:
+            suffix = " +new"  # a new module is inside this one
+        else:
+            suffix = ""
         name = info.label
-        room = name_width - len(suffix)
+        room = name_w - len(suffix)
         if len(name) > room:
             name = name[: max(1, room - 1)] + "…"
         text = Text.assemble((icon, base_style), (GLYPHS[state] + " ", STATE_STYLES[state]), (name, style),
                              (suffix, "bold magenta"))
-        text.append(" " * max(1, name_width - len(name) - len(suffix) + 1))
+        text.append(" " * max(0, name_w - len(name) - len(suffix)))
+        if type_w:
+            kind = ("×".join(map(str, info.shape)) or "scalar") if info.is_param else info.kind
+            if len(kind) > type_w - 1:
+                kind = kind[: type_w - 2] + "…"
+            text.append(kind.ljust(type_w), "dim")
         total, trainable = ws.counts(node.data)
-        if info.is_param:
-            kind = "×".join(map(str, info.shape)) or "scalar"
-        else:
-            kind = info.kind
-        text.append(f"{kind[:10]:<10} ", "dim")
-        text.append(f"{human(total):>7}")
-        text.append(f"{human(trainable):>7}", "green" if trainable else "dim")
+        text.append(human(total).rjust(PARAMS_WIDTH))
+        text.append(human(trainable).rjust(TRAINABLE_WIDTH), "green" if trainable else "dim")
         return text
 
+    def on_resize(self) -> None:
+        self.show_header()
+
+    def show_header(self) -> None:
+        for header in self.screen.query("#tree-header"):
+            header.update(self.header())
+
     def get_label_width(self, node: TreeNode[str]) -> int:
-        # Every row is as wide as the widget: no render_label per line when the tree relayouts.
-        return max(1, self.size.width - 4)
+        # Every row ends at the right edge whatever its depth (cheap: no render_label per line
+        # when the tree relayouts), so the columns line up and nothing scrolls sideways.
+        depth = node.data.count(".") + 1 if node.data else 0
+        return max(NAME_MIN + 4, self.row_width - depth * self.guide_depth)
 
     def repaint(self) -> None:
         """Redraw visible lines after a freeze edit (the line cache keys on ``_updates``)."""

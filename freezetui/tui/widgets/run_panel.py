@@ -1,4 +1,5 @@
-"""The run in progress: epoch, a progress bar, images/s, elapsed and ETA, device and memory."""
+"""The run in progress: epoch, a progress bar, images/s, elapsed and ETA, device and memory;
+after it, how it ended and where its files are."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
+
+from ..format import shorten_left, size_text
 
 
 def _clock(seconds: float) -> str:
@@ -22,24 +25,44 @@ class RunPanel(Vertical):
         bar.display = False
         yield bar
 
-    def start(self, label: str, total_steps: int | None) -> None:
+    def start(self, label: str, total_steps: int | None, resumed_from: int | None = None) -> None:
         self.started = time.monotonic()
+        self.first: tuple[float, int] | None = None  # (time, step) of the first progress seen
         bar = self.query_one(ProgressBar)
         bar.display = True
-        bar.update(total=total_steps or 100, progress=0)
-        self.query_one("#run-status", Static).update(f"run {label}: starting…")
+        self.remove_class("-finished")
+        bar.update(total=total_steps or 100, progress=resumed_from or 0)
+        what = "resuming" if resumed_from else "starting"
+        self.query_one("#run-status", Static).update(f"run {label}: {what}…")
 
     def progress(self, label: str, epoch: int, epochs: int, step: int, total: int, ips: float, device: str,
                  memory: str = "") -> None:
         bar = self.query_one(ProgressBar)
         bar.update(total=total, progress=step)
-        elapsed = time.monotonic() - getattr(self, "started", time.monotonic())
-        eta = elapsed / step * (total - step) if step else 0
+        now = time.monotonic()
+        elapsed = now - getattr(self, "started", now)
+        if getattr(self, "first", None) is None:
+            self.first = (now, step)
+        t0, s0 = self.first
+        # from the steps of this session only: a resumed run starts with its earlier epochs done
+        eta = f"ETA {_clock((now - t0) / (step - s0) * (total - step))}" if step > s0 else "ETA …"
         # layout=False: the status has a fixed height, and a layout pass repaints the whole screen
         self.query_one("#run-status", Static).update(
             f"run {label}: epoch {epoch}/{epochs} · {ips:,.0f} img/s · {_clock(elapsed)} elapsed · "
-            f"ETA {_clock(eta)} · {device}{memory}", layout=False
+            f"{eta} · {device}{memory}", layout=False
         )
 
-    def finish(self, text: str) -> None:
-        self.query_one("#run-status", Static).update(text)
+    def finish(self, text: str, size: int = 0) -> None:
+        """``text``'s ``saved to PATH`` line keeps the end of the path (the run's own folder)
+        when the panel is too narrow for all of it; the folder's size joins the first line."""
+        status = self.query_one("#run-status", Static)
+        width = max(20, status.content_size.width or 40)
+        lines = text.split("\n")
+        if size:
+            lines[0] += f" · {size_text(size)}"
+        for i, line in enumerate(lines):
+            if line.startswith("saved to ") and len(line) > width:
+                lines[i] = shorten_left(line[len("saved to "):], width)
+        self.query_one(ProgressBar).display = False
+        self.add_class("-finished")
+        status.update("\n".join(lines))

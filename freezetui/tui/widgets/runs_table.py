@@ -1,4 +1,5 @@
-"""Every run since the app started; Enter overlays a run's curves on the current ones."""
+"""Every run of this model under the runs folder (earlier sessions' too); Enter overlays a run's
+curves on the current ones, r resumes a stopped one."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
-COLUMNS = ("run", "trainable", "best", "final", "status", "time", "settings")
+from ..format import share, size_text
+
+# what a person compares first comes first: the 80-column layout shows about four columns
+COLUMNS = ("run", "best", "status", "trainable", "time", "size", "final", "settings")
 
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _time(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class RunsTable(DataTable):
@@ -32,22 +41,32 @@ class RunsTable(DataTable):
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
-        self.add_columns(*COLUMNS)
+        self.sizes: dict[int, int] = {}
+        for name in COLUMNS:
+            self.add_column(name, key=name)
 
-    def upsert(self, record, compared: bool = False) -> None:
+    def upsert(self, record, compared: bool = False, size: int | None = None) -> None:
         c = record.config
-        cells = (
-            record.label + (" ◆" if compared else ""),
-            f"{record.trainable:,} ({100 * record.trainable / max(1, record.total):.0f}%)",
-            _pct(record.best_acc),
-            _pct(record.final_acc),
-            record.status,
-            f"{record.seconds:.0f}s",
-            f"{c.optimizer} lr {c.effective_lr:g} bs {c.batch_size} ep {c.epochs}",
-        )
+        if size is not None:
+            self.sizes[record.id] = size
+        cells = {
+            "run": record.label + (" ◆" if compared else ""),
+            "best": _pct(record.best_acc),
+            "status": record.status,
+            "trainable": share(record.trainable, record.total),
+            "time": _time(record.seconds),
+            "size": size_text(self.sizes[record.id]) if self.sizes.get(record.id) else "—",
+            "final": _pct(record.final_acc),
+            "settings": f"{c.optimizer} lr {c.effective_lr:.3g} bs {c.batch_size} ep {c.epochs}",
+        }
         key = str(record.id)
         if key in self.rows:
-            for col, value in zip(self.columns, cells):
-                self.update_cell(key, col, value)
+            for col, value in cells.items():
+                self.update_cell(key, col, value, update_width=True)
         else:
-            self.add_row(*cells, key=key)
+            self.add_row(*cells.values(), key=key)
+
+    def update_time(self, record) -> None:
+        key = str(record.id)
+        if key in self.rows:
+            self.update_cell(key, "time", _time(record.seconds), update_width=True)
