@@ -168,6 +168,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     add_train_options(tui)
     tui.add_argument("--plan", help="open with this freeze plan applied")
     tui.add_argument("--runs-dir", default="runs", help="where run folders go (default: %(default)s)")
+    tui.add_argument("--keep-only-model", action="store_true",
+                     help="after a run finishes, delete its checkpoint.pt and keep model.pt (saves disk)")
 
     main = argparse.ArgumentParser(prog="freezetui")
     sub = main.add_subparsers(dest="command", required=True)

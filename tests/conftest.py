@@ -38,7 +38,8 @@ def tiny():
 def cli_env(monkeypatch):
     """Environment for running ``python -m freezetui`` with the tests' models importable."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    # this checkout's package first (not whatever copy is installed), then the tests' models
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS.parent), str(TESTS), env.get("PYTHONPATH", "")])
     env["FREEZETUI_OFFLINE"] = "1"
     return env
 

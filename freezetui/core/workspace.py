@@ -8,6 +8,7 @@ models with tens of thousands of parameter tensors.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,6 +358,10 @@ class Workspace:
         self.plan.set_frozen(plan.frozen, True)
         self.plan.batchnorm = plan.batchnorm
         self.plan.extra = dict(plan.extra)
+        # the schedule travels with the plan: a staged plan opened in the TUI trains staged
+        self.plan.lr_mult = copy.deepcopy(plan.lr_mult)
+        self.plan.layer_decay = plan.layer_decay
+        self.plan.stages = copy.deepcopy(plan.stages)
         self._changed()
 
     def load_plan(self, path: str | Path) -> FreezePlan:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,7 +26,7 @@ from ..core.train import TrainConfig, gpu_count, memory_in_use
 from ..core.workspace import Workspace
 from .bridge import UIBridge
 from .commands import binding_commands, key_table
-from .messages import EpochDone, PlanChanged, TrainProgress
+from .messages import EpochDone, PlanChanged, TrainProgress, WorkspaceFailed, WorkspaceReady
 from .plan_watch import PlanFileWatch
 from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
@@ -127,11 +128,30 @@ class FreezeApp(App):
             self.sub_title = f"loading {self.options.model} on {self.options.data}…"
             self.load_workspace()
 
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load_workspace(self) -> Workspace:
+    def load_workspace(self) -> None:
+        """Open the model and data on a daemon thread, not a Textual worker: a worker is joined
+        when the app exits, so `q` (or a hang-up) during a long load or download would wait for it."""
         o = self.options
-        return Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device, o.seed,
-                              self.config.image_size)
+
+        def load() -> None:
+            try:
+                ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device,
+                                    o.seed, self.config.image_size)
+            except BaseException as e:  # noqa: BLE001 - reported on the UI thread
+                self.post_message(WorkspaceFailed(error_text(e)))
+            else:
+                self.post_message(WorkspaceReady(ws))
+
+        threading.Thread(target=load, name="freezetui-load", daemon=True).start()
+
+    @on(WorkspaceReady)
+    def on_workspace_ready(self, m: WorkspaceReady) -> None:
+        self.workspace = m.workspace
+        self.show_workspace()
+
+    @on(WorkspaceFailed)
+    def on_workspace_failed(self, m: WorkspaceFailed) -> None:
+        self.exit(return_code=1, message=f"freezetui: error: {m.error}")
 
     def on_resize(self, event) -> None:
         # below 100 columns one chart (accuracy) gets the right column's width
@@ -415,13 +435,6 @@ class FreezeApp(App):
     @on(Worker.StateChanged)
     def on_worker_state(self, event: Worker.StateChanged) -> None:
         worker, state = event.worker, event.state
-        if worker.group == "load":
-            if state == WorkerState.SUCCESS:
-                self.workspace = worker.result
-                self.show_workspace()
-            elif state == WorkerState.ERROR:
-                self.exit(return_code=1, message=f"freezetui: error: {error_text(worker.error)}")
-            return
         if worker.group != "train" or state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
         ok = state == WorkerState.SUCCESS
@@ -506,7 +519,8 @@ def options_from_args(args) -> AppOptions:
 
     return AppOptions(model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
                       small_input=args.small_input, plan=args.plan, device=args.device, seed=args.seed,
-                      runs_dir=args.runs_dir, config=config_from_args(args))
+                      runs_dir=args.runs_dir, config=config_from_args(args),
+                      keep_only_model=getattr(args, "keep_only_model", False))
 
 
 def run_app(args) -> int:
