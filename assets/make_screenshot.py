@@ -22,7 +22,8 @@ async def main() -> None:
     app = create_app(AppOptions(model="resnet18", weights="none", runs_dir=runs,
                                 config=TrainConfig(epochs=1, device="cpu")))
     async with app.run_test(size=(120, 36)) as pilot:
-        await app.workers.wait_for_complete()
+        while app.workspace is None:  # the model loads on a thread of its own
+            await pilot.pause(0.1)
         await pilot.pause()
         await pilot.press("t")  # everything trainable
         await app.workers.wait_for_complete()
