@@ -6,6 +6,7 @@ widgets."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import threading
 import time
@@ -164,8 +165,22 @@ class FreezeApp(App):
             pass
 
     def hang_up(self) -> None:
+        if self.leave_after_hang_up:
+            threading.Thread(target=self._leave_after_hang_up, name="freezetui-hangup", daemon=True).start()
         if self.controller is None or self.controller.hang_up():
             self.exit(return_code=128 + signal.SIGHUP)
+
+    # Set by run_app for a real terminal (never under Pilot, where it would end the test process).
+    leave_after_hang_up = False
+
+    def _leave_after_hang_up(self) -> None:
+        """The terminal is gone: Textual's shutdown can block writing to it, and nobody is left to
+        see the screen. Once the run (if any) has stopped and written its files, leave for sure."""
+        deadline = time.monotonic() + 600
+        while self.training and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # a normal exit usually comes first
+        os._exit(128 + signal.SIGHUP)
 
     def check_plan_file(self) -> None:
         change = self.plan_watch.check()
@@ -533,5 +548,6 @@ def run_app(args) -> int:
     if args.plan:
         check_code_allowed(FreezePlan.load(args.plan).model["name"], args.model)
     app = create_app(options_from_args(args))
+    app.leave_after_hang_up = True
     app.run()
     return app.return_code or 0
