@@ -27,7 +27,7 @@ from ..core.train import TrainConfig, gpu_count, memory_in_use
 from ..core.workspace import Workspace
 from .bridge import UIBridge
 from .commands import binding_commands, key_table
-from .messages import EpochDone, PlanChanged, TrainProgress, WorkspaceFailed, WorkspaceReady
+from .messages import EpochDone, LoadProgress, PlanChanged, TrainProgress, WorkspaceFailed, WorkspaceReady
 from .plan_watch import PlanFileWatch
 from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
@@ -134,16 +134,31 @@ class FreezeApp(App):
         when the app exits, so `q` (or a hang-up) during a long load or download would wait for it."""
         o = self.options
 
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:  # from the decoding, at most ~5 a second
+            now = time.monotonic()
+            if done >= total or now - last[0] >= 0.2:
+                last[0] = now
+                self.post_message(LoadProgress(done, total))
+
         def load() -> None:
             try:
                 ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device,
-                                    o.seed, self.config.image_size)
+                                    o.seed, self.config.image_size, progress=progress)
             except BaseException as e:  # noqa: BLE001 - reported on the UI thread
                 self.post_message(WorkspaceFailed(error_text(e)))
             else:
                 self.post_message(WorkspaceReady(ws))
 
         threading.Thread(target=load, name="freezetui-load", daemon=True).start()
+
+    @on(LoadProgress)
+    def on_load_progress(self, m: LoadProgress) -> None:
+        if self.workspace is None:
+            bar = "█" * (20 * m.done // max(1, m.total))
+            self.sub_title = (f"loading {self.options.model} on {self.options.data}: decoding images "
+                              f"{bar:░<20} {m.done:,}/{m.total:,}")
 
     @on(WorkspaceReady)
     def on_workspace_ready(self, m: WorkspaceReady) -> None:

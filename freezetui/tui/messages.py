@@ -19,6 +19,17 @@ class WorkspaceFailed(Message):
 
 
 @dataclass
+class LoadProgress(Message):
+    """Images decoded so far while a folder is decoded into its cache; newer replaces older."""
+
+    done: int
+    total: int
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LoadProgress)
+
+
+@dataclass
 class PlanChanged(Message):
     """The freeze state changed; totals, lints and details redraw."""
 
