@@ -96,3 +96,19 @@ def test_a_plan_in_another_order_prices_the_same(resnet):
     rng = np.random.default_rng(0)
     shuffled.params = {n: shuffled.params[n] for n in rng.permutation(names)}
     assert estimate(profile, shuffled, 8) == estimate(profile, plan, 8)
+
+
+def test_workspace_cost_line_follows_the_plan():
+    from freezetui.core.data import load_data
+    from freezetui.core.workspace import Workspace
+
+    torch.manual_seed(0)
+    ws = Workspace(build_model("tiny:tiny_cnn", weights="none", num_classes=10),
+                   load_data("shapes", shapes_train=64, shapes_val=16), device="cpu")
+    assert ws.cost_line(32, "adamw") is None  # not profiled: no line
+    ws.compute_cost_profile()
+    full = ws.cost_line(32, "adamw")
+    ws.head_only()
+    head = ws.cost_line(32, "adamw")
+    assert "fewer FLOPs" not in full and "fewer FLOPs" in head
+    assert full.split(" of ")[0] != head.split(" of ")[0]  # fewer activations saved

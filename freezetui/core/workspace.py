@@ -385,6 +385,32 @@ class Workspace:
         else:
             self.model.load_state_dict(self.initial_state)
 
+    # ------------------------------------------------------------------ cost
+
+    cost_profile = None  # measured once per model (see compute_cost_profile); None: no cost line
+
+    def compute_cost_profile(self) -> None:
+        """Measure the model once for the cost line (forward passes: call it off the UI thread,
+        never while a run trains the model). A model that cannot be profiled gets no line."""
+        from .cost import profile_model
+
+        try:
+            self.cost_profile = profile_model(self.model, self.seen_size() or 224)
+        except Exception:  # noqa: BLE001 - advice only
+            self.cost_profile = None
+
+    def cost_line(self, batch_size: int, optimizer: str) -> str | None:
+        """The current plan's price at this batch size, short enough for the totals panel."""
+        if self.cost_profile is None:
+            return None
+        from .cost import estimate, human_bytes
+
+        est = estimate(self.cost_profile, self.plan, batch_size, optimizer)
+        ratio = est.get("flops_ratio") or 1.0
+        flops = f" · {ratio:.1f}× fewer FLOPs" if ratio > 1.005 else ""
+        return (f"activations {human_bytes(est['activation_bytes'])} of {human_bytes(est['full_activation_bytes'])}"
+                f" full{flops}")
+
     def describe(self) -> str:
         """Model · weights · data · device, for the header."""
         w = self.info.weights or "random init"

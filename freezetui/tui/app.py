@@ -146,6 +146,7 @@ class FreezeApp(App):
             try:
                 ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device,
                                     o.seed, self.config.image_size, progress=progress)
+                ws.compute_cost_profile()  # once, here: the totals then price every edit in ~ms
             except BaseException as e:  # noqa: BLE001 - reported on the UI thread
                 self.post_message(WorkspaceFailed(error_text(e)))
             else:
@@ -233,7 +234,7 @@ class FreezeApp(App):
         ws = self.workspace
         if ws is None:
             return
-        self.main(Totals).show(ws)
+        self.main(Totals).show(ws, self.config)
         self.main(LintsPanel).show(ws.lints(self.config.image_size))
         node = self.main(ModuleTree).cursor_node
         self.main(Details).show(ws, node.data if node is not None else None)

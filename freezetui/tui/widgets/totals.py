@@ -9,7 +9,7 @@ from ..format import human, share
 
 
 class Totals(Static):
-    def show(self, workspace) -> None:
+    def show(self, workspace, config=None) -> None:
         t = workspace.totals()
         text = Text()
         text.append(f"trainable {human(t['trainable'])} of {human(t['total'])} "
@@ -27,4 +27,8 @@ class Totals(Static):
             text.append(f": {reason}", "dim")
         else:
             text.append("no frozen prefix: backward runs through it all", "dim")
+        cost = workspace.cost_line(config.batch_size, config.optimizer) if config is not None else None
+        if cost:
+            text.append("\n")
+            text.append(f"batch {config.batch_size}: {cost}", "dim")
         self.update(text, layout=False)  # fixed height: no layout pass
