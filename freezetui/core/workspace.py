@@ -390,12 +390,13 @@ class Workspace:
     cost_profile = None  # measured once per model (see compute_cost_profile); None: no cost line
 
     def compute_cost_profile(self) -> None:
-        """Measure the model once for the cost line (forward passes: call it off the UI thread,
-        never while a run trains the model). A model that cannot be profiled gets no line."""
+        """Measure the model once for the cost line, on a copy of it: call it off the UI thread
+        (forward passes), at any time, even while a run trains the model itself. A model that
+        cannot be profiled gets no line."""
         from .cost import profile_model
 
         try:
-            self.cost_profile = profile_model(self.model, self.seen_size() or 224)
+            self.cost_profile = profile_model(copy.deepcopy(self.model), self.seen_size() or 224)
         except Exception:  # noqa: BLE001 - advice only
             self.cost_profile = None
 

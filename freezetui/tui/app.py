@@ -146,7 +146,6 @@ class FreezeApp(App):
             try:
                 ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device,
                                     o.seed, self.config.image_size, progress=progress)
-                ws.compute_cost_profile()  # once, here: the totals then price every edit in ~ms
             except BaseException as e:  # noqa: BLE001 - reported on the UI thread
                 self.post_message(WorkspaceFailed(error_text(e)))
             else:
@@ -165,6 +164,16 @@ class FreezeApp(App):
     def on_workspace_ready(self, m: WorkspaceReady) -> None:
         self.workspace = m.workspace
         self.show_workspace()
+        ws = m.workspace
+
+        def profile() -> None:  # after the tree is up: start-up does not wait for it
+            ws.compute_cost_profile()
+            try:
+                self.call_from_thread(self.refresh_plan)
+            except RuntimeError:  # the app has already exited
+                pass
+
+        threading.Thread(target=profile, name="freezetui-cost", daemon=True).start()
 
     @on(WorkspaceFailed)
     def on_workspace_failed(self, m: WorkspaceFailed) -> None:
