@@ -64,9 +64,10 @@ def seed_loop(folder: Path, device: str) -> float:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-2)
     model.train()
-    seen, t0 = 0, None
+    seen, t0 = 0, time.perf_counter()
+    warmup = min(WARMUP_BATCHES, len(loader) // 4)  # a small folder still keeps most batches timed
     for i, (inputs, labels) in enumerate(loader):
-        if i == WARMUP_BATCHES:
+        if i == warmup and i:
             _sync(device)
             seen, t0 = 0, time.perf_counter()
         inputs, labels = inputs.to(device), labels.to(device)
