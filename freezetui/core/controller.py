@@ -34,7 +34,8 @@ def default_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Cal
     record.folder = new_run_dir(runs_dir, f"{workspace.info.name.replace(':', '-')}-{record.id}")
     spec = RunSpec(data=workspace.data_name, config=record.config, out=record.folder, plan=workspace.plan.copy())
     workspace.reset_weights()
-    return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced)
+    return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced,
+                   profile=workspace.cost_profile)
 
 
 def resume_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Callback],
@@ -44,7 +45,8 @@ def resume_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Call
     spec = resume_spec(record.folder)
     workspace.reset_weights()  # the frozen reference; the checkpoint's weights load over it
     record.epochs = list(spec.resume["history"])
-    return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced)
+    return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced,
+                   profile=workspace.cost_profile)
 
 
 def error_text(error: BaseException | None) -> str:

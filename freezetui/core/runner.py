@@ -158,14 +158,17 @@ def seen_size(model: nn.Module, data: Dataset, config: TrainConfig) -> int:
 
 
 def plan_estimate(model: nn.Module, plan: FreezePlan, data: Dataset, config: TrainConfig,
-                  reporter: Reporter) -> dict | None:
+                  reporter: Reporter, profile=None) -> dict | None:
     """The plan's predicted cost (recorded in summary.json beside what was measured); a model
-    that cannot be profiled gets a note, never a failed run."""
+    that cannot be profiled gets a note, never a failed run. ``profile``: one the caller has
+    measured already (the TUI's), used when it was taken at the size this run sees."""
     from .cost import estimate, profile_model
 
     try:
         plan.apply(model)
-        profile = profile_model(model, seen_size(model, data, config))
+        size = seen_size(model, data, config)
+        if profile is None or getattr(profile, "image_size", None) != size:
+            profile = profile_model(model, size)
         return estimate(profile, plan, min(config.batch_size, len(data.train)), config.optimizer, config.momentum)
     except Exception as e:  # noqa: BLE001 - an estimate is advice; the run goes on without it
         reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
@@ -237,7 +240,7 @@ def stop_on_signals(stop: threading.Event, stream=None):
 
 def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threading.Event | None = None,
             reporter: Reporter | None = None, *, model: nn.Module | None = None, data: Dataset | None = None,
-            traced=None) -> TrainResult:
+            traced=None, profile=None) -> TrainResult:
     """Carry out ``spec``. The TUI passes the ``model`` and ``data`` it holds (and its ``traced``
     graph); otherwise they are built from the spec. Under torchrun only rank 0 reports and
     writes files."""
@@ -270,7 +273,7 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
             traced = trace(model)
         reporter.lints(check(plan, model, image_size=seen_size(model, data, config),
                              order=traced.param_order if traced else None))
-        estimate = plan_estimate(model, plan, data, config, reporter) if rank == 0 else None
+        estimate = plan_estimate(model, plan, data, config, reporter, profile) if rank == 0 else None
         writers = []
         if rank == 0:
             writers = [*callbacks, RunWriter(spec.out, model, plan, config,

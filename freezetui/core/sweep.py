@@ -248,7 +248,7 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
                            model=model_spec, force=True)
             reporter.note(f"rung {i + 1}/{len(plans)} {name}: {plan.counts['trainable']:,} trainable parameters")
         callbacks = list(callbacks_factory(i, name)) if callbacks_factory else []
-        result = execute(spec, callbacks, stop, reporter, model=model, data=data, traced=traced)
+        result = execute(spec, callbacks, stop, reporter, model=model, data=data, traced=traced, profile=profile)
         rows.append(_row(name, run_dir, plan, result.summary(), est))
         if rank0:
             write_json(out / SWEEP, rows)
