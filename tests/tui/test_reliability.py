@@ -35,8 +35,20 @@ async def test_hangup_when_idle_exits_with_129(tmp_path):
     assert app.return_code == 128 + signal.SIGHUP
 
 
+def _stops_after_the_first_epoch(workspace, record, callbacks, stop, runs_dir):
+    """The real trainer, asked to stop as epoch 1 ends (after its checkpoint): a quiet machine
+    trains this tiny run faster than the UI could poll for it."""
+    from freezetui.core.train import Callback
+
+    class StopAfterFirst(Callback):
+        def on_checkpoint(self, state):
+            stop.set()
+
+    return default_trainer(workspace, record, [*callbacks, StopAfterFirst()], stop, runs_dir)
+
+
 async def test_stopped_run_resumes_from_the_runs_table(tmp_path):
-    app = make_app(tmp_path, trainer=default_trainer, epochs=4, lr=5e-3, batch_size=16)
+    app = make_app(tmp_path, trainer=_stops_after_the_first_epoch, epochs=4, lr=5e-3, batch_size=16)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("t")
         record = app.workspace.runs[0]
