@@ -18,6 +18,7 @@ from typing import Callable
 from .errors import FreezeTUIError, PlanError
 from .runner import execute, resume_spec
 from .runs import new_run_dir, read_metrics
+from .schedule import short_name
 from .specs import RunSpec
 from .train import Callback, TrainConfig, TrainResult
 from .workspace import RunRecord, Workspace
@@ -119,7 +120,9 @@ def load_past_run(folder: Path, run_id: int) -> RunRecord | None:
     record = RunRecord(run_id, f"#{run_id}", int(trainable or 0), int(total or 0), config, folder=folder,
                        epochs=epochs, status=status, error=summary.get("error"),
                        seconds=float(summary.get("seconds") or 0.0),
-                       frozen_unchanged=summary.get("frozen_unchanged"), device=str(config_json.get("device", "")))
+                       frozen_unchanged=summary.get("frozen_unchanged"), device=str(config_json.get("device", "")),
+                       schedule=short_name(plan_json), stages=[s for s in plan_json.get("stages") or []
+                                                               if isinstance(s, dict)])
     return record
 
 

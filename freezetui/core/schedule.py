@@ -223,3 +223,43 @@ def describe(plan: FreezePlan) -> list[str]:
     if plan.layer_decay is not None:
         lines.append(f"rates: layer decay {plan.layer_decay:.4g} per block before the head")
     return lines
+
+
+def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: int, epochs: int,
+               warmup_epochs: float) -> list[float]:
+    """The head's rate (multiplier 1) at every step of a run, as training sets it: the
+    schedule's factor × the ``lr_scale`` of the stage in force. ``stages`` as the plan file
+    holds them. The TUI draws it before and during a run."""
+    steps = max(1, steps_per_epoch)
+    total = max(1, epochs) * steps
+    warmup = warmup_steps(warmup_epochs, steps, total)
+    scales = sorted((s["epoch"], s["lr_scale"]) for s in stages if s.get("lr_scale") is not None)
+
+    def scale(epoch: int) -> float:
+        return next((v for e, v in reversed(scales) if e <= epoch), 1.0)
+
+    return [lr * scale(t // steps + 1) * schedule_factor(schedule, t, total, warmup) for t in range(total)]
+
+
+def short_name(plan: FreezePlan | dict | None) -> str:
+    """A plan's schedule in a few words, for a table cell: ``static``, ``fine-tune recipe``,
+    ``2 stages · layer decay 0.65``, ``sweep: +layer4``. Takes a plan or its JSON."""
+    if plan is None:
+        return "—"
+    if isinstance(plan, FreezePlan):
+        d = {**plan.extra, **plan.schedule_dict()}
+    else:
+        d = plan
+    if d.get("sweep_rung"):
+        return f"sweep: {d['sweep_rung']}"
+    if d.get("recipe"):
+        return f"{d['recipe']} recipe"
+    parts = []
+    stages = d.get("stages") or []
+    if stages:
+        parts.append(f"{len(stages)} stage{'s' if len(stages) > 1 else ''}")
+    if d.get("layer_decay") is not None:
+        parts.append(f"layer decay {d['layer_decay']:.3g}")
+    elif d.get("lr_mult"):
+        parts.append(f"{len(d['lr_mult'])} rate rule{'s' if len(d['lr_mult']) > 1 else ''}")
+    return " · ".join(parts) or "static"

@@ -9,6 +9,7 @@ models with tens of thousands of parameter tensors.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .data import BatchTransform, Dataset, load_data
 from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
-from .plan import BATCHNORM_MODES, FreezePlan
+from .plan import BATCHNORM_MODES, FreezePlan, Stage
 from .runner import check_code_allowed, weights_sizes
 from .split import find_cut, trace
 from .train import TrainConfig, resolve_device
@@ -62,6 +63,8 @@ class RunRecord:
     frozen_unchanged: bool | None = None
     total_steps: int = 0
     device: str = ""
+    schedule: str = "static"  # the plan's schedule in a few words (schedule.short_name)
+    stages: list[dict] = field(default_factory=list)  # the plan's stages as its file holds them
 
     @property
     def best_acc(self) -> float | None:
@@ -272,9 +275,12 @@ class Workspace:
         if self.locked:
             raise PlanError("the plan is read-only while a run is in progress; stop it with t first")
 
-    def _changed(self) -> None:
-        """Derive the tree's view from the plan after an edit."""
+    def _changed(self, edited: bool = True) -> None:
+        """Derive the tree's view from the plan after an edit (``edited``: by the user, so the
+        plan is no longer the sweep rung it may have been opened as)."""
         self.frozen = np.fromiter(self.plan.params.values(), dtype=bool, count=len(self.param_names))
+        if edited:
+            self.plan.extra.pop("sweep_rung", None)
         self.version += 1
 
     def _names(self, name: str) -> list[str]:
@@ -326,6 +332,139 @@ class Workspace:
         self._changed()
         return len(hits)
 
+    # ------------------------------------------------------------------ the schedule
+
+    @staticmethod
+    def glob_for(name: str) -> str:
+        """The glob that names exactly this node's subtree (``*`` for the whole model)."""
+        return re.sub(r"([\[\]*?])", r"[\1]", name) if name else "*"
+
+    def has_schedule(self) -> bool:
+        p = self.plan
+        return bool(p.stages or p.lr_mult or p.layer_decay is not None)
+
+    def _schedule_edited(self) -> None:
+        self.plan.extra.pop("recipe", None)  # edited by hand: no longer the recipe as made
+        self._changed()
+
+    def unfreeze_at(self, name: str, epoch: int) -> int:
+        """Make the node's subtree train from ``epoch`` (1: from the start): frozen for the
+        epochs before, unfrozen by a stage at ``epoch``. Replaces what an earlier call set for
+        the same subtree; all or nothing. Returns the epoch it now trains from, which is earlier
+        when another stage (e.g. one unfreezing ``*``) unfreezes it first."""
+        self._check_unlocked()
+        if type(epoch) is not int or epoch < 1:
+            raise PlanError(f"the epoch must be a whole number from 1 on, got {epoch!r}")
+        glob = self.glob_for(name)
+        names = self._names(name)
+        if not names:
+            raise PlanError(f"{name or 'the model'} has no parameters to unfreeze")
+        trial = self.plan.copy()
+        kept = []
+        for st in trial.stages:
+            st.unfreeze = [g for g in st.unfreeze if g != glob]
+            if st.unfreeze or st.freeze or st.batchnorm is not None or st.lr_scale is not None:
+                kept.append(st)
+        trial.set_frozen(names, epoch > 1)
+        if epoch > 1:
+            same = next((st for st in kept if st.epoch == epoch), None)
+            if same is not None:
+                same.unfreeze.append(glob)
+            else:
+                kept.append(Stage(epoch, [glob]))
+        trial.stages = []
+        for st in sorted(kept, key=lambda x: x.epoch):
+            trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale)
+        self.plan.params, self.plan.stages = trial.params, trial.stages
+        self._schedule_edited()
+        return min((self.plan.stage_of(n) or 10**9 for n in names), default=epoch)
+
+    def set_rate(self, name: str, multiplier: float | None) -> None:
+        """The node's subtree trains at ``multiplier`` × the rate (None or 1 with no broader
+        rule: the rule is removed); later rules win, as in the plan file."""
+        self._check_unlocked()
+        if self.plan.layer_decay is not None:
+            raise PlanError(f"the plan spaces rates by layer decay {self.plan.layer_decay:g}; turn it off "
+                            f"(L, then an empty value) to set rates per module")
+        glob = self.glob_for(name)
+        trial = self.plan.copy()
+        trial.lr_mult = [(g, m) for g, m in trial.lr_mult if g != glob]
+        if multiplier is not None:
+            trial.set_lr_mult(glob, multiplier)
+        self.plan.lr_mult = trial.lr_mult
+        self._schedule_edited()
+
+    def set_layer_decay(self, decay: float | None) -> None:
+        """Space rates over the blocks (``decay`` per block before the head), replacing any
+        per-module rates; None turns it off."""
+        self._check_unlocked()
+        trial = self.plan.copy()
+        trial.lr_mult = []
+        trial.set_layer_decay(decay)
+        self.plan.lr_mult, self.plan.layer_decay = trial.lr_mult, trial.layer_decay
+        self._schedule_edited()
+
+    def apply_recipe(self) -> None:
+        """fastai's fine-tune recipe: the head alone for an epoch, then everything at half the
+        rate, rates spread 100× over the blocks (see :func:`schedule.fine_tune_recipe`)."""
+        from .schedule import fine_tune_recipe
+
+        self._check_unlocked()
+        trial = fine_tune_recipe(self.plan.copy(), self.model, self.order)
+        self.plan.params, self.plan.stages = trial.params, trial.stages
+        self.plan.lr_mult, self.plan.layer_decay = trial.lr_mult, trial.layer_decay
+        self.plan.extra["recipe"] = "fine-tune"
+        self._changed()
+
+    def clear_schedule(self) -> None:
+        """No stages and no rate rules; what trains in epoch 1 stays as it is."""
+        self._check_unlocked()
+        self.plan.stages, self.plan.lr_mult, self.plan.layer_decay = [], [], None
+        self._schedule_edited()
+
+    def _schedule_views(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first epoch each parameter trains, 0 never; its rate multiplier), once per edit."""
+        if getattr(self, "_sched_key", None) != self.version:
+            n = len(self.param_names)
+            if self.plan.stages:
+                first = np.fromiter((self.plan.stage_of(p) or 0 for p in self.param_names), dtype=np.int64, count=n)
+            else:
+                first = np.where(self.frozen, 0, 1).astype(np.int64)
+            if self.plan.lr_mult or self.plan.layer_decay is not None:
+                from .schedule import param_multipliers
+
+                mults = param_multipliers(self.plan, self.model, self.order)
+                mult = np.fromiter((mults[p] for p in self.param_names), dtype=np.float64, count=n)
+            else:
+                mult = np.ones(n)
+            self._sched = (first, mult)
+            self._sched_key = self.version
+        return self._sched
+
+    def schedule_cells(self, name: str = "") -> tuple[str, str]:
+        """The tree's schedule columns for a node: ("@2", "×0.1"); "" where nothing is special
+        (it trains from epoch 1, or never, at the full rate). Mixed subtrees show a range."""
+        first, mult = self._schedule_views()
+        node = self.nodes[name]
+        sl = slice(node.start, node.end)
+        later = first[sl][first[sl] > 1]
+        when = ""
+        if later.size:
+            lo, hi = int(later.min()), int(later.max())
+            when = f"@{lo}" if lo == hi else f"@{lo}-{hi}"
+        rate = ""
+        m = mult[sl][first[sl] > 0]  # a parameter that never trains has no rate to show
+        if m.size:
+            lo, hi = float(m.min()), float(m.max())
+            if lo != 1.0 or hi != 1.0:
+                rate = f"×{lo:.2g}" if lo == hi else f"×{lo:.2g}-{hi:.2g}"
+        return when, rate
+
+    def schedule_lines(self) -> list[str]:
+        from .schedule import describe
+
+        return describe(self.plan)
+
     # ------------------------------------------------------------------ plans
 
     def lints(self, image_size: int | None = None) -> list[Lint]:
@@ -362,7 +501,7 @@ class Workspace:
         self.plan.lr_mult = copy.deepcopy(plan.lr_mult)
         self.plan.layer_decay = plan.layer_decay
         self.plan.stages = copy.deepcopy(plan.stages)
-        self._changed()
+        self._changed(edited=False)
 
     def load_plan(self, path: str | Path) -> FreezePlan:
         plan = FreezePlan.load(path)
@@ -374,7 +513,10 @@ class Workspace:
     def new_run(self, config: TrainConfig) -> RunRecord:
         t = self.totals()
         number = max((r.id for r in self.runs), default=0) + 1  # on from earlier sessions' runs
-        record = RunRecord(number, f"#{number}", t["trainable"], t["total"], config)
+        from .schedule import short_name
+
+        record = RunRecord(number, f"#{number}", t["trainable"], t["total"], config, schedule=short_name(self.plan),
+                           stages=[s.to_dict() for s in self.plan.stages])
         self.runs.append(record)
         return record
 

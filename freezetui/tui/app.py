@@ -35,6 +35,7 @@ from .screens.help import HelpScreen
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
 from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
+from .screens.value_dialog import ValueDialog
 from .widgets.charts import Charts
 from .widgets.details import Details
 from .widgets.lints import LintsPanel
@@ -77,6 +78,10 @@ class FreezeApp(App):
         Binding("H", "head_only", "Train only the head", id="head_only", show=False),
         Binding("A", "all_trainable", "Train everything", id="all_trainable", show=False),
         Binding("b", "toggle_batchnorm", "Keep/update BatchNorm statistics", id="batchnorm", show=False),
+        Binding("R", "recipe", "Fine-tune recipe: head first, then all at spread rates", id="recipe", show=False),
+        Binding("L", "layer_decay", "Layer-wise rate decay…", id="layer_decay", show=False),
+        Binding("X", "clear_schedule", "Clear the schedule (stages and rates)", id="clear_schedule", show=False),
+        Binding("g", "toggle_lr", "Chart: learning rate / loss", id="toggle_lr", show=False),
         Binding("T", "torchrun", "torchrun command for several GPUs", id="torchrun", show=False),
         Binding("question_mark", "help", "Keys", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
@@ -244,14 +249,25 @@ class FreezeApp(App):
         if ws is None:
             return
         self.main(Totals).show(ws, self.config)
+        box = self.main("#tree-box")
+        if ws.has_schedule():
+            from ..core.schedule import short_name
+
+            box.border_title = f"model · [yellow]{short_name(ws.plan)}[/]"
+        else:
+            box.border_title = "model"
         self.main(LintsPanel).show(ws.lints(self.config.image_size))
         node = self.main(ModuleTree).cursor_node
         self.main(Details).show(ws, node.data if node is not None else None)
 
     @on(PlanChanged)
     def on_plan_changed(self) -> None:
-        self.main(ModuleTree).repaint()
+        tree = self.main(ModuleTree)
+        tree.repaint()
+        tree.show_header()  # the schedule columns come and go with the schedule
         self.refresh_plan()
+        if self.main(Charts).show_lr:
+            self.main(Charts).dirty = True  # the next run's rates follow the plan
 
     @on(ModuleTree.NodeHighlighted)
     def on_node_highlighted(self, event: ModuleTree.NodeHighlighted) -> None:
@@ -287,6 +303,116 @@ class FreezeApp(App):
         mode = "train" if self.workspace.batchnorm == "freeze" else "freeze"
         if self.edit_plan(self.workspace.set_batchnorm, mode):
             self.notify(f"Frozen BatchNorm statistics: {'kept' if mode == 'freeze' else 'updated'} ({mode})")
+
+    # ------------------------------------------------------------------ the schedule
+
+    def ask_unfreeze_at(self, name: str) -> None:
+        """E on a tree row: the subtree trains from the epoch asked for."""
+        if self.workspace is None or self._read_only():
+            return
+        ws = self.workspace
+        label = name or "the whole model"
+        current = ws.schedule_cells(name)[0].lstrip("@").split("-")[0] or "2"
+
+        def submit(text: str) -> str | None:
+            if not text.isdigit() or int(text) < 1:
+                return "Give an epoch: a whole number from 1 (1 trains it from the start)."
+            epoch = int(text)
+            try:
+                first = ws.unfreeze_at(name, epoch)
+            except FreezeTUIError as e:
+                return str(e)
+            self.post_message(PlanChanged())
+            if epoch > 1 and first < epoch:
+                self.notify(f"{label} trains from epoch {first}: an earlier stage already unfreezes it.",
+                            severity="warning")
+            elif epoch > self.config.epochs:
+                self.notify(f"Runs are {self.config.epochs} epochs long (c): {label} would never train.",
+                            severity="warning")
+            return None
+
+        self.push_screen(ValueDialog(f"Unfreeze {label} at the start of epoch…", current, submit,
+                                     hint="Frozen until then, trained from then on, its rate warming up over that "
+                                          "epoch. 1: train it from the start.", id="epoch-dialog"))
+
+    def ask_rate(self, name: str) -> None:
+        """x on a tree row: the subtree's learning-rate multiplier."""
+        if self.workspace is None or self._read_only():
+            return
+        ws = self.workspace
+        label = name or "the whole model"
+        current = ws.schedule_cells(name)[1].lstrip("×").split("-")[0] or "0.1"
+
+        def submit(text: str) -> str | None:
+            try:
+                mult = None if text in ("", "1") else float(text)
+            except ValueError:
+                return f"{text!r} is not a number; give a multiplier such as 0.1, or leave it empty for 1."
+            try:
+                ws.set_rate(name, mult)
+            except FreezeTUIError as e:
+                return str(e)
+            self.post_message(PlanChanged())
+            return None
+
+        self.push_screen(ValueDialog(f"Learning-rate multiplier for {label}", current, submit,
+                                     hint=f"Its rate is this × lr ({self.config.effective_lr:.3g}). Empty or 1: "
+                                          f"the full rate. Later rules win over earlier ones.", id="rate-dialog"))
+
+    def action_recipe(self) -> None:
+        if self.workspace is None or self._read_only():
+            return
+        if self.edit_plan(self.workspace.apply_recipe):
+            self.notify("Fine-tune recipe: the head alone in epoch 1, then everything at half the rate, "
+                        "rates spread 100× from the first block to the head (fastai's fine_tune).", timeout=8)
+
+    def action_layer_decay(self) -> None:
+        if self.workspace is None or self._read_only():
+            return
+        ws = self.workspace
+        current = "" if ws.plan.layer_decay is None else f"{ws.plan.layer_decay:.4g}"
+
+        def submit(text: str) -> str | None:
+            try:
+                decay = None if text == "" else float(text)
+            except ValueError:
+                return f"{text!r} is not a number; give a decay in (0, 1] such as 0.65, or leave it empty for none."
+            try:
+                ws.set_layer_decay(decay)
+            except FreezeTUIError as e:
+                return str(e)
+            self.post_message(PlanChanged())
+            return None
+
+        self.push_screen(ValueDialog("Layer-wise learning-rate decay", current or "0.65", submit,
+                                     hint="The head trains at the full rate, the block before it at d×, then d², … "
+                                          "(BEiT/MAE use 0.65–0.75). It replaces per-module rates. Empty: off.",
+                                     id="decay-dialog"))
+
+    def action_clear_schedule(self) -> None:
+        if self.workspace is not None and not self._read_only() and self.workspace.has_schedule():
+            if self.edit_plan(self.workspace.clear_schedule):
+                self.notify("No stages and no rate rules now; what trains in epoch 1 is unchanged.")
+
+    def action_toggle_lr(self) -> None:
+        charts = self.main(Charts)
+        charts.show_lr = not charts.show_lr
+        charts.dirty = True
+        self.redraw_charts(force=True)
+
+    def planned_rates(self) -> tuple[list[float], list[int]] | None:
+        """The head's rate per step of the next run under the plan being edited, and the steps
+        where its stages start (the LR chart's view between runs)."""
+        ws = self.workspace
+        if ws is None or ws.data is None:
+            return None
+        from ..core.schedule import head_rates
+
+        c = self.config
+        steps = max(1, len(ws.data.train) // max(1, c.batch_size))
+        stages = [st.to_dict() for st in ws.plan.stages]
+        return (head_rates(stages, c.schedule, c.effective_lr, steps, c.epochs, c.warmup_epochs),
+                [(st["epoch"] - 1) * steps + 1 for st in stages])
 
     def action_glob(self) -> None:
         if self.workspace is None or self._read_only():
@@ -504,12 +630,15 @@ class FreezeApp(App):
 
     def redraw_charts(self, force: bool = False) -> None:
         current = self.controller.current if self.controller is not None else None
-        if current is None:
+        charts = self.screen_stack[0].query(Charts)  # none while the app shuts down
+        show_lr = bool(charts) and charts.first().show_lr
+        if current is None and not show_lr:
             return
         runs = {r.id: r for r in self.workspace.runs}
         compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        for charts in self.screen_stack[0].query(Charts):  # none while the app shuts down
-            charts.redraw(current, compare, force)
+        planned = self.planned_rates() if show_lr and charts.first().dirty else None
+        for widget in charts:
+            widget.redraw(current, compare, force, planned)
 
     def set_runs_clock(self, running: bool) -> None:
         """Tick the runs table's time column while a run is in progress."""

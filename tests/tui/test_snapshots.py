@@ -35,6 +35,15 @@ class TestMainScreen:
     def test_error_lint_after_freezing_everything(self, snap_compare, app):
         assert snap_compare(app, press=["space", "j", "j"], terminal_size=SMALL)
 
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_schedule_columns_and_planned_rates(self, snap_compare, app, size):
+        # the recipe, block2 at a tenth of the rate from epoch 3, the LR chart's plan
+        async def edit(pilot):
+            await pilot.press("R", "X", "j", "j", "j", "E", "ctrl+a", "ctrl+k", "3", "enter")
+            await pilot.press("x", "ctrl+a", "ctrl+k", "0", ".", "1", "enter", "g")
+            await _settle(pilot)
+        assert snap_compare(app, run_before=edit, terminal_size=size)
+
 
 class TestDialogs:
     @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])

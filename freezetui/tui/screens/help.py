@@ -40,7 +40,13 @@ def legend() -> Text:
     text.append("a new module is inside (expand to see it)\n")
     text.append(f"{'params':>12}  parameters under the row; ")
     text.append("trainable", "green")
-    text.append(": how many of them train")
+    text.append(": how many of them train\n")
+    text.append(f"{'@2':>12}  ", "bold yellow")
+    text.append("unfreezes at the start of epoch 2 (E); shown while the plan has a schedule\n")
+    text.append(f"{'×0.1':>12}  ", "yellow")
+    text.append("trains at 0.1 × the learning rate (x, L, R)\n")
+    text.append(f"{'│':>12}  ", "yellow")
+    text.append("in the charts: a stage starts (g shows the learning rate)")
     return text
 
 

@@ -1,5 +1,7 @@
 """Training loss per step (smoothed) and validation accuracy per epoch, with an optional run
-overlaid for comparison. Redrawn from a timer, from downsampled data, on the UI thread only."""
+overlaid for comparison; the loss chart can show the learning rate instead (g). Stage
+boundaries of a staged plan are drawn as vertical lines. Redrawn from a timer, from
+downsampled data, on the UI thread only."""
 
 from __future__ import annotations
 
@@ -60,26 +62,67 @@ def legend(entries: list[tuple[str, str]]) -> str:
     return " ".join(f"[{color}]━{label}[/]" for label, color in entries)
 
 
+def stage_epochs(record) -> list[int]:
+    return [s["epoch"] for s in getattr(record, "stages", None) or [] if isinstance(s.get("epoch"), int)]
+
+
+def record_rates(record) -> list[float]:
+    """The head's rate at every step of a run, recomputed from its settings and stages (rates
+    are a pure function of the step, see core.schedule)."""
+    from ...core.schedule import head_rates
+
+    c = record.config
+    if not record.total_steps or not c.epochs:
+        return []
+    return head_rates(record.stages, c.schedule, c.effective_lr, record.total_steps // c.epochs, c.epochs,
+                      c.warmup_epochs)
+
+
 class LossChart(TimedPlot):
     TITLE = "train loss/step"
+    LR_TITLE = "lr/step"
 
     def on_mount(self) -> None:
         self.border_title = self.TITLE
 
-    def draw(self, current, compare=None) -> None:
+    def draw(self, current, compare=None, show_lr: bool = False, planned=None) -> None:
         self.plt.clear_data()
+        self.plt.yscale("linear")
         limit = max(20, self.size.width)
-        shown, last = [], 1
-        for record, color in ((compare, "orange"), (current, "cyan")):
-            if record is not None and record.steps:
-                ys = smooth(list(record.steps))
+        shown, last, marks = [], 1, []
+        if show_lr:
+            series = [(compare, "orange", record_rates(compare) if compare else [])]
+            if (current is not None and current.status == "running") or planned is None:
+                series.append((current, "cyan", record_rates(current) if current else []))
+            else:  # between runs: what the next run will do under the plan being edited
+                series.append((None, "green", planned[0]))
+            for record, color, ys in series:
+                if not ys:
+                    continue
                 xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
                 self.plt.plot(xs, ys, color=color, marker="braille")
-                shown.append((record.label, color))
-                last = max(last, len(record.steps))
+                shown.append((record.label if record else "next run", color))
+                last = max(last, xs[-1])
+            if planned is not None and series[-1][0] is None:
+                marks = list(planned[1])
+        else:
+            for record, color in ((compare, "orange"), (current, "cyan")):
+                if record is not None and record.steps:
+                    ys = smooth(list(record.steps))
+                    xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
+                    self.plt.plot(xs, ys, color=color, marker="braille")
+                    shown.append((record.label, color))
+                    last = max(last, len(record.steps))
+        if current is not None and not marks and current.total_steps and current.config.epochs:
+            steps = current.total_steps // current.config.epochs
+            marks = [(e - 1) * steps + 1 for e in stage_epochs(current)]
+        for x in marks:
+            if x <= last:
+                self.plt.vline(x, "yellow")
         ticks = int_ticks(last, self.size.width)
         self.plt.xticks(ticks, [str(t) for t in ticks])
-        self.border_title = f"{self.TITLE} {legend(shown)}" if len(shown) > 1 else self.TITLE
+        title = self.LR_TITLE if show_lr else self.TITLE
+        self.border_title = f"{title} {legend(shown)}" if len(shown) > 1 or show_lr and shown else title
         self.refresh()
 
 
@@ -103,6 +146,10 @@ class AccuracyChart(TimedPlot):
                 self.plt.plot(xs, [e["val_loss"] for e in record.epochs], color=color, yside="right",
                               marker="dot" if len(xs) > 1 else "○")
                 shown.append((record.label, color))
+        if current is not None:
+            for e in stage_epochs(current):  # a stage starts at epoch e: between e - 1 and e
+                if e <= last:
+                    self.plt.vline(e - 0.5, "yellow")
         ticks = epoch_ticks(last, self.size.width)
         self.plt.xticks(ticks, [str(t) for t in ticks])
         self.plt.xlim(0.5 if last == 1 else 1, last + 0.5 if last == 1 else last)
@@ -117,16 +164,17 @@ class Charts(Horizontal):
 
     dirty = False
     last_draw = 0.0
+    show_lr = False  # the left chart shows the learning rate instead of the loss (g)
 
     def compose(self) -> ComposeResult:
         yield LossChart(id="loss-chart")
         yield AccuracyChart(id="acc-chart")
 
-    def draw(self, current, compare=None) -> None:
-        self.query_one(LossChart).draw(current, compare)
+    def draw(self, current, compare=None, planned=None) -> None:
+        self.query_one(LossChart).draw(current, compare, self.show_lr, planned)
         self.query_one(AccuracyChart).draw(current, compare)
 
-    def redraw(self, current, compare=None, force: bool = False) -> None:
+    def redraw(self, current, compare=None, force: bool = False, planned=None) -> None:
         """Redraw when the data changed (``dirty``) and the time budget allows, or when forced."""
         if not self.dirty:
             return
@@ -134,7 +182,7 @@ class Charts(Horizontal):
         if not force and now - self.last_draw < max(1.0, 40 * self.render_seconds):
             return
         self.dirty = False
-        self.draw(current, compare)
+        self.draw(current, compare, planned)
         self.last_draw = now
 
     @property

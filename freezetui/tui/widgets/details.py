@@ -27,6 +27,14 @@ class Details(Static):
         text.append(state, STATE_STYLES[state])
         origin = "new (random init)" if node.new else ("pretrained" if workspace.info.weights else "random init")
         text.append(f"  · {origin}", "bold magenta" if node.new else "dim")
+        if workspace.has_schedule():
+            when, rate = workspace.schedule_cells(name)
+            if when or rate:
+                text.append("\n")
+                if when:
+                    text.append(f"unfreezes at epoch {when[1:]} (E)", "yellow")
+                if rate:
+                    text.append((" · " if when else "") + f"rate {rate} lr (x)", "yellow")
         for lint in workspace.lints():
             if lint.module and (lint.module == name or lint.module.startswith(name + ".") if name else True):
                 text.append(f"\n{lint.severity}: {render(lint, 'tui')}", "red" if lint.severity == "error" else "yellow")

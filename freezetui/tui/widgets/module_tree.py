@@ -17,14 +17,19 @@ from ..messages import PlanChanged
 
 PARAMS_WIDTH = 8  # "  148.0k"
 TRAINABLE_WIDTH = 10  # " trainable"
+SCHEDULE_WIDTH = 13  # " @2-3 ×0.01-1": shown while the plan has a schedule
 TYPE_MIN_ROOM = 56  # narrower trees leave the type to the details panel
 NAME_MIN = 8
 
 
-def columns(width: int, type_width: int) -> tuple[int, int]:
-    """(type column width, 0 when hidden; counts width) for a tree ``width`` columns wide."""
-    counts = PARAMS_WIDTH + TRAINABLE_WIDTH
-    return (type_width + 1 if width >= TYPE_MIN_ROOM else 0), counts
+def columns(width: int, type_width: int, schedule: bool = False) -> tuple[int, int, bool]:
+    """(type column width, 0 when hidden; width of the columns after it; whether the params
+    column shows) for a tree ``width`` columns wide. The schedule takes the type's room
+    first, then, in a narrow tree, the params column's (trainable counts stay)."""
+    room = TYPE_MIN_ROOM + (SCHEDULE_WIDTH if schedule else 0)
+    params = not schedule or width >= TYPE_MIN_ROOM
+    counts = (PARAMS_WIDTH if params else 0) + TRAINABLE_WIDTH + (SCHEDULE_WIDTH if schedule else 0)
+    return (type_width + 1 if width >= room else 0), counts, params
 
 
 class ModuleTree(Tree[str]):
@@ -35,6 +40,8 @@ class ModuleTree(Tree[str]):
         Binding("f", "freeze", "Freeze", id="freeze", show=False),
         Binding("u", "unfreeze", "Unfreeze", id="unfreeze", show=False),
         Binding("F", "freeze_before", "Freeze everything before this", id="freeze_before", show=False),
+        Binding("E", "unfreeze_at", "Unfreeze at epoch…", id="unfreeze_at", show=False),
+        Binding("x", "rate", "Learning-rate multiplier…", id="rate", show=False),
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
         Binding("l,right", "expand", "Expand", show=False),
@@ -92,14 +99,24 @@ class ModuleTree(Tree[str]):
     def header(self) -> Text:
         """The column titles, aligned with the rows' columns."""
         width = self.row_width
-        type_w, _ = columns(width, self.type_width())
-        name_w = max(1, width - type_w - PARAMS_WIDTH - TRAINABLE_WIDTH - 4)
+        sched = self.schedule_shown
+        type_w, counts_w, params = columns(width, self.type_width(), sched)
+        name_w = max(1, width - type_w - counts_w - 4)
         text = Text("    " + "module".ljust(name_w), "bold")
         if type_w:
             text.append("type".ljust(type_w), "bold")
-        text.append("params".rjust(PARAMS_WIDTH), "bold")
+        if sched:
+            text.append("from  ×lr".rjust(SCHEDULE_WIDTH), "bold yellow")
+        if params:
+            text.append("params".rjust(PARAMS_WIDTH), "bold")
         text.append("trainable".rjust(TRAINABLE_WIDTH), "bold green")
         return text
+
+    @property
+    def schedule_shown(self) -> bool:
+        """The schedule columns ("@2" trains from epoch 2, "×0.1" of the rate) show while the
+        plan has stages or rate rules."""
+        return self.workspace is not None and self.workspace.has_schedule()
 
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         if self.workspace is None or node.data is None:
@@ -109,7 +126,8 @@ class ModuleTree(Tree[str]):
         state = ws.state(node.data)
         depth = node.data.count(".") + 1 if node.data else 0
         width = max(NAME_MIN + 4, self.row_width - depth * self.guide_depth)  # the label's columns
-        type_w, counts_w = columns(self.row_width, self.type_width())
+        sched = self.schedule_shown
+        type_w, counts_w, params = columns(self.row_width, self.type_width(), sched)
         name_w = max(NAME_MIN, width - 4 - type_w - counts_w)
         icon = (self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE) if node.allow_expand else "  "
         if info.name in ws.info.new_modules:
@@ -130,8 +148,13 @@ class ModuleTree(Tree[str]):
             if len(kind) > type_w - 1:
                 kind = kind[: type_w - 2] + "…"
             text.append(kind.ljust(type_w), "dim")
+        if sched:
+            when, rate = ws.schedule_cells(node.data)
+            text.append(when.rjust(5), "bold yellow")
+            text.append(rate.rjust(SCHEDULE_WIDTH - 5), "yellow")
         total, trainable = ws.counts(node.data)
-        text.append(human(total).rjust(PARAMS_WIDTH))
+        if params:
+            text.append(human(total).rjust(PARAMS_WIDTH))
         text.append(human(trainable).rjust(TRAINABLE_WIDTH), "green" if trainable else "dim")
         return text
 
@@ -176,6 +199,14 @@ class ModuleTree(Tree[str]):
 
     def action_freeze_before(self) -> None:
         self._edit(lambda name: self.workspace.freeze_before(name))
+
+    def action_unfreeze_at(self) -> None:
+        if self.workspace is not None and self.cursor_node is not None:
+            self.app.ask_unfreeze_at(self.cursor_node.data)
+
+    def action_rate(self) -> None:
+        if self.workspace is not None and self.cursor_node is not None:
+            self.app.ask_rate(self.cursor_node.data)
 
     def action_expand(self) -> None:
         node = self.cursor_node

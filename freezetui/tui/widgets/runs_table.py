@@ -12,7 +12,7 @@ from textual.widgets import DataTable
 from ..format import share, size_text
 
 # what a person compares first comes first: the 80-column layout shows about four columns
-COLUMNS = ("run", "best", "status", "trainable", "time", "size", "final", "settings")
+COLUMNS = ("run", "best", "status", "trainable", "schedule", "time", "size", "final", "settings")
 
 
 def _pct(x) -> str:
@@ -54,10 +54,11 @@ class RunsTable(DataTable):
             "best": _pct(record.best_acc),
             "status": record.status,
             "trainable": share(record.trainable, record.total),
+            "schedule": record.schedule,
             "time": _time(record.seconds),
             "size": size_text(self.sizes[record.id]) if self.sizes.get(record.id) else "—",
             "final": _pct(record.final_acc),
-            "settings": f"{c.optimizer} lr {c.effective_lr:.3g} bs {c.batch_size} ep {c.epochs}",
+            "settings": f"{c.optimizer} lr {c.effective_lr:.3g} {c.schedule} bs {c.batch_size} ep {c.epochs}",
         }
         key = str(record.id)
         if key in self.rows:
