@@ -331,7 +331,8 @@ def cmd_sweep(args) -> int:
         print(format_table(rows))
         print(f"wrote {Path(args.out) / 'sweep.json'}")
     if rows and rows[-1]["stopped"]:
-        print(f"stopped: continue the sweep with the same command", file=sys.stderr)
+        if rank0:
+            print("stopped: continue the sweep with the same command", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)
     return 0
 

@@ -75,3 +75,28 @@ def test_a_staged_plan_under_two_processes_unfreezes_at_its_epoch(tmp_path, cli_
     assert [json.loads(line)["stage"] for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()] \
         == [1, 2, 2]
     assert summary["val_acc"] >= 0.8 and abs(summary["val_acc"] - one["val_acc"]) <= 0.15
+
+
+def test_a_sweep_under_two_processes_keeps_one_process_group(tmp_path, cli_env):
+    data = make_image_folder(tmp_path / "imgs", per_class=20, size=16)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    out = tmp_path / "sweep"
+    run = torchrun(["sweep", "--model", "tiny:tiny_cnn", "--weights", "none", "--data", str(data), "--rungs", "2",
+                    "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--device", "cpu", "--out", str(out)],
+                   work, {**cli_env, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    # rank 1 prints nothing: one table, one "wrote", one note per rung
+    assert run.stdout.count("best accuracy:") == 1 and run.stdout.count("sweep.json") == 1, run.stdout
+    assert run.stderr.count("rung 1/2 head:") == 1 and run.stderr.count("rung 2/2 all:") == 1, run.stderr[-3000:]
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [r["name"] for r in rows] == ["head", "all"]
+    assert sorted(os.listdir(out)) == ["00-head", "01-all", "sweep-settings.json", "sweep.json"]
+    assert os.listdir(work) == []
+    for r in rows:
+        assert r["val_acc"] is not None and r["frozen_unchanged"] and r["epochs"] == 2 and not r["stopped"]
+        assert sorted(os.listdir(r["run"])) == ["checkpoint.pt", "config.json", "metrics.jsonl", "model.pt",
+                                                "plan.json", "summary.json"]
+        summary = json.loads((out / r["run"] / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["epochs"] == 2
+        assert len((out / r["run"] / "metrics.jsonl").read_text().splitlines()) == 2

@@ -250,11 +250,9 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
     resolve_device(config.device)  # a missing GPU is one sentence before any file is read
     if spec.resume is None and model is None:
         check_out(spec.out, spec.force)
-    launched = distributed.launched()
-    rank, world = distributed.setup(config.device)
-    try:
+    with distributed.process_group(config.device) as (rank, world):
         if rank:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
+            distributed.quiet_stdout()
             reporter = Reporter()
         with distributed.rank_zero_first():  # downloads and caches are written once
             if data is None:
@@ -283,9 +281,6 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
                                                     "classes": list(data.classes), "estimate": estimate},
                                              resume_epoch=spec.resume["epoch"] if spec.resume else None)]
         return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume, traced=traced)
-    finally:
-        if launched:
-            distributed.teardown()
 
 
 def finished_message(result: TrainResult, out: Path) -> str:
