@@ -82,9 +82,9 @@ def test_a_sweep_under_two_processes_keeps_one_process_group(tmp_path, cli_env):
     work = tmp_path / "cwd"
     work.mkdir()
     out = tmp_path / "sweep"
-    run = torchrun(["sweep", "--model", "tiny:tiny_cnn", "--weights", "none", "--data", str(data), "--rungs", "2",
-                    "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--device", "cpu", "--out", str(out)],
-                   work, {**cli_env, "OMP_NUM_THREADS": "1"})
+    argv = ["sweep", "--model", "tiny:tiny_cnn", "--weights", "none", "--data", str(data), "--rungs", "2",
+            "--epochs", "2", "--batch-size", "16", "--lr", "0.01", "--device", "cpu", "--out", str(out)]
+    run = torchrun(argv, work, {**cli_env, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     # rank 1 prints nothing: one table, one "wrote", one note per rung
     assert run.stdout.count("best accuracy:") == 1 and run.stdout.count("sweep.json") == 1, run.stdout
@@ -100,3 +100,11 @@ def test_a_sweep_under_two_processes_keeps_one_process_group(tmp_path, cli_env):
         summary = json.loads((out / r["run"] / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["epochs"] == 2
         assert len((out / r["run"] / "metrics.jsonl").read_text().splitlines()) == 2
+    # again: rank 0 finds the first rung finished and the second one's checkpoint, and the other process follows
+    (out / "01-all" / "summary.json").unlink()
+    again = torchrun(argv, work, {**cli_env, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("rung 1/2 head: finished before, kept") == 1
+    assert again.stderr.count("rung 2/2 all: resuming after epoch 2") == 1, again.stderr[-3000:]
+    assert [r["name"] for r in json.loads((out / "sweep.json").read_text())] == ["head", "all"]
+    assert json.loads((out / "01-all" / "summary.json").read_text())["epochs"] == 2
