@@ -44,6 +44,6 @@ class RunSpec:
     model: ModelSpec | None = None
     rules: list[tuple[str, str]] = field(default_factory=list)  # ("freeze"|"unfreeze", glob), without a plan
     batchnorm: str = "freeze"  # without a plan
-    schedule: ScheduleSpec | None = None  # without a plan: stages and rates on top of the rules
     resume: dict | None = None  # a checkpoint: continue that run in ``out``
     force: bool = False  # write into an ``out`` that already holds files
+    schedule: ScheduleSpec | None = None  # without a plan: stages and rates on top of the rules
