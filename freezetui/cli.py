@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from .core.errors import FreezeTUIError, PlanError
-from .options import RESUME_OVERRIDES, SUBCOMMANDS, build_parsers, config_from_args, given_options, model_spec_from_args
+from .options import (RESUME_OVERRIDES, SUBCOMMANDS, build_parsers, config_from_args, given_options,
+                      given_schedule_flags, model_spec_from_args, schedule_spec_from_args)
 
 
 def cmd_models(args) -> int:
@@ -51,8 +52,7 @@ def cmd_plan_make(args) -> int:
     info = model_info(model)
     if info.note:
         print(f"note: {info.note}", file=sys.stderr)
-    plan = plan_from_rules(model, args.rules, args.bn)
-    add_schedule(plan, model, args)
+    plan = plan_from_rules(model, args.rules, args.bn, schedule_spec_from_args(args))
     plan.apply(model)
     out = plan.save(args.output)
     c = plan.counts
@@ -62,32 +62,6 @@ def cmd_plan_make(args) -> int:
         print(f"  {line}")
     print_lints(check(plan, model, image_size=args.image_size or info.input_size))
     return 0
-
-
-def add_schedule(plan, model, args) -> None:
-    """``--recipe``, ``--stage``, ``--lr-mult`` and ``--layer-decay`` onto a plan from rules."""
-    from .core.schedule import fine_tune_recipe
-    from .core.split import trace
-
-    if args.recipe and (args.rules or args.stage or args.lr_mult or args.layer_decay):
-        raise PlanError("--recipe fine-tune sets the stages and rates itself; give it without "
-                        "--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
-    if args.lr_mult and args.layer_decay:
-        raise PlanError("give either --lr-mult or --layer-decay, not both")
-    if args.recipe:
-        traced = trace(model)
-        fine_tune_recipe(plan, model, traced.param_order if traced else None)
-        plan.extra["recipe"] = args.recipe
-        return
-    by_epoch: dict[int, list[str]] = {}
-    for epoch, globs in args.stage:  # --stage 3:a --stage 3:b is one stage
-        by_epoch.setdefault(epoch, []).extend(globs)
-    for epoch in sorted(by_epoch):
-        plan.add_stage(epoch, unfreeze=by_epoch[epoch])
-    for glob, f in args.lr_mult:
-        plan.set_lr_mult(glob, f)
-    if args.layer_decay:
-        plan.set_layer_decay(args.layer_decay)
 
 
 def describe_schedule(plan) -> list[str]:
@@ -281,11 +255,15 @@ def train_spec(args, parser):
     from .core.train import resolve_device
 
     resolve_device(config.device)  # cheap checks before any file is read
+    if args.plan and (flags := given_schedule_flags(args)):
+        raise PlanError(f"{', '.join(flags)} shape a plan made from --model and rules; the plan file "
+                        f"{args.plan} holds its own schedule (write another with `freezetui plan make`)")
     plan = FreezePlan.load(args.plan) if args.plan else None
     if plan is not None and args.rules:
         raise PlanError("give either --plan or --freeze/--unfreeze rules, not both")
     return RunSpec(data=args.data, config=config, out=Path(args.out), plan=plan, model=model_spec_from_args(args),
-                   rules=list(args.rules or []), batchnorm=args.bn, force=args.force)
+                   rules=list(args.rules or []), batchnorm=args.bn, force=args.force,
+                   schedule=schedule_spec_from_args(args))
 
 
 def cmd_train(args, parser) -> int:
@@ -331,7 +309,8 @@ def cmd_sweep(args) -> int:
         print(format_table(rows))
         print(f"wrote {Path(args.out) / 'sweep.json'}")
     if rows and rows[-1]["stopped"]:
-        print(f"stopped: continue the sweep with the same command", file=sys.stderr)
+        if rank0:
+            print("stopped: continue the sweep with the same command", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)
     return 0
 

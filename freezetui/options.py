@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .core.schedule import SCHEDULES
-from .core.specs import ModelSpec
+from .core.specs import ModelSpec, ScheduleSpec
 from .core.train import OPTIMIZERS, TrainConfig
 
 SUBCOMMANDS = ("models", "plan", "train", "sweep")
@@ -199,6 +199,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     train.add_argument("--plan", help="the freeze plan (JSON)")
     add_model_options(train, model_default=None)
     add_rule_options(train)
+    add_schedule_plan_options(train)  # without --plan: as plan make would write them
     add_train_options(train)
     train.add_argument("--out", help="run folder for metrics.jsonl, summary.json, model.pt, checkpoint.pt")
     train.add_argument("--force", action="store_true", help="write into --out even if it holds files")
@@ -231,6 +232,22 @@ def model_spec_from_args(args) -> ModelSpec | None:
     if not getattr(args, "model", None):
         return None
     return ModelSpec(args.model, args.weights, args.num_classes, args.small_input)
+
+
+SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe")
+
+
+def schedule_spec_from_args(args) -> ScheduleSpec | None:
+    """``--stage``, ``--lr-mult``, ``--layer-decay`` and ``--recipe``; None when none is given."""
+    if not any(getattr(args, k, None) for k in SCHEDULE_FLAGS):
+        return None
+    return ScheduleSpec(stages=list(args.stage or []), lr_mult=list(args.lr_mult or []),
+                        layer_decay=args.layer_decay, recipe=args.recipe)
+
+
+def given_schedule_flags(args) -> list[str]:
+    """The schedule flags given, as the user typed them (``--lr-mult``)."""
+    return ["--" + k.replace("_", "-") for k in SCHEDULE_FLAGS if getattr(args, k, None)]
 
 
 def given_options(parser: argparse.ArgumentParser, args, command: list[str]) -> list[str]:

@@ -112,3 +112,42 @@ def test_python_dash_m_entry_point(tmp_path, cli_env):
     proc = subprocess.run([sys.executable, "-m", "freezetui", "plan", "show", str(tmp_path / "nope.json")],
                           env=cli_env, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == f"freezetui: error: plan file '{tmp_path / 'nope.json'}' does not exist"
+
+
+def test_train_without_a_plan_file_takes_the_schedule_flags(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "imgs", per_class=10, size=16)
+    out_dir = tmp_path / "staged"
+    code, out, err = run(capsys, "train", "--model", "tiny:tiny_cnn", "--weights", "none", "--data", str(data),
+                         "--freeze", "stem", "--freeze", "block1", "--stage", "3:block1", "--lr-mult", "block2=0.5",
+                         "--epochs", "3", "--batch-size", "8", "--device", "cpu", "--out", str(out_dir))
+    assert code == 0, err
+    metrics = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in metrics] == [1, 1, 2]
+    assert metrics[2]["trainable"] > metrics[1]["trainable"] == metrics[0]["trainable"]
+    saved = json.loads((out_dir / "plan.json").read_text())
+    assert saved["stages"] == [{"epoch": 3, "unfreeze": ["block1"]}] and saved["lr_mult"] == [["block2", 0.5]]
+    # the same flags make the same plan with plan make: one code path
+    made = tmp_path / "made.json"
+    assert run(capsys, "plan", "make", "--model", "tiny:tiny_cnn", "--freeze", "stem", "--freeze", "block1",
+               "--stage", "3:block1", "--lr-mult", "block2=0.5", "-o", str(made))[0] == 0
+    made = json.loads(made.read_text())
+    assert {k: made[k] for k in ("frozen", "stages", "lr_mult")} == {k: saved[k] for k in ("frozen", "stages", "lr_mult")}
+    # --resume continues with the run's own schedule
+    code, _, err = run(capsys, "train", "--resume", str(out_dir), "--stage", "4:stem")
+    assert code == 1 and "--stage given" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stage", "2:nothing*"], "the stage at epoch 2 unfreezes 'nothing*', which matches no parameter"),
+    (["--lr-mult", "block2=2", "--layer-decay", "0.5"], "either --lr-mult or --layer-decay"),
+    (["--recipe", "fine-tune", "--freeze", "stem"], "--recipe fine-tune sets the stages"),
+    (["--plan", "p.json", "--stage", "2:block1"], "the plan file p.json holds its own schedule"),
+])
+def test_bad_schedule_flags_for_train_are_one_line(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    data = make_image_folder(tmp_path / "imgs", per_class=4, size=16)
+    model = [] if "--plan" in extra else ["--model", "tiny:tiny_cnn", "--weights", "none"]
+    code, _, err = run(capsys, "train", *model, "--data", str(data), "--device", "cpu", "--out", "o", *extra)
+    assert code == 1 and message in err and "Traceback" not in err
+    assert err.startswith("freezetui: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,43 @@ def setup(device: str) -> tuple[int, int]:
         # NCCL wants a GPU per process; FREEZETUI_BACKEND=gloo lets processes share one (tests)
         dist.init_process_group(os.environ.get("FREEZETUI_BACKEND") or ("nccl" if cuda else "gloo"))
     return dist.get_rank(), dist.get_world_size()
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def process_group(device: str):
+    """Join torchrun's process group for the block and leave it afterwards; yields (rank, world
+    size). A group that is up already (a sweep holds one for all its runs) is used and kept."""
+    owned = launched() and not initialized()
+    ranks = setup(device)
+    try:
+        yield ranks
+    finally:
+        if owned:
+            teardown()
+
+
+_quiet = False
+
+
+def quiet_stdout() -> None:
+    """Workers other than rank 0 print nothing: their stdout goes to the null device (once)."""
+    global _quiet
+    if rank() and not _quiet:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
+        _quiet = True
+
+
+def broadcast(value):
+    """Rank 0's ``value`` (any picklable object) on every process; the value itself for one."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def active() -> bool:

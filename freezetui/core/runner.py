@@ -20,12 +20,12 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, load_data
-from .errors import PlanError, TrainingError
+from .errors import FreezeTUIError, PlanError, TrainingError
 from .lints import Lint, check
 from .models import build_model, model_info
 from .plan import FreezePlan
 from .runs import RunWriter, load_checkpoint
-from .specs import ModelSpec, RunSpec
+from .specs import ModelSpec, RunSpec, ScheduleSpec
 from .split import trace
 from .train import Callback, TrainConfig, TrainResult, output_classes, resolve_device, train
 
@@ -104,18 +104,70 @@ def model_for_plan(plan: FreezePlan, weights: str | None = None, num_classes: in
     return model
 
 
-def plan_from_rules(model: nn.Module, rules: list[tuple[str, str]], batchnorm: str = "freeze") -> FreezePlan:
-    """Everything trainable, then ``("freeze"|"unfreeze", glob)`` rules in order."""
+def plan_from_rules(model: nn.Module, rules: list[tuple[str, str]], batchnorm: str = "freeze",
+                    schedule: ScheduleSpec | None = None) -> FreezePlan:
+    """Everything trainable, then ``("freeze"|"unfreeze", glob)`` rules in order, then the
+    ``schedule`` (stages, rates or a recipe) when given."""
     from .. import __version__
 
     for p in model.parameters():
         p.requires_grad_(True)
     plan = FreezePlan.from_model(model, batchnorm=batchnorm)
     rules = list(rules or [])
+    if schedule is not None and schedule.recipe and rules:
+        raise PlanError(f"--recipe {schedule.recipe} sets the stages and rates itself; give it without "
+                        f"--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
     plan.apply_rules(rules)
     plan.extra["rules"] = [{"action": a, "glob": g} for a, g in rules]
     plan.extra["freezetui_version"] = __version__
+    if schedule is not None:
+        add_schedule(plan, model, schedule)
     return plan
+
+
+def add_schedule(plan: FreezePlan, model: nn.Module, schedule: ScheduleSpec) -> FreezePlan:
+    """``--recipe``, ``--stage``, ``--lr-mult`` and ``--layer-decay`` onto a plan from rules."""
+    from .schedule import fine_tune_recipe
+
+    s = schedule
+    if s.recipe and (s.stages or s.lr_mult or s.layer_decay):
+        raise PlanError(f"--recipe {s.recipe} sets the stages and rates itself; give it without "
+                        f"--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
+    if s.lr_mult and s.layer_decay:
+        raise PlanError("give either --lr-mult or --layer-decay, not both")
+    if s.recipe:
+        traced = trace(model)
+        fine_tune_recipe(plan, model, traced.param_order if traced else None)
+        plan.extra["recipe"] = s.recipe
+        return plan
+    by_epoch: dict[int, list[str]] = {}
+    for epoch, globs in s.stages:  # --stage 3:a --stage 3:b is one stage
+        by_epoch.setdefault(epoch, []).extend(globs)
+    for epoch in sorted(by_epoch):
+        plan.add_stage(epoch, unfreeze=by_epoch[epoch])
+    for glob, f in s.lr_mult:
+        plan.set_lr_mult(glob, f)
+    if s.layer_decay:
+        plan.set_layer_decay(s.layer_decay)
+    return plan
+
+
+def check_rules_early(spec: RunSpec) -> None:
+    """A run from ``--model`` and rules: its rules and schedule checked against the model's
+    parameter names before any image is decoded, on a model built without memory or weights
+    (the meta device). A model that cannot be built there is checked when built for real."""
+    m = spec.model
+    if spec.plan is not None or spec.resume is not None or m is None or not (spec.rules or spec.schedule):
+        return
+    try:
+        with torch.device("meta"):
+            model = build_model(m.name, weights="none", num_classes=m.num_classes, small_input=m.small_input,
+                                image_size=spec.config.image_size)
+            plan_from_rules(model, spec.rules, spec.batchnorm, spec.schedule)
+    except FreezeTUIError:
+        raise
+    except Exception:  # noqa: BLE001 - not buildable on the meta device: the real build checks
+        return
 
 
 def head_mismatch(outputs: int | None, data: Dataset) -> PlanError | None:
@@ -140,7 +192,7 @@ def build_for_run(spec: RunSpec, data: Dataset, reporter: Reporter) -> tuple[nn.
             raise error
         model = build_model(m.name, weights=m.weights, num_classes=m.num_classes or data.num_classes,
                             small_input=m.small_input, image_size=spec.config.image_size)
-        plan = plan_from_rules(model, spec.rules, spec.batchnorm)
+        plan = plan_from_rules(model, spec.rules, spec.batchnorm, spec.schedule)
     else:
         raise PlanError("train needs --plan PLAN or --model NAME (with --freeze/--unfreeze rules)")
     info = model_info(model)
@@ -250,11 +302,10 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
     resolve_device(config.device)  # a missing GPU is one sentence before any file is read
     if spec.resume is None and model is None:
         check_out(spec.out, spec.force)
-    launched = distributed.launched()
-    rank, world = distributed.setup(config.device)
-    try:
+        check_rules_early(spec)
+    with distributed.process_group(config.device) as (rank, world):
         if rank:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this worker process
+            distributed.quiet_stdout()
             reporter = Reporter()
         with distributed.rank_zero_first():  # downloads and caches are written once
             if data is None:
@@ -283,9 +334,6 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
                                                     "classes": list(data.classes), "estimate": estimate},
                                              resume_epoch=spec.resume["epoch"] if spec.resume else None)]
         return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume, traced=traced)
-    finally:
-        if launched:
-            distributed.teardown()
 
 
 def finished_message(result: TrainResult, out: Path) -> str:

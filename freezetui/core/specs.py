@@ -21,6 +21,17 @@ class ModelSpec:
 
 
 @dataclass
+class ScheduleSpec:
+    """The schedule of a plan made from rules (``plan make``, ``train`` without a plan file):
+    ``--stage``, ``--lr-mult``, ``--layer-decay`` and ``--recipe``."""
+
+    stages: list[tuple[int, list[str]]] = field(default_factory=list)  # (epoch, globs to unfreeze)
+    lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), later wins
+    layer_decay: float | None = None
+    recipe: str | None = None  # "fine-tune"
+
+
+@dataclass
 class RunSpec:
     """One training run. The model comes from ``plan`` (its ``model`` block) or, without a plan,
     from ``model`` with ``rules`` applied; ``model`` given beside a plan names the factory the
@@ -35,3 +46,4 @@ class RunSpec:
     batchnorm: str = "freeze"  # without a plan
     resume: dict | None = None  # a checkpoint: continue that run in ``out``
     force: bool = False  # write into an ``out`` that already holds files
+    schedule: ScheduleSpec | None = None  # without a plan: stages and rates on top of the rules

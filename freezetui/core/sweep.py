@@ -207,40 +207,70 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
     ``out/NN-<rung>/`` per rung and ``out/sweep.json`` after each. Called again on the same
     ``out`` with the same settings it continues: finished rungs are kept, a stopped rung
     resumes from its last checkpoint. Returns the rows of ``sweep.json``; the last row has
-    ``stopped`` set when ``stop`` ended the sweep early."""
+    ``stopped`` set when ``stop`` ended the sweep early.
+
+    Under torchrun the processes hold one process group for the whole sweep; each builds the
+    same ladder from the same seed, rank 0 alone reads and writes the sweep's files and
+    reports, and the others follow its decisions (a rung kept, resumed or started)."""
     out = Path(out)
-    reporter = reporter or Reporter()
     config.validate()
     settings = _settings(model_spec, data_spec, config, rungs, batchnorm)
-    rank0 = distributed.rank_from_env() == 0
-    _check_out(out, settings, force)
-    if rank0:
+    with distributed.process_group(config.device) as (rank, _):
+        if rank:
+            distributed.quiet_stdout()
+            reporter = Reporter()
+        return _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_factory, stop,
+                      reporter or Reporter(), data, force, settings, rank)
+
+
+def _agreed(rank: int, fn):
+    """``fn()`` on rank 0, its result (or its one-sentence error) on every process."""
+    value, error = None, None
+    if rank == 0:
+        try:
+            value = fn()
+        except PlanError as e:
+            error = str(e)
+    value, error = distributed.broadcast((value, error))
+    if error is not None:
+        raise PlanError(error)
+    return value
+
+
+def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_factory, stop, reporter, data, force,
+           settings, rank) -> list[dict]:
+    def claim():
+        _check_out(out, settings, force)
         write_json(out / SETTINGS, settings)
-    if data is None:
-        data = load_data(data_spec, seed=config.seed, size=config.image_size)
-        for w in data.warnings:
-            reporter.warning(w)
+
+    _agreed(rank, claim)
     import torch
 
-    torch.manual_seed(config.seed)
-    model, base = build_for_run(RunSpec(data=data_spec, config=config, out=out, model=model_spec,
-                                        batchnorm=batchnorm), data, reporter)
+    with distributed.rank_zero_first():  # a folder's decoded cache is written once
+        if data is None:
+            data = load_data(data_spec, seed=config.seed, size=config.image_size)
+            for w in data.warnings:
+                reporter.warning(w)
+        torch.manual_seed(config.seed)
+        model, base = build_for_run(RunSpec(data=data_spec, config=config, out=out, model=model_spec,
+                                            batchnorm=batchnorm), data, reporter)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     traced = trace(model)
     plans = ladder(model, traced, base=base, rungs=rungs, batchnorm=batchnorm)
-    profile = profile_model(model, seen_size(model, data, config))
+    # the estimates go into sweep.json, which rank 0 writes
+    profile = profile_model(model, seen_size(model, data, config)) if rank == 0 else None
     batch = min(config.batch_size, len(data.train))
     rows: list[dict] = []
     for i, (name, plan) in enumerate(plans):
         run_dir = out / rung_folder(i, name)
-        est = estimate(profile, plan, batch, config.optimizer, config.momentum)
-        summary = _finished(run_dir)
+        est = estimate(profile, plan, batch, config.optimizer, config.momentum) if profile is not None else None
+        summary, resuming = _agreed(rank, lambda: (_finished(run_dir), (run_dir / "checkpoint.pt").is_file()))
         if summary is not None:
             reporter.note(f"rung {i + 1}/{len(plans)} {name}: finished before, kept ({run_dir})")
             rows.append(_row(name, run_dir, plan, summary, est))
             continue
         model.load_state_dict(initial)
-        if (run_dir / "checkpoint.pt").is_file():
+        if resuming:  # rank 0 writes the checkpoint again only after every process has read it
             spec = resume_spec(run_dir, epochs=config.epochs, device=config.device)
             reporter.note(f"rung {i + 1}/{len(plans)} {name}: resuming after epoch {spec.resume['epoch']}")
         else:
@@ -250,11 +280,11 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
         callbacks = list(callbacks_factory(i, name)) if callbacks_factory else []
         result = execute(spec, callbacks, stop, reporter, model=model, data=data, traced=traced, profile=profile)
         rows.append(_row(name, run_dir, plan, result.summary(), est))
-        if rank0:
+        if rank == 0:
             write_json(out / SWEEP, rows)
         if result.stopped:
             break
-    if rank0:
+    if rank == 0:
         write_json(out / SWEEP, rows)
     return rows
 
