@@ -19,7 +19,7 @@ from .errors import FreezeTUIError, PlanError
 from .runner import execute, resume_spec
 from .runs import new_run_dir, read_metrics
 from .schedule import short_name
-from .specs import RunSpec
+from .specs import ModelSpec, RunSpec
 from .train import Callback, TrainConfig, TrainResult
 from .workspace import RunRecord, Workspace
 
@@ -48,6 +48,46 @@ def resume_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Call
     record.epochs = list(spec.resume["history"])
     return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced,
                    profile=workspace.cost_profile)
+
+
+class RungStatus(Callback):
+    """Marks a sweep rung's record done or stopped when its run ends (a single run's record is
+    marked by :meth:`RunController.finished`)."""
+
+    def __init__(self, record: RunRecord):
+        self.record = record
+
+    def on_run_end(self, result: TrainResult) -> None:
+        self.record.status = "stopped" if result.stopped else "done"
+        self.record.seconds = result.seconds
+        self.record.frozen_unchanged = result.frozen_unchanged
+
+
+def sweep_trainer(workspace: Workspace, config: TrainConfig, out: Path, rungs: int | None,
+                  callbacks_for: Callable[[int, str, RunRecord], list[Callback]], stop: threading.Event) -> list[dict]:
+    """Train the sweep's ladder from the initial weights, each rung a run of the workspace
+    (``callbacks_for`` makes its callbacks once its record exists), through the same
+    :func:`~freezetui.core.sweep.run_sweep` as ``freezetui sweep``. On a worker thread."""
+    from .plan import FreezePlan
+    from .sweep import ladder, rung_folder, run_sweep
+
+    if workspace.data is None:
+        raise PlanError("no data loaded")
+    workspace.reset_weights()
+    base = FreezePlan.from_model(workspace.model, spec=workspace.info.spec())
+    plans = dict(ladder(workspace.model, workspace.traced, base=base, rungs=rungs, batchnorm=workspace.batchnorm))
+
+    def factory(i: int, name: str) -> list[Callback]:
+        record = workspace.new_run(dataclasses.replace(config), plan=plans[name])
+        record.label = f"{record.label} {name}"
+        record.folder = out / rung_folder(i, name)
+        return [RungStatus(record), *callbacks_for(i, name, record)]
+
+    spec = ModelSpec(workspace.info.name, workspace.info.weights or "none", workspace.data.num_classes,
+                     workspace.info.small_input)
+    return run_sweep(spec, workspace.data_name, config, out, rungs, workspace.batchnorm, factory, stop,
+                     data=workspace.data, model=workspace.model, base=base, traced=workspace.traced,
+                     profile=workspace.cost_profile, force=True)
 
 
 def error_text(error: BaseException | None) -> str:
@@ -157,6 +197,29 @@ def load_past_runs(runs_dir: str | os.PathLike, model_name: str, data_name: str 
     return sorted(found, key=lambda r: r.id)
 
 
+def read_sweep(folder: str | os.PathLike) -> list[dict]:
+    """The rows of a sweep folder's ``sweep.json`` (empty when it has none yet)."""
+    try:
+        rows = json.loads((Path(folder) / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and "name" in r and "plan" in r] if isinstance(rows, list) else []
+
+
+def latest_sweep(runs_dir: str | os.PathLike, model_name: str) -> tuple[Path, list[dict]] | None:
+    """The newest sweep of this model under ``runs_dir`` (an earlier session's): its folder
+    and rows, or None."""
+    base = Path(runs_dir)
+    if not base.is_dir():
+        return None
+    for folder in sorted((p for p in base.iterdir() if (p / "sweep.json").is_file()), reverse=True):
+        rows = read_sweep(folder)
+        plan = _read_json(Path(rows[0]["plan"])) if rows else {}
+        if rows and (plan.get("model") or {}).get("name") == model_name:
+            return folder, rows
+    return None
+
+
 def resume_command(folder: str | os.PathLike) -> str:
     return shlex.join(["freezetui", "train", "--resume", str(folder)])
 
@@ -173,6 +236,9 @@ class RunController:
         self.running = False
         self.resuming = False
         self.stopped_for_quit: RunRecord | None = None
+        self.sweeping = False  # the run in progress is a sweep (one record per rung)
+        self.sweep_dir: Path | None = None
+        self.sweep_rows: list[dict] = []  # the last sweep's sweep.json rows
 
     @property
     def current(self) -> RunRecord | None:
@@ -187,6 +253,31 @@ class RunController:
         record = self.workspace.new_run(dataclasses.replace(config))
         self._begin(resuming=False)
         return record
+
+    def start_sweep(self, config: TrainConfig, rungs: int | None = None) -> Path:
+        """A sweep of the current model (call :meth:`work_sweep` on a worker thread next);
+        returns its folder. Its rungs join the workspace's runs as they start."""
+        self.stop_event = threading.Event()
+        self.sweep_config = dataclasses.replace(config)
+        self.sweep_rungs = rungs
+        self.sweep_dir = new_run_dir(self.runs_dir, f"{self.workspace.info.name.replace(':', '-')}-sweep")
+        self.sweep_rows = []
+        self.sweeping = True
+        self._begin(resuming=False)
+        return self.sweep_dir
+
+    def work_sweep(self, callbacks_for: Callable[[int, str, RunRecord], list[Callback]]) -> TrainResult:
+        """The sweep itself; on the worker thread. The result stands for the whole ladder."""
+        rows = sweep_trainer(self.workspace, self.sweep_config, self.sweep_dir, self.sweep_rungs, callbacks_for,
+                             self.stop_event)
+        self.sweep_rows = rows
+        stopped = bool(rows and rows[-1].get("stopped"))
+        return TrainResult(epochs=len(rows), stopped=stopped or self.stop_event.is_set(),
+                           frozen_unchanged=all(r.get("frozen_unchanged") is not False for r in rows))
+
+    def live_sweep_rows(self) -> list[dict]:
+        """The running sweep's finished rungs so far."""
+        return read_sweep(self.sweep_dir) if self.sweep_dir is not None else []
 
     def resume_refusal(self, record: RunRecord) -> str | None:
         """Why ``record`` cannot be resumed, or None."""
@@ -222,9 +313,11 @@ class RunController:
         self.stop_event.set()
 
     def finished(self, result: TrainResult | None, error: BaseException | None = None) -> str:
-        """Record how the current run ended; returns the line for the run panel."""
+        """Record how the current run (or sweep) ended; returns the line for the run panel."""
         self.running = False
         self.workspace.locked = False
+        if self.sweeping:
+            return self._sweep_finished(result, error)
         record = self.current
         if error is None and result is not None:
             record.status = "stopped" if result.stopped else "done"
@@ -234,6 +327,27 @@ class RunController:
         record.status = "failed"
         record.error = error_text(error)
         return f"run {record.label} failed: {record.error}"
+
+    def _sweep_finished(self, result: TrainResult | None, error: BaseException | None) -> str:
+        from .sweep import SWEEP, best
+
+        self.sweeping = False
+        record = self.current
+        if record is not None and record.status == "running":  # the rung it was on
+            record.status = "failed" if error is not None else "stopped"
+            record.error = error_text(error) if error is not None else None
+        if error is not None:
+            return f"sweep failed: {error_text(error)}\nrungs so far in {self.sweep_dir / SWEEP}"
+        rows = self.sweep_rows
+        b = best(rows)
+        how = "stopped" if result is not None and result.stopped else "done"
+        line = f"sweep {how}: {len(rows)} rung(s)"
+        if b["accuracy"] is not None:
+            r = b["accuracy"]
+            line += f" · best {r['name']} {100 * r['best_val_acc']:.1f}%"
+        if b["accuracy_per_s"] is not None and b["accuracy_per_s"] is not b["accuracy"]:
+            line += f" · best per second {b['accuracy_per_s']['name']}"
+        return f"{line} · V shows it\nsaved to {self.sweep_dir}"
 
     def quit(self) -> bool:
         """True: the app may exit now. False: the run is stopping first (exit when it ends)."""
@@ -268,6 +382,10 @@ class RunController:
         record = self.stopped_for_quit
         if record is None or record.folder is None:
             return None
+        if self.sweep_dir is not None and Path(record.folder).parent == self.sweep_dir:
+            return (f"freezetui: sweep stopped at rung {record.label}; its rungs are in {self.sweep_dir}\n"
+                    f"continue it with: freezetui sweep --out {shlex.quote(str(self.sweep_dir))} and the options "
+                    f"it started with (in {shlex.quote(str(self.sweep_dir / 'sweep-settings.json'))})")
         lines = [f"freezetui: run {record.label} {record.status}; its files are in {record.folder}"]
         if (Path(record.folder) / "checkpoint.pt").is_file() and record.status != "done":
             lines.append(f"resume it with: {resume_command(record.folder)}")

@@ -202,7 +202,8 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
               batchnorm: str = "freeze",
               callbacks_factory: Callable[[int, str], list[Callback]] | None = None,
               stop: threading.Event | None = None, reporter: Reporter | None = None, *,
-              data: Dataset | None = None, force: bool = False) -> list[dict]:
+              data: Dataset | None = None, force: bool = False, model: nn.Module | None = None,
+              base: FreezePlan | None = None, traced=None, profile=None) -> list[dict]:
     """Train every rung of the ladder on ``data_spec`` (or the loaded ``data``), writing
     ``out/NN-<rung>/`` per rung and ``out/sweep.json`` after each. Called again on the same
     ``out`` with the same settings it continues: finished rungs are kept, a stopped rung
@@ -211,7 +212,11 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
 
     Under torchrun the processes hold one process group for the whole sweep; each builds the
     same ladder from the same seed, rank 0 alone reads and writes the sweep's files and
-    reports, and the others follow its decisions (a rung kept, resumed or started)."""
+    reports, and the others follow its decisions (a rung kept, resumed or started).
+
+    A caller that has the model already (the TUI) passes it as ``model`` with its ``base``
+    plan (the plan file's model block), ``traced`` graph and cost ``profile``; every rung then
+    starts from the weights it holds when the sweep starts."""
     out = Path(out)
     config.validate()
     settings = _settings(model_spec, data_spec, config, rungs, batchnorm)
@@ -219,8 +224,9 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
         if rank:
             distributed.quiet_stdout()
             reporter = Reporter()
+        built = (model, base, traced, profile) if model is not None else None
         return _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_factory, stop,
-                      reporter or Reporter(), data, force, settings, rank)
+                      reporter or Reporter(), data, force, settings, rank, built)
 
 
 def _agreed(rank: int, fn):
@@ -238,7 +244,7 @@ def _agreed(rank: int, fn):
 
 
 def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_factory, stop, reporter, data, force,
-           settings, rank) -> list[dict]:
+           settings, rank, built=None) -> list[dict]:
     def claim():
         _check_out(out, settings, force)
         write_json(out / SETTINGS, settings)
@@ -246,19 +252,26 @@ def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_facto
     _agreed(rank, claim)
     import torch
 
+    model, base, traced, profile = built or (None, None, None, None)
     with distributed.rank_zero_first():  # a folder's decoded cache is written once
         if data is None:
             data = load_data(data_spec, seed=config.seed, size=config.image_size)
             for w in data.warnings:
                 reporter.warning(w)
-        torch.manual_seed(config.seed)
-        model, base = build_for_run(RunSpec(data=data_spec, config=config, out=out, model=model_spec,
-                                            batchnorm=batchnorm), data, reporter)
+        if model is None:
+            torch.manual_seed(config.seed)
+            model, base = build_for_run(RunSpec(data=data_spec, config=config, out=out, model=model_spec,
+                                                batchnorm=batchnorm), data, reporter)
+            traced = trace(model)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    traced = trace(model)
     plans = ladder(model, traced, base=base, rungs=rungs, batchnorm=batchnorm)
-    # the estimates go into sweep.json, which rank 0 writes
-    profile = profile_model(model, seen_size(model, data, config)) if rank == 0 else None
+    # the estimates go into sweep.json, which rank 0 writes; a caller's profile serves when
+    # it was taken at the size this sweep sees
+    size = seen_size(model, data, config)
+    if rank != 0:
+        profile = None
+    elif profile is None or getattr(profile, "image_size", None) != size:
+        profile = profile_model(model, size)
     batch = min(config.batch_size, len(data.train))
     rows: list[dict] = []
     for i, (name, plan) in enumerate(plans):

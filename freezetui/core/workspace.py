@@ -510,13 +510,15 @@ class Workspace:
 
     # ------------------------------------------------------------------ runs
 
-    def new_run(self, config: TrainConfig) -> RunRecord:
-        t = self.totals()
-        number = max((r.id for r in self.runs), default=0) + 1  # on from earlier sessions' runs
+    def new_run(self, config: TrainConfig, plan: FreezePlan | None = None) -> RunRecord:
+        """A run of the plan being edited (or of ``plan``, a sweep's rung), numbered on."""
         from .schedule import short_name
 
-        record = RunRecord(number, f"#{number}", t["trainable"], t["total"], config, schedule=short_name(self.plan),
-                           stages=[s.to_dict() for s in self.plan.stages])
+        plan = plan or self.plan
+        counts = plan.counts
+        number = max((r.id for r in self.runs), default=0) + 1  # on from earlier sessions' runs
+        record = RunRecord(number, f"#{number}", counts["trainable"], counts["total"], config,
+                           schedule=short_name(plan), stages=[s.to_dict() for s in plan.stages])
         self.runs.append(record)
         return record
 

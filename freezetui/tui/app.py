@@ -27,13 +27,15 @@ from ..core.train import TrainConfig, gpu_count, memory_in_use
 from ..core.workspace import Workspace
 from .bridge import UIBridge
 from .commands import binding_commands, key_table
-from .messages import EpochDone, LoadProgress, PlanChanged, TrainProgress, WorkspaceFailed, WorkspaceReady
+from .messages import (EpochDone, LoadProgress, PlanChanged, RunBegan, RunEnded, TrainProgress, WorkspaceFailed,
+                       WorkspaceReady)
 from .plan_watch import PlanFileWatch
 from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
 from .screens.help import HelpScreen
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
+from .screens.sweep import SweepScreen
 from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
 from .screens.value_dialog import ValueDialog
 from .widgets.charts import Charts
@@ -78,11 +80,13 @@ class FreezeApp(App):
         Binding("H", "head_only", "Train only the head", id="head_only", show=False),
         Binding("A", "all_trainable", "Train everything", id="all_trainable", show=False),
         Binding("b", "toggle_batchnorm", "Keep/update BatchNorm statistics", id="batchnorm", show=False),
-        Binding("R", "recipe", "Fine-tune recipe: head first, then all at spread rates", id="recipe", show=False),
+        Binding("R", "recipe", "Fine-tune recipe (head, then all)", id="recipe", show=False),
         Binding("L", "layer_decay", "Layer-wise rate decay…", id="layer_decay", show=False),
-        Binding("X", "clear_schedule", "Clear the schedule (stages and rates)", id="clear_schedule", show=False),
+        Binding("X", "clear_schedule", "Clear stages and rates", id="clear_schedule", show=False),
         Binding("g", "toggle_lr", "Chart: learning rate / loss", id="toggle_lr", show=False),
         Binding("T", "torchrun", "torchrun command for several GPUs", id="torchrun", show=False),
+        Binding("S", "sweep", "Sweep plans: head, +block, …, all", id="sweep", show=False),
+        Binding("V", "sweep_results", "Sweep results", id="sweep_results", show=False),
         Binding("question_mark", "help", "Keys", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -570,7 +574,85 @@ class FreezeApp(App):
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
     def train_worker(self):
+        if self.controller.sweeping:
+            return self.controller.work_sweep(lambda i, name, record: [UIBridge(self, record)])
         return self.controller.work([UIBridge(self, self.controller.current)])
+
+    # ------------------------------------------------------------------ sweeps
+
+    def action_sweep(self) -> None:
+        if self.controller is None:
+            self.notify("Still loading the model.", severity="warning")
+            return
+        if self.training:
+            self.notify("A run is in progress; t stops it.", severity="warning")
+            return
+        from ..core.sweep import ladder
+
+        try:
+            names = [name for name, _ in ladder(self.workspace.model, self.workspace.traced)]
+        except FreezeTUIError as e:
+            self.notify(str(e), severity="warning")
+            return
+        c = self.config
+
+        def answered(yes: bool | None) -> None:
+            if yes and not self.training:
+                folder = self.controller.start_sweep(self.config)
+                self.main(RunPanel).start(f"sweep ({len(names)} rungs)", None)
+                self.notify(f"Sweep into {folder}: each rung is a run in the runs table; t stops it, V shows it.")
+                self.train_worker()
+
+        self.push_screen(ConfirmScreen(
+            f"Train {len(names)} plans from the same weights with the current settings ({c.epochs} epoch(s) each, "
+            f"lr {c.effective_lr:.3g}, batch {c.batch_size}): {', '.join(names)}?\n\n"
+            f"The plan being edited is not changed; pick a rung in the results (V) to load its plan."), answered)
+
+    def action_sweep_results(self) -> None:
+        if self.controller is None:
+            return
+        from ..core.controller import latest_sweep
+
+        rows, folder = self.controller.sweep_rows, self.controller.sweep_dir
+        if not rows and folder is None:
+            found = latest_sweep(self.options.runs_dir, self.workspace.info.name)
+            if found is None:
+                self.notify("No sweep yet: S runs one.", severity="warning")
+                return
+            folder, rows = found
+        elif self.controller.sweeping:
+            rows = self.controller.live_sweep_rows()
+
+        def load(path: str) -> str | None:
+            if self.training:
+                return "The plan is read-only while a run is in progress (t stops it)."
+            try:
+                self.workspace.load_plan(path)
+            except FreezeTUIError as e:
+                return str(e)
+            self.post_message(PlanChanged())
+            return None
+
+        def done(name: str | None) -> None:
+            if name:
+                self.notify(f"Loaded the plan of rung {name}; e exports it, t trains it.")
+
+        self.push_screen(SweepScreen(rows, str(folder), load, running=self.controller.sweeping), done)
+
+    @on(RunBegan)
+    def on_run_began(self, m: RunBegan) -> None:
+        record = self.controller.current
+        if record is not None and record.id == m.run_id and self.controller.sweeping:
+            self.main(RunsTable).upsert(record)
+            self.main(RunPanel).start(record.label, record.total_steps)
+            self.main(Charts).dirty = True
+            self.set_runs_clock(True)  # this rung's time
+
+    @on(RunEnded)
+    def on_run_ended(self, m: RunEnded) -> None:
+        record = next((r for r in self.workspace.runs if r.id == m.run_id), None)
+        if record is not None and self.controller.sweeping:
+            self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
 
     @on(RunsTable.ResumeRequested)
     def on_resume_requested(self, event: RunsTable.ResumeRequested) -> None:
@@ -604,10 +686,14 @@ class FreezeApp(App):
         if worker.group != "train" or state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
         ok = state == WorkerState.SUCCESS
+        was_sweep = self.controller.sweeping
         text = self.controller.finished(worker.result if ok else None,
                                         None if ok else worker.error or RuntimeError("cancelled"))
         record = self.controller.current
         self.set_runs_clock(False)
+        if was_sweep:
+            self.sweep_ended(ok, text)
+            return
         if ok and self.options.keep_only_model and record.status == "done":
             prune_run_folder(record.folder)
         self.main(RunPanel).finish(text, folder_size(record.folder))
@@ -618,6 +704,25 @@ class FreezeApp(App):
         self.redraw_charts(force=True)
         if self.controller.quit_requested:
             self.exit(message=self.controller.exit_message())
+
+    def sweep_ended(self, ok: bool, text: str) -> None:
+        folder = self.controller.sweep_dir
+        rung_dirs = {str(r.folder) for r in self.workspace.runs if r.folder is not None
+                     and folder is not None and r.folder.parent == folder}
+        for record in self.workspace.runs:
+            if str(record.folder) in rung_dirs:
+                if ok and self.options.keep_only_model and record.status == "done":
+                    prune_run_folder(record.folder)
+                self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
+        self.main(RunPanel).finish(text, folder_size(folder))
+        if not ok:
+            self.notify(text.split("\n")[0], title="sweep failed", severity="error", timeout=15)
+        self.main(Charts).dirty = True
+        self.redraw_charts(force=True)
+        if self.controller.quit_requested:
+            self.exit(message=self.controller.exit_message())
+        elif ok and self.controller.sweep_rows and len(self.screen_stack) == 1:
+            self.action_sweep_results()
 
     @on(DataTable.RowSelected)
     def on_run_selected(self, event: DataTable.RowSelected) -> None:

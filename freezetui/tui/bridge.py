@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..core.train import Callback, EpochEnd, RunStart, StepEnd, TrainResult
-from .messages import EpochDone, TrainProgress
+from .messages import EpochDone, RunBegan, RunEnded, TrainProgress
 
 INTERVAL = 0.5  # 2 a second: each progress repaint takes the GIL from the training thread
 
@@ -23,6 +23,7 @@ class UIBridge(Callback):
     def on_run_start(self, event: RunStart) -> None:
         self.record.total_steps = event.epochs * event.steps_per_epoch
         self.record.device = event.device
+        self.target.post_message(RunBegan(self.record.id))
 
     def on_step(self, event: StepEnd) -> None:
         self.record.steps.append(event.loss)
@@ -40,3 +41,4 @@ class UIBridge(Callback):
     def on_run_end(self, result: TrainResult) -> None:
         self.record.seconds = result.seconds
         self.record.frozen_unchanged = result.frozen_unchanged
+        self.target.post_message(RunEnded(self.record.id))

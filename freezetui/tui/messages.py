@@ -55,3 +55,17 @@ class EpochDone(Message):
     epochs: int
     val_acc: float
     val_loss: float
+
+
+@dataclass
+class RunBegan(Message):
+    """A run (or a sweep's rung) has started training: its record exists."""
+
+    run_id: int
+
+
+@dataclass
+class RunEnded(Message):
+    """A run (or a sweep's rung) has ended; the worker may go on with the next rung."""
+
+    run_id: int

@@ -68,6 +68,25 @@ class TestDialogs:
     def test_torchrun(self, snap_compare, app):
         assert snap_compare(app, press=["T"], terminal_size=SMALL)
 
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_sweep_results(self, snap_compare, app, size):
+        from freezetui.tui.screens.sweep import SweepScreen
+
+        rows = [{"name": name, "plan": f"runs/s/{i:02d}/plan.json", "trainable": t, "best_val_acc": a, "val_acc": a,
+                 "seconds": sec, "images_per_s": 256 / sec, "accuracy_per_s": a / sec,
+                 "estimate": {"activation_bytes": act}}
+                for i, (name, t, a, sec, act) in enumerate([("head", 650, 0.41, 1.2, 30_000),
+                                                            ("+block2", 19_274, 0.78, 2.0, 900_000),
+                                                            ("+block1", 23_978, 0.83, 3.1, 2_400_000),
+                                                            ("all", 24_458, 0.84, 3.6, 3_100_000)])]
+
+        async def show(pilot):
+            await pilot.app.push_screen(SweepScreen(rows, "runs/20261129-050000-tiny-tiny_cnn-sweep", lambda p: None))
+            await pilot.wait_for_scheduled_animations()
+            await pilot.pause()
+            await pilot.pause()
+        assert snap_compare(app, run_before=show, terminal_size=size)
+
     def test_quit_with_unexported_edits(self, snap_compare, app):
         assert snap_compare(app, press=["H", "q"], terminal_size=SMALL)
 

@@ -1,0 +1,63 @@
+"""S runs a sweep from the TUI (issue 12): every rung is a real run in the runs table, the
+results screen draws accuracy against trainable parameters and time, and picking a rung
+loads its plan. V finds an earlier session's sweep."""
+
+import json
+
+from freezetui.core.controller import latest_sweep
+from freezetui.tui.app import default_trainer
+from freezetui.tui.screens.sweep import SweepPlot, SweepScreen
+from freezetui.tui.widgets.runs_table import RunsTable
+from tui.fakes import make_app
+
+SIZE = (120, 40)
+
+
+async def test_sweep_key_trains_the_ladder_into_the_runs_table_and_loads_a_rung(tmp_path):
+    app = make_app(tmp_path, trainer=default_trainer, epochs=1, batch_size=64)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.workspace
+        await pilot.press("space")  # the plan being edited: everything frozen; a sweep leaves it alone
+        edited = dict(ws.plan.params)
+        await pilot.press("S")
+        await pilot.pause()
+        assert "head, +block2, +block1, all" in app.screen.question
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.pause()
+
+        rungs = ws.runs
+        assert [r.label for r in rungs] == ["#1 head", "#2 +block2", "#3 +block1", "#4 all"]
+        assert all(r.status == "done" and r.epochs and r.frozen_unchanged for r in rungs)
+        assert [r.trainable for r in rungs] == sorted(r.trainable for r in rungs) and rungs[-1].trainable == rungs[-1].total
+        table = app.query_one(RunsTable)
+        assert table.row_count == 4 and table.get_cell("2", "schedule") == "sweep: +block2"
+        assert dict(ws.plan.params) == edited
+
+        sweep = json.loads((app.controller.sweep_dir / "sweep.json").read_text())
+        assert [r["name"] for r in sweep] == ["head", "+block2", "+block1", "all"]
+        # the results open by themselves; both plots have every rung
+        assert isinstance(app.screen, SweepScreen)
+        plots = {p.key: p for p in app.screen.query(SweepPlot)}
+        assert set(plots) == {"trainable", "seconds"}
+        assert [r["name"] for r in plots["trainable"].rows] == [r["name"] for r in sweep]
+        await pilot.press("down", "enter")  # +block2
+        await pilot.pause()
+        assert not isinstance(app.screen, SweepScreen)
+        assert ws.plan.trainable == json.loads((app.controller.sweep_dir / "01-block2" / "plan.json").read_text())[
+            "trainable"]
+        assert ws.state("block2") == "trainable" and ws.state("block1") == "frozen"
+
+
+def test_latest_sweep_is_found_for_its_model_only(tmp_path):
+    runs = tmp_path / "runs"
+    for name, model in (("20260101-000000-a-sweep", "tiny:tiny_cnn"), ("20260102-000000-b-sweep", "resnet18")):
+        folder = runs / name
+        (folder / "00-head").mkdir(parents=True)
+        (folder / "00-head" / "plan.json").write_text(json.dumps({"model": {"name": model}}))
+        (folder / "sweep.json").write_text(json.dumps([{"name": "head", "plan": str(folder / "00-head" / "plan.json")}]))
+    found = latest_sweep(runs, "tiny:tiny_cnn")
+    assert found is not None and found[0].name == "20260101-000000-a-sweep"
+    assert latest_sweep(runs, "resnet18")[0].name == "20260102-000000-b-sweep"
+    assert latest_sweep(runs, "vit_b_16") is None
