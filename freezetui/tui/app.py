@@ -1,6 +1,7 @@
-"""FreezeApp: composes the widgets, binds the keys, and routes messages between the widgets and
-the core. Model loading and training run in thread workers; the run lifecycle itself lives in
-the Textual-free :class:`~freezetui.core.controller.RunController`. Only this thread touches
+"""FreezeApp: composes the widgets, binds the keys, loads the model and routes messages between
+the widgets and the core. What the keys do lives in mixins by subject (``plan_actions``,
+``schedule_actions``, ``run_actions``, ``sweep_actions``); the run lifecycle itself is the
+Textual-free :class:`~freezetui.core.controller.RunController`. Only this thread touches
 widgets."""
 
 from __future__ import annotations
@@ -13,31 +14,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Static
-from textual.worker import Worker, WorkerState
+from textual.widgets import Footer, Header, Static
 
-from ..core.controller import RunController, default_trainer, error_text, folder_size, prune_run_folder
-from ..core.lints import render
-from ..core.errors import FreezeTUIError
-from ..core.train import TrainConfig, gpu_count, memory_in_use
+from ..core.controller import RunController, default_trainer, error_text, folder_size
+from ..core.train import TrainConfig
 from ..core.workspace import Workspace
-from .bridge import UIBridge
 from .commands import binding_commands, key_table
-from .messages import (EpochDone, LoadProgress, PlanChanged, RunBegan, RunEnded, TrainProgress, WorkspaceFailed,
-                       WorkspaceReady)
+from .messages import LoadProgress, PlanChanged, WorkspaceFailed, WorkspaceReady
+from .plan_actions import PlanActions
 from .plan_watch import PlanFileWatch
+from .run_actions import RunActions
+from .schedule_actions import ScheduleActions
 from .screens.confirm import ConfirmScreen
-from .screens.glob_dialog import GlobDialog
 from .screens.help import HelpScreen
-from .screens.path_dialog import PathDialog
-from .screens.settings import SettingsScreen
-from .screens.sweep import SweepScreen
-from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
-from .screens.value_dialog import ValueDialog
+from .sweep_actions import SweepActions
 from .widgets.charts import Charts
 from .widgets.details import Details
 from .widgets.lints import LintsPanel
@@ -66,7 +60,7 @@ class AppOptions:
     keep_only_model: bool = False  # after a finished run, delete its checkpoint (keep model.pt)
 
 
-class FreezeApp(App):
+class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
     CSS_PATH = "app.tcss"
     TITLE = "freezetui"
     # The footer shows what a new user needs first and fits 80 columns; every key is in the
@@ -278,230 +272,7 @@ class FreezeApp(App):
         if self.workspace is not None and event.node.data is not None:
             self.main(Details).show(self.workspace, event.node.data)
 
-    def edit_plan(self, fn, *args) -> bool:
-        """Run a workspace edit; say why in a notification when it cannot be done."""
-        if self.workspace is None:
-            self.notify("Still loading the model.", severity="warning")
-            return False
-        try:
-            fn(*args)
-        except FreezeTUIError as e:
-            self.notify(str(e), severity="warning")
-            return False
-        self.post_message(PlanChanged())
-        return True
-
-    # ------------------------------------------------------------------ actions
-
-    def action_head_only(self) -> None:
-        if self.workspace and self.edit_plan(self.workspace.head_only):
-            self.notify(f"Training only the head: {', '.join(self.workspace.heads)}")
-
-    def action_all_trainable(self) -> None:
-        if self.workspace:
-            self.edit_plan(self.workspace.all_trainable)
-
-    def action_toggle_batchnorm(self) -> None:
-        if self.workspace is None:
-            return
-        mode = "train" if self.workspace.batchnorm == "freeze" else "freeze"
-        if self.edit_plan(self.workspace.set_batchnorm, mode):
-            self.notify(f"Frozen BatchNorm statistics: {'kept' if mode == 'freeze' else 'updated'} ({mode})")
-
-    # ------------------------------------------------------------------ the schedule
-
-    def ask_unfreeze_at(self, name: str) -> None:
-        """E on a tree row: the subtree trains from the epoch asked for."""
-        if self.workspace is None or self._read_only():
-            return
-        ws = self.workspace
-        label = name or "the whole model"
-        current = ws.schedule_cells(name)[0].lstrip("@").split("-")[0] or "2"
-
-        def submit(text: str) -> str | None:
-            if not text.isdigit() or int(text) < 1:
-                return "Give an epoch: a whole number from 1 (1 trains it from the start)."
-            epoch = int(text)
-            try:
-                first = ws.unfreeze_at(name, epoch)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            if epoch > 1 and first < epoch:
-                self.notify(f"{label} trains from epoch {first}: an earlier stage already unfreezes it.",
-                            severity="warning")
-            elif epoch > self.config.epochs:
-                self.notify(f"Runs are {self.config.epochs} epochs long (c): {label} would never train.",
-                            severity="warning")
-            return None
-
-        self.push_screen(ValueDialog(f"Unfreeze {label} at the start of epoch…", current, submit,
-                                     hint="Frozen until then, trained from then on, its rate warming up over that "
-                                          "epoch. 1: train it from the start.", id="epoch-dialog"))
-
-    def ask_rate(self, name: str) -> None:
-        """x on a tree row: the subtree's learning-rate multiplier."""
-        if self.workspace is None or self._read_only():
-            return
-        ws = self.workspace
-        label = name or "the whole model"
-        current = ws.schedule_cells(name)[1].lstrip("×").split("-")[0] or "0.1"
-
-        def submit(text: str) -> str | None:
-            try:
-                mult = None if text in ("", "1") else float(text)
-            except ValueError:
-                return f"{text!r} is not a number; give a multiplier such as 0.1, or leave it empty for 1."
-            try:
-                ws.set_rate(name, mult)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            return None
-
-        self.push_screen(ValueDialog(f"Learning-rate multiplier for {label}", current, submit,
-                                     hint=f"Its rate is this × lr ({self.config.effective_lr:.3g}). Empty or 1: "
-                                          f"the full rate. Later rules win over earlier ones.", id="rate-dialog"))
-
-    def action_recipe(self) -> None:
-        if self.workspace is None or self._read_only():
-            return
-        if self.edit_plan(self.workspace.apply_recipe):
-            self.notify("Fine-tune recipe: the head alone in epoch 1, then everything at half the rate, "
-                        "rates spread 100× from the first block to the head (fastai's fine_tune).", timeout=8)
-
-    def action_layer_decay(self) -> None:
-        if self.workspace is None or self._read_only():
-            return
-        ws = self.workspace
-        current = "" if ws.plan.layer_decay is None else f"{ws.plan.layer_decay:.4g}"
-
-        def submit(text: str) -> str | None:
-            try:
-                decay = None if text == "" else float(text)
-            except ValueError:
-                return f"{text!r} is not a number; give a decay in (0, 1] such as 0.65, or leave it empty for none."
-            try:
-                ws.set_layer_decay(decay)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            return None
-
-        self.push_screen(ValueDialog("Layer-wise learning-rate decay", current or "0.65", submit,
-                                     hint="The head trains at the full rate, the block before it at d×, then d², … "
-                                          "(BEiT/MAE use 0.65–0.75). It replaces per-module rates. Empty: off.",
-                                     id="decay-dialog"))
-
-    def action_clear_schedule(self) -> None:
-        if self.workspace is not None and not self._read_only() and self.workspace.has_schedule():
-            if self.edit_plan(self.workspace.clear_schedule):
-                self.notify("No stages and no rate rules now; what trains in epoch 1 is unchanged.")
-
-    def action_toggle_lr(self) -> None:
-        charts = self.main(Charts)
-        charts.show_lr = not charts.show_lr
-        charts.dirty = True
-        self.redraw_charts(force=True)
-
-    def planned_rates(self) -> tuple[list[float], list[int]] | None:
-        """The head's rate per step of the next run under the plan being edited, and the steps
-        where its stages start (the LR chart's view between runs)."""
-        ws = self.workspace
-        if ws is None or ws.data is None:
-            return None
-        from ..core.schedule import head_rates
-
-        c = self.config
-        steps = max(1, len(ws.data.train) // max(1, c.batch_size))
-        stages = [st.to_dict() for st in ws.plan.stages]
-        return (head_rates(stages, c.schedule, c.effective_lr, steps, c.epochs, c.warmup_epochs),
-                [(st["epoch"] - 1) * steps + 1 for st in stages])
-
-    def action_glob(self) -> None:
-        if self.workspace is None or self._read_only():
-            return
-
-        def apply(pattern: str, freeze: bool) -> int:
-            count = self.workspace.apply_glob(pattern, freeze)
-            self.post_message(PlanChanged())
-            return count
-
-        def done(count: int | None) -> None:
-            if count:
-                self.notify(f"{count} parameter tensor(s) changed")
-
-        self.push_screen(GlobDialog(apply), done)
-
-    def action_export(self) -> None:
-        if self.workspace is None:
-            return
-
-        def save(path: str) -> str | None:
-            try:
-                self.workspace.export(path)
-            except OSError as e:
-                return f"Cannot write {path}: {e.strerror or e}"
-            return None
-
-        def done(path: str | None) -> None:
-            if path:
-                self.exported_version = self.saved_version = self.workspace.version
-                self.plan_watch.watch(path)
-                self.notify(f"Plan saved to {path}")
-
-        self.push_screen(PathDialog("Export the freeze plan", "freeze-plan.json", save, confirm_overwrite=True,
-                                    id="export-dialog"), done)
-
-    def action_open_plan(self) -> None:
-        if self.workspace is None or self._read_only():
-            return
-
-        def load(path: str) -> str | None:
-            try:
-                self.workspace.load_plan(path)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            return None
-
-        def done(path: str | None) -> None:
-            if path:
-                self.exported_version = self.saved_version = self.workspace.version
-                self.plan_watch.watch(path)
-                self.notify(f"Plan loaded from {path}")
-
-        self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
-
-    def action_settings(self) -> None:
-        seen = self.workspace.seen_size if self.workspace is not None else None
-        screen = SettingsScreen(self.config, seen, self.options.keep_only_model)
-
-        def done(config: TrainConfig | None) -> None:
-            if config is not None:
-                self.config = config
-                self.options.keep_only_model = screen.keep_only_model
-                self.refresh_plan()
-                self.notify("Settings saved; t trains with them")
-
-        self.push_screen(screen, done)
-
-    def action_torchrun(self) -> None:
-        if self.workspace is None:
-            return
-        path = str(self.plan_watch.path or "freeze-plan.json")
-        gpus = gpu_count()
-        out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
-        command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
-                                   model=self.options.model,
-                                   device=self.config.device if self.config.device != "auto" else self.options.device)
-        stale = self.exported_version != self.workspace.version
-        note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
-                else f"It reads {path}, which holds the current plan.")
-        gpu_note = (f"{gpus} GPU(s) found on this machine." if gpus else
-                    "No GPU on this machine: set --nproc-per-node to the GPUs where you run it.")
-        self.copy_to_clipboard(command)
-        self.push_screen(TorchrunScreen(command, note, gpu_note))
+    # ------------------------------------------------------------------ keys
 
     def key_groups(self) -> list[tuple[str, list]]:
         """Every binding with an id, by where it works: the help and the palette list these."""
@@ -520,249 +291,6 @@ class FreezeApp(App):
         yield from binding_commands([b for b in self.BINDINGS if b.action != "quit"], lambda a: self.run_action(a))
         runs = self.main(RunsTable)
         yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")())
-
-    def _read_only(self) -> bool:
-        if self.workspace is not None and self.training:
-            self.notify("The plan is read-only while a run is in progress (t stops it).", severity="warning")
-            return True
-        return False
-
-    # ------------------------------------------------------------------ training
-
-    @property
-    def training(self) -> bool:
-        return any(w.group == "train" and w.is_running for w in self.workers)
-
-    @property
-    def stop_event(self):
-        return self.controller.stop_event
-
-    def action_train(self) -> None:
-        if self.controller is None:
-            self.notify("Still loading the model.", severity="warning")
-            return
-        if self.training:
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.controller.request_stop()
-                    self.main(RunPanel).finish("stopping after this batch…")
-            self.push_screen(ConfirmScreen("Stop the run? What it trained so far is kept."), answered)
-            return
-        refusal = self.controller.next_run_refusal()
-        if refusal:
-            self.notify(refusal, severity="warning")
-            return
-        errors = [l for l in self.workspace.lints(self.config.image_size) if l.severity == "error"]
-        if errors:
-            def confirmed(yes: bool | None) -> None:
-                if yes:
-                    self.start_run()
-            self.push_screen(ConfirmScreen(f"The plan has an error: {render(errors[0], 'tui')}\n\nTrain anyway?"),
-                             confirmed)
-            return
-        self.start_run()
-
-    def start_run(self) -> None:
-        if self.training:
-            return
-        record = self.controller.start(self.config)
-        self.main(RunsTable).upsert(record)
-        self.main(RunPanel).start(record.label, None)
-        self.main(Charts).dirty = True
-        self.set_runs_clock(True)
-        self.train_worker()
-
-    @work(thread=True, exclusive=True, group="train", exit_on_error=False)
-    def train_worker(self):
-        if self.controller.sweeping:
-            return self.controller.work_sweep(lambda i, name, record: [UIBridge(self, record)])
-        return self.controller.work([UIBridge(self, self.controller.current)])
-
-    # ------------------------------------------------------------------ sweeps
-
-    def action_sweep(self) -> None:
-        if self.controller is None:
-            self.notify("Still loading the model.", severity="warning")
-            return
-        if self.training:
-            self.notify("A run is in progress; t stops it.", severity="warning")
-            return
-        from ..core.sweep import ladder
-
-        try:
-            names = [name for name, _ in ladder(self.workspace.model, self.workspace.traced)]
-        except FreezeTUIError as e:
-            self.notify(str(e), severity="warning")
-            return
-        c = self.config
-
-        def answered(yes: bool | None) -> None:
-            if yes and not self.training:
-                folder = self.controller.start_sweep(self.config)
-                self.main(RunPanel).start(f"sweep ({len(names)} rungs)", None)
-                self.notify(f"Sweep into {folder}: each rung is a run in the runs table; t stops it, V shows it.")
-                self.train_worker()
-
-        self.push_screen(ConfirmScreen(
-            f"Train {len(names)} plans from the same weights with the current settings ({c.epochs} epoch(s) each, "
-            f"lr {c.effective_lr:.3g}, batch {c.batch_size}): {', '.join(names)}?\n\n"
-            f"The plan being edited is not changed; pick a rung in the results (V) to load its plan."), answered)
-
-    def action_sweep_results(self) -> None:
-        if self.controller is None:
-            return
-        from ..core.controller import latest_sweep
-
-        rows, folder = self.controller.sweep_rows, self.controller.sweep_dir
-        if not rows and folder is None:
-            found = latest_sweep(self.options.runs_dir, self.workspace.info.name)
-            if found is None:
-                self.notify("No sweep yet: S runs one.", severity="warning")
-                return
-            folder, rows = found
-        elif self.controller.sweeping:
-            rows = self.controller.live_sweep_rows()
-
-        def load(path: str) -> str | None:
-            if self.training:
-                return "The plan is read-only while a run is in progress (t stops it)."
-            try:
-                self.workspace.load_plan(path)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            return None
-
-        def done(name: str | None) -> None:
-            if name:
-                self.notify(f"Loaded the plan of rung {name}; e exports it, t trains it.")
-
-        self.push_screen(SweepScreen(rows, str(folder), load, running=self.controller.sweeping), done)
-
-    @on(RunBegan)
-    def on_run_began(self, m: RunBegan) -> None:
-        record = self.controller.current
-        if record is not None and record.id == m.run_id and self.controller.sweeping:
-            self.main(RunsTable).upsert(record)
-            self.main(RunPanel).start(record.label, record.total_steps)
-            self.main(Charts).dirty = True
-            self.set_runs_clock(True)  # this rung's time
-
-    @on(RunEnded)
-    def on_run_ended(self, m: RunEnded) -> None:
-        record = next((r for r in self.workspace.runs if r.id == m.run_id), None)
-        if record is not None and self.controller.sweeping:
-            self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
-
-    @on(RunsTable.ResumeRequested)
-    def on_resume_requested(self, event: RunsTable.ResumeRequested) -> None:
-        record = next(r for r in self.workspace.runs if r.id == event.run_id)
-        refusal = self.controller.resume_refusal(record)
-        if refusal or self.training:
-            self.notify(refusal or "A run is in progress; stop it first (t).", severity="warning")
-            return
-        done_steps = record.total_steps and len(record.epochs) * record.total_steps // max(1, record.config.epochs)
-        self.controller.start_resume(record)
-        self.main(RunsTable).upsert(record)
-        self.main(RunPanel).start(record.label, None, resumed_from=done_steps or None)
-        self.set_runs_clock(True)
-        self.train_worker()
-
-    @on(TrainProgress)
-    def on_train_progress(self, m: TrainProgress) -> None:
-        record = self.controller.current
-        self.main(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
-                                     m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
-        self.main(Charts).dirty = True
-
-    @on(EpochDone)
-    def on_epoch_done(self, m: EpochDone) -> None:
-        self.main(RunsTable).upsert(self.controller.current, False)
-        self.main(Charts).dirty = True
-
-    @on(Worker.StateChanged)
-    def on_worker_state(self, event: Worker.StateChanged) -> None:
-        worker, state = event.worker, event.state
-        if worker.group != "train" or state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
-            return
-        ok = state == WorkerState.SUCCESS
-        was_sweep = self.controller.sweeping
-        text = self.controller.finished(worker.result if ok else None,
-                                        None if ok else worker.error or RuntimeError("cancelled"))
-        record = self.controller.current
-        self.set_runs_clock(False)
-        if was_sweep:
-            self.sweep_ended(ok, text)
-            return
-        if ok and self.options.keep_only_model and record.status == "done":
-            prune_run_folder(record.folder)
-        self.main(RunPanel).finish(text, folder_size(record.folder))
-        if not ok:  # the run panel says where a finished run is; a failure also gets a toast
-            self.notify(record.error, title=f"run {record.label} failed", severity="error", timeout=15)
-        self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
-        self.main(Charts).dirty = True
-        self.redraw_charts(force=True)
-        if self.controller.quit_requested:
-            self.exit(message=self.controller.exit_message())
-
-    def sweep_ended(self, ok: bool, text: str) -> None:
-        folder = self.controller.sweep_dir
-        rung_dirs = {str(r.folder) for r in self.workspace.runs if r.folder is not None
-                     and folder is not None and r.folder.parent == folder}
-        for record in self.workspace.runs:
-            if str(record.folder) in rung_dirs:
-                if ok and self.options.keep_only_model and record.status == "done":
-                    prune_run_folder(record.folder)
-                self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
-        self.main(RunPanel).finish(text, folder_size(folder))
-        if not ok:
-            self.notify(text.split("\n")[0], title="sweep failed", severity="error", timeout=15)
-        self.main(Charts).dirty = True
-        self.redraw_charts(force=True)
-        if self.controller.quit_requested:
-            self.exit(message=self.controller.exit_message())
-        elif ok and self.controller.sweep_rows and len(self.screen_stack) == 1:
-            self.action_sweep_results()
-
-    @on(DataTable.RowSelected)
-    def on_run_selected(self, event: DataTable.RowSelected) -> None:
-        run_id = int(event.row_key.value)
-        self.compare_id = None if self.compare_id == run_id else run_id
-        for record in self.workspace.runs:
-            self.main(RunsTable).upsert(record, record.id == self.compare_id)
-        self.main(Charts).dirty = True
-        self.redraw_charts(force=True)
-
-    def redraw_charts(self, force: bool = False) -> None:
-        current = self.controller.current if self.controller is not None else None
-        charts = self.screen_stack[0].query(Charts)  # none while the app shuts down
-        show_lr = bool(charts) and charts.first().show_lr
-        if current is None and not show_lr:
-            return
-        runs = {r.id: r for r in self.workspace.runs}
-        compare = runs.get(self.compare_id) if self.compare_id != (current.id if current else None) else None
-        planned = self.planned_rates() if show_lr and charts.first().dirty else None
-        for widget in charts:
-            widget.redraw(current, compare, force, planned)
-
-    def set_runs_clock(self, running: bool) -> None:
-        """Tick the runs table's time column while a run is in progress."""
-        timer = getattr(self, "_runs_clock", None)
-        if timer is not None:
-            timer.stop()
-            self._runs_clock = None
-        if running:
-            started = time.monotonic()
-            record = self.controller.current
-            base = record.seconds
-
-            def tick() -> None:
-                if self.controller.running and self.controller.current is record:
-                    record.seconds = base + time.monotonic() - started
-                    self.main(RunsTable).update_time(record)
-
-            # every 5 s: a repaint of the table costs the UI thread ~25 ms, and the GIL with it
-            self._runs_clock = self.set_interval(5.0, tick)
 
     @property
     def unexported_edits(self) -> bool:

@@ -13,8 +13,8 @@ SMALL, LARGE = (80, 24), (120, 40)
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.delenv("TMUX", raising=False)  # the torchrun dialog's clipboard note
-    monkeypatch.setattr("freezetui.tui.app.gpu_count", lambda: 0)
-    monkeypatch.setattr("freezetui.tui.app.next_torchrun_dir", lambda runs, model: "runs/torchrun-1")
+    monkeypatch.setattr("freezetui.tui.plan_actions.gpu_count", lambda: 0)
+    monkeypatch.setattr("freezetui.tui.plan_actions.next_torchrun_dir", lambda runs, model: "runs/torchrun-1")
     monkeypatch.chdir(tmp_path)
     options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir="runs",
                          config=TrainConfig(epochs=3, device="cpu"))

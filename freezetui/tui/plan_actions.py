@@ -1,0 +1,135 @@
+"""The plan keys that need a dialog or the whole app: presets, glob, export, open, settings,
+the torchrun command. A mixin of :class:`~freezetui.tui.app.FreezeApp`."""
+
+from __future__ import annotations
+
+from ..core.errors import FreezeTUIError
+from ..core.train import TrainConfig, gpu_count
+from .messages import PlanChanged
+from .screens.glob_dialog import GlobDialog
+from .screens.path_dialog import PathDialog
+from .screens.settings import SettingsScreen
+from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
+
+
+class PlanActions:
+    """Methods of the app; they use its workspace, controller, config and widgets."""
+
+    def edit_plan(self, fn, *args) -> bool:
+        """Run a workspace edit; say why in a notification when it cannot be done."""
+        if self.workspace is None:
+            self.notify("Still loading the model.", severity="warning")
+            return False
+        try:
+            fn(*args)
+        except FreezeTUIError as e:
+            self.notify(str(e), severity="warning")
+            return False
+        self.post_message(PlanChanged())
+        return True
+
+    def _read_only(self) -> bool:
+        if self.workspace is not None and self.training:
+            self.notify("The plan is read-only while a run is in progress (t stops it).", severity="warning")
+            return True
+        return False
+
+    def action_head_only(self) -> None:
+        if self.workspace and self.edit_plan(self.workspace.head_only):
+            self.notify(f"Training only the head: {', '.join(self.workspace.heads)}")
+
+    def action_all_trainable(self) -> None:
+        if self.workspace:
+            self.edit_plan(self.workspace.all_trainable)
+
+    def action_toggle_batchnorm(self) -> None:
+        if self.workspace is None:
+            return
+        mode = "train" if self.workspace.batchnorm == "freeze" else "freeze"
+        if self.edit_plan(self.workspace.set_batchnorm, mode):
+            self.notify(f"Frozen BatchNorm statistics: {'kept' if mode == 'freeze' else 'updated'} ({mode})")
+
+    def action_glob(self) -> None:
+        if self.workspace is None or self._read_only():
+            return
+
+        def apply(pattern: str, freeze: bool) -> int:
+            count = self.workspace.apply_glob(pattern, freeze)
+            self.post_message(PlanChanged())
+            return count
+
+        def done(count: int | None) -> None:
+            if count:
+                self.notify(f"{count} parameter tensor(s) changed")
+
+        self.push_screen(GlobDialog(apply), done)
+
+    def action_export(self) -> None:
+        if self.workspace is None:
+            return
+
+        def save(path: str) -> str | None:
+            try:
+                self.workspace.export(path)
+            except OSError as e:
+                return f"Cannot write {path}: {e.strerror or e}"
+            return None
+
+        def done(path: str | None) -> None:
+            if path:
+                self.exported_version = self.saved_version = self.workspace.version
+                self.plan_watch.watch(path)
+                self.notify(f"Plan saved to {path}")
+
+        self.push_screen(PathDialog("Export the freeze plan", "freeze-plan.json", save, confirm_overwrite=True,
+                                    id="export-dialog"), done)
+
+    def action_open_plan(self) -> None:
+        if self.workspace is None or self._read_only():
+            return
+
+        def load(path: str) -> str | None:
+            try:
+                self.workspace.load_plan(path)
+            except FreezeTUIError as e:
+                return str(e)
+            self.post_message(PlanChanged())
+            return None
+
+        def done(path: str | None) -> None:
+            if path:
+                self.exported_version = self.saved_version = self.workspace.version
+                self.plan_watch.watch(path)
+                self.notify(f"Plan loaded from {path}")
+
+        self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
+
+    def action_settings(self) -> None:
+        seen = self.workspace.seen_size if self.workspace is not None else None
+        screen = SettingsScreen(self.config, seen, self.options.keep_only_model)
+
+        def done(config: TrainConfig | None) -> None:
+            if config is not None:
+                self.config = config
+                self.options.keep_only_model = screen.keep_only_model
+                self.refresh_plan()
+                self.notify("Settings saved; t trains with them")
+
+        self.push_screen(screen, done)
+
+    def action_torchrun(self) -> None:
+        if self.workspace is None:
+            return
+        path = str(self.plan_watch.path or "freeze-plan.json")
+        gpus = gpu_count()
+        out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
+        command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
+                                   model=self.options.model,
+                                   device=self.config.device if self.config.device != "auto" else self.options.device)
+        stale = self.exported_version != self.workspace.version
+        note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
+                else f"It reads {path}, which holds the current plan.")
+        gpu_note = (f"{gpus} GPU(s) found on this machine." if gpus else
+                    "No GPU on this machine: set --nproc-per-node to the GPUs where you run it.")
+        self.copy_to_clipboard(command)
+        self.push_screen(TorchrunScreen(command, note, gpu_note))
