@@ -221,3 +221,26 @@ def test_recipe_on_a_model_with_a_new_head():
     plan = fine_tune_recipe(FreezePlan.from_model(model), model)
     m = param_multipliers(plan, model)
     assert m["fc.weight"] == 1.0 and math.isclose(m["stem.0.weight"], 0.01)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_the_tuis_rate_curve_is_what_training_sets(tiny_data, schedule):
+    """The LR chart recomputes a run's rates from its settings and stages: at each epoch's last
+    step they must equal the head's rate the run itself reported (the recipe's stage halves it)."""
+    from freezetui.core.schedule import head_rates, sample_steps
+
+    model = _tiny()
+    plan = fine_tune_recipe(FreezePlan.from_model(model), model)
+    rec = Record()
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.01, augment=False, schedule=schedule, warmup_epochs=0.5)
+    train(model, plan, tiny_data, cfg, callbacks=[rec])
+    steps = len(tiny_data.train) // cfg.batch_size
+    stages = [s.to_dict() for s in plan.stages]
+    drawn = head_rates(stages, cfg.schedule, cfg.effective_lr, steps, cfg.epochs, cfg.warmup_epochs,
+                       at=[e * steps for e in (1, 2, 3)])
+    assert drawn == pytest.approx([e.lr for e in rec.epochs], rel=1e-6)
+    assert drawn[1] < drawn[0] or schedule == "onecycle"
+    assert head_rates(stages, cfg.schedule, cfg.effective_lr, steps, cfg.epochs, cfg.warmup_epochs) == \
+        pytest.approx(head_rates(stages, cfg.schedule, cfg.effective_lr, steps, cfg.epochs, cfg.warmup_epochs,
+                                 at=sample_steps(3 * steps, 10**6)))
+    assert sample_steps(10**6, 50)[::49] == [1, 10**6] and len(sample_steps(10**6, 50)) == 50

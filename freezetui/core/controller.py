@@ -78,16 +78,23 @@ def sweep_trainer(workspace: Workspace, config: TrainConfig, out: Path, rungs: i
     plans = dict(ladder(workspace.model, workspace.traced, base=base, rungs=rungs, batchnorm=workspace.batchnorm))
 
     def factory(i: int, name: str) -> list[Callback]:
-        record = workspace.new_run(dataclasses.replace(config), plan=plans[name])
-        record.label = f"{record.label} {name}"
-        record.folder = out / rung_folder(i, name)
+        folder = out / rung_folder(i, name)
+        record = next((r for r in workspace.runs if r.folder == folder), None)
+        if record is not None:  # a stopped rung of this sweep resumes: its row goes on
+            workspace.runs.remove(record)
+            workspace.runs.append(record)
+            record.status, record.error = "running", None
+        else:
+            record = workspace.new_run(dataclasses.replace(config), plan=plans[name])
+            record.label = f"{record.label} {name}"
+            record.folder = folder
         return [RungStatus(record), *callbacks_for(i, name, record)]
 
     spec = ModelSpec(workspace.info.name, workspace.info.weights or "none", workspace.data.num_classes,
                      workspace.info.small_input)
     return run_sweep(spec, workspace.data_name, config, out, rungs, workspace.batchnorm, factory, stop,
                      data=workspace.data, model=workspace.model, base=base, traced=workspace.traced,
-                     profile=workspace.cost_profile, force=True)
+                     profile=workspace.cost_profile)
 
 
 def error_text(error: BaseException | None) -> str:
@@ -254,13 +261,25 @@ class RunController:
         self._begin(resuming=False)
         return record
 
-    def start_sweep(self, config: TrainConfig, rungs: int | None = None) -> Path:
+    def start_sweep(self, config: TrainConfig, rungs: int | None = None, folder: Path | None = None) -> Path:
         """A sweep of the current model (call :meth:`work_sweep` on a worker thread next);
-        returns its folder. Its rungs join the workspace's runs as they start."""
+        returns its folder. Its rungs join the workspace's runs as they start. With ``folder``
+        (a stopped sweep) it goes on with that sweep's own settings: finished rungs are kept, a
+        stopped rung resumes; only the device may differ."""
+        if folder is not None:
+            settings = _read_json(Path(folder) / "sweep-settings.json")
+            names = {f.name for f in dataclasses.fields(TrainConfig)}
+            try:
+                config = TrainConfig(**{k: v for k, v in (settings.get("config") or {}).items() if k in names},
+                                     device=config.device)
+            except TypeError:
+                raise PlanError(f"cannot read the settings of the sweep in {folder}") from None
+            rungs = settings.get("rungs")
         self.stop_event = threading.Event()
         self.sweep_config = dataclasses.replace(config)
         self.sweep_rungs = rungs
-        self.sweep_dir = new_run_dir(self.runs_dir, f"{self.workspace.info.name.replace(':', '-')}-sweep")
+        self.sweep_dir = Path(folder) if folder is not None else new_run_dir(
+            self.runs_dir, f"{self.workspace.info.name.replace(':', '-')}-sweep")
         self.sweep_rows = []
         self.sweeping = True
         self._begin(resuming=False)
@@ -274,6 +293,16 @@ class RunController:
         stopped = bool(rows and rows[-1].get("stopped"))
         return TrainResult(epochs=len(rows), stopped=stopped or self.stop_event.is_set(),
                            frozen_unchanged=all(r.get("frozen_unchanged") is not False for r in rows))
+
+    def sweep_unfinished(self, folder: Path, rows: list[dict]) -> bool:
+        """Whether the sweep in ``folder`` has rungs left to train."""
+        from .sweep import ladder
+
+        settings = _read_json(Path(folder) / "sweep-settings.json")
+        ws = self.workspace
+        total = len(ladder(ws.model, ws.traced, rungs=settings.get("rungs")))
+        done = [r for r in rows if not r.get("stopped")]
+        return bool(settings) and len(done) < total
 
     def live_sweep_rows(self) -> list[dict]:
         """The running sweep's finished rungs so far."""
@@ -384,8 +413,9 @@ class RunController:
             return None
         if self.sweep_dir is not None and Path(record.folder).parent == self.sweep_dir:
             return (f"freezetui: sweep stopped at rung {record.label}; its rungs are in {self.sweep_dir}\n"
-                    f"continue it with: freezetui sweep --out {shlex.quote(str(self.sweep_dir))} and the options "
-                    f"it started with (in {shlex.quote(str(self.sweep_dir / 'sweep-settings.json'))})")
+                    f"continue it in freezetui (V, then c), or with: freezetui sweep --out "
+                    f"{shlex.quote(str(self.sweep_dir))} and the options it started with (in "
+                    f"{shlex.quote(str(self.sweep_dir / 'sweep-settings.json'))})")
         lines = [f"freezetui: run {record.label} {record.status}; its files are in {record.folder}"]
         if (Path(record.folder) / "checkpoint.pt").is_file() and record.status != "done":
             lines.append(f"resume it with: {resume_command(record.folder)}")

@@ -226,10 +226,10 @@ def describe(plan: FreezePlan) -> list[str]:
 
 
 def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: int, epochs: int,
-               warmup_epochs: float) -> list[float]:
-    """The head's rate (multiplier 1) at every step of a run, as training sets it: the
-    schedule's factor × the ``lr_scale`` of the stage in force. ``stages`` as the plan file
-    holds them. The TUI draws it before and during a run."""
+               warmup_epochs: float, at: list[int] | None = None) -> list[float]:
+    """The head's rate (multiplier 1) at 1-based steps ``at`` of a run (every step when None),
+    as training sets it: the schedule's factor × the ``lr_scale`` of the stage in force.
+    ``stages`` as the plan file holds them. The TUI draws it before and during a run."""
     steps = max(1, steps_per_epoch)
     total = max(1, epochs) * steps
     warmup = warmup_steps(warmup_epochs, steps, total)
@@ -238,7 +238,15 @@ def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: in
     def scale(epoch: int) -> float:
         return next((v for e, v in reversed(scales) if e <= epoch), 1.0)
 
-    return [lr * scale(t // steps + 1) * schedule_factor(schedule, t, total, warmup) for t in range(total)]
+    points = range(1, total + 1) if at is None else at
+    return [lr * scale((t - 1) // steps + 1) * schedule_factor(schedule, t - 1, total, warmup) for t in points]
+
+
+def sample_steps(total: int, limit: int) -> list[int]:
+    """At most ``limit`` 1-based steps spread over ``total``, the first and last included."""
+    if total <= limit:
+        return list(range(1, total + 1))
+    return sorted({1 + round(i * (total - 1) / (limit - 1)) for i in range(limit)})
 
 
 def short_name(plan: FreezePlan | dict | None) -> str:

@@ -107,16 +107,17 @@ class ScheduleActions:
         charts.dirty = True
         self.redraw_charts(force=True)
 
-    def planned_rates(self) -> tuple[list[float], list[int]] | None:
-        """The head's rate per step of the next run under the plan being edited, and the steps
-        where its stages start (the LR chart's view between runs)."""
+    def planned_rates(self, limit: int = 400) -> tuple[tuple[list[int], list[float]], list[int]] | None:
+        """The head's rate at up to ``limit`` steps of the next run under the plan being
+        edited, and the steps where its stages start (the LR chart's view between runs)."""
         ws = self.workspace
         if ws is None or ws.data is None:
             return None
-        from ..core.schedule import head_rates
+        from ..core.schedule import head_rates, sample_steps
 
         c = self.config
         steps = max(1, len(ws.data.train) // max(1, c.batch_size))
         stages = [st.to_dict() for st in ws.plan.stages]
-        return (head_rates(stages, c.schedule, c.effective_lr, steps, c.epochs, c.warmup_epochs),
+        xs = sample_steps(c.epochs * steps, limit)
+        return ((xs, head_rates(stages, c.schedule, c.effective_lr, steps, c.epochs, c.warmup_epochs, at=xs)),
                 [(st["epoch"] - 1) * steps + 1 for st in stages])

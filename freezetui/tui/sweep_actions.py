@@ -34,16 +34,26 @@ class SweepActions:
         c = self.config
 
         def answered(yes: bool | None) -> None:
-            if yes and not self.training:
-                folder = self.controller.start_sweep(self.config)
-                self.main(RunPanel).start(f"sweep ({len(names)} rungs)", None)
-                self.notify(f"Sweep into {folder}: each rung is a run in the runs table; t stops it, V shows it.")
-                self.train_worker()
+            if yes:
+                self.begin_sweep(f"sweep ({len(names)} rungs)")
 
         self.push_screen(ConfirmScreen(
             f"Train {len(names)} plans from the same weights with the current settings ({c.epochs} epoch(s) each, "
             f"lr {c.effective_lr:.3g}, batch {c.batch_size}): {', '.join(names)}?\n\n"
             f"The plan being edited is not changed; pick a rung in the results (V) to load its plan."), answered)
+
+    def begin_sweep(self, title: str, folder=None) -> None:
+        """Start the sweep (``folder``: go on with that stopped one) on the train worker."""
+        if self.training:
+            return
+        try:
+            folder = self.controller.start_sweep(self.config, folder=folder)
+        except FreezeTUIError as e:
+            self.notify(str(e), severity="warning")
+            return
+        self.main(RunPanel).start(title, None)
+        self.notify(f"Sweep into {folder}: each rung is a run in the runs table; t stops it, V shows it.")
+        self.train_worker()
 
     def action_sweep_results(self) -> None:
         if self.controller is None:
@@ -74,7 +84,15 @@ class SweepActions:
             if name:
                 self.notify(f"Loaded the plan of rung {name}; e exports it, t trains it.")
 
-        self.push_screen(SweepScreen(rows, str(folder), load, running=self.controller.sweeping), done)
+        def go_on() -> None:
+            if self.training:
+                self.notify("A run is in progress; t stops it.", severity="warning")
+            else:
+                self.begin_sweep("sweep (continued)", folder)
+
+        unfinished = not self.controller.sweeping and self.controller.sweep_unfinished(folder, rows)
+        self.push_screen(SweepScreen(rows, str(folder), load, running=self.controller.sweeping,
+                                     go_on=go_on if unfinished else None), done)
 
     def on_run_began(self, m: RunBegan) -> None:
         record = self.controller.current
@@ -105,5 +123,6 @@ class SweepActions:
         self.redraw_charts(force=True)
         if self.controller.quit_requested:
             self.exit(message=self.controller.exit_message())
-        elif ok and self.controller.sweep_rows and len(self.screen_stack) == 1:
-            self.action_sweep_results()
+        elif ok and self.controller.sweep_rows and not self.controller.sweep_rows[-1].get("stopped") \
+                and len(self.screen_stack) == 1:
+            self.action_sweep_results()  # a finished sweep shows its results; a stopped one leaves the screen be

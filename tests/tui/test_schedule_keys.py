@@ -130,3 +130,25 @@ async def test_staged_run_is_named_and_its_stage_marked(tmp_path):
         app.query_one(Charts).dirty = True
         app.redraw_charts(force=True)
         assert rates and max(rates[-1]) <= record.config.effective_lr + 1e-12 and len(rates[-1]) > 1
+
+
+async def test_lr_chart_shows_the_running_runs_own_rates_sampled(tmp_path):
+    from tui.fakes import blocking_trainer
+
+    app = make_app(tmp_path, trainer=blocking_trainer, epochs=1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("g", "t")
+        await pilot.pause(0.3)
+        chart = app.query_one(LossChart)
+        drawn = []
+        real_plot = chart.plt.plot
+        chart.plt.plot = lambda xs, ys, **kw: (drawn.append((list(xs), list(ys), kw.get("color"))),
+                                                real_plot(xs, ys, **kw))
+        app.query_one(Charts).dirty = True
+        app.redraw_charts(force=True)
+        # the run's million steps, drawn from at most one point per column, in the run's colour
+        (xs, ys, color), = drawn
+        assert color == "cyan" and xs[0] == 1 and xs[-1] == 10**6 and len(xs) <= chart.size.width
+        assert "#1" in chart.border_title
+        app.controller.request_stop()
+        await app.workers.wait_for_complete()

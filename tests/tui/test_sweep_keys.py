@@ -61,3 +61,44 @@ def test_latest_sweep_is_found_for_its_model_only(tmp_path):
     assert found is not None and found[0].name == "20260101-000000-a-sweep"
     assert latest_sweep(runs, "resnet18")[0].name == "20260102-000000-b-sweep"
     assert latest_sweep(runs, "vit_b_16") is None
+
+
+async def test_a_stopped_sweep_says_so_and_continues_from_the_results(tmp_path, monkeypatch):
+    from freezetui.tui.bridge import UIBridge
+
+    app = make_app(tmp_path, trainer=default_trainer, epochs=2, batch_size=64)
+    original = UIBridge.on_epoch
+
+    def stop_in_the_second_rung(self, event):  # as if t, y were pressed during +block2's second epoch
+        original(self, event)
+        if self.record.label.endswith("+block2") and event.epoch == 1 and not app.controller.stop_event.is_set():
+            app.controller.request_stop()
+
+    monkeypatch.setattr(UIBridge, "on_epoch", stop_in_the_second_rung)
+    async with app.run_test(size=SIZE) as pilot:
+        ws = app.workspace
+        await pilot.press("S", "y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert [(r.label, r.status) for r in ws.runs] == [("#1 head", "done"), ("#2 +block2", "stopped")]
+        folder = app.controller.sweep_dir
+        rows = json.loads((folder / "sweep.json").read_text())
+        assert [(r["name"], r["stopped"]) for r in rows] == [("head", False), ("+block2", True)]
+        assert "sweep stopped" in str(app.query_one("#run-status").render())
+        assert not isinstance(app.screen, SweepScreen)  # a stopped sweep does not open its results
+
+        monkeypatch.setattr(UIBridge, "on_epoch", original)
+        await pilot.press("V")
+        await pilot.pause()
+        assert isinstance(app.screen, SweepScreen) and app.screen.go_on is not None
+        await pilot.press("c")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        # the head is kept, +block2 goes on in its own row, the rest train
+        assert [(r.label, r.status) for r in ws.runs] == [("#1 head", "done"), ("#2 +block2", "done"),
+                                                           ("#3 +block1", "done"), ("#4 all", "done")]
+        rows = json.loads((folder / "sweep.json").read_text())
+        assert [(r["name"], r["stopped"]) for r in rows] == [("head", False), ("+block2", False),
+                                                             ("+block1", False), ("all", False)]
+        metrics = (folder / "01-block2" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]  # resumed after epoch 1, not restarted

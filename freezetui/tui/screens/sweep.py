@@ -54,11 +54,12 @@ class SweepPlot(PlotextPlot):
 class SweepScreen(ModalScreen[str | None]):
     """``load(plan_path)`` loads a rung's plan and returns an error sentence, or None."""
 
-    BINDINGS = [Binding("escape,q,V", "dismiss_screen", "Close")]
+    BINDINGS = [Binding("escape,q,V", "dismiss_screen", "Close"), Binding("c", "continue", "Continue the sweep")]
 
-    def __init__(self, rows: list[dict], folder: str, load: Callable[[str], str | None], running: bool = False):
+    def __init__(self, rows: list[dict], folder: str, load: Callable[[str], str | None], running: bool = False,
+                 go_on: Callable[[], None] | None = None):
         super().__init__(id="sweep-screen")
-        self.rows, self.folder, self.load, self.running = rows, folder, load, running
+        self.rows, self.folder, self.load, self.running, self.go_on = rows, folder, load, running, go_on
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="sweep"):
@@ -70,7 +71,10 @@ class SweepScreen(ModalScreen[str | None]):
                 yield SweepPlot(self.rows, "seconds", "best val acc % · seconds", id="acc-vs-time")
             table = DataTable(id="rungs", cursor_type="row")
             yield table
-            yield Label("Enter: load the rung's plan into the tree    Esc: close", classes="dialog-help")
+            keys = "Enter: load the rung's plan into the tree    "
+            if self.go_on is not None:
+                keys += "c: continue the stopped sweep    "
+            yield Label(keys + "Esc: close", classes="dialog-help")
             yield Label("", id="error", classes="dialog-error")
 
     def on_mount(self) -> None:
@@ -98,6 +102,11 @@ class SweepScreen(ModalScreen[str | None]):
             self.query_one("#error", Label).update(error)
         else:
             self.dismiss(row["name"])
+
+    def action_continue(self) -> None:
+        if self.go_on is not None:
+            self.dismiss(None)
+            self.go_on()
 
     def action_dismiss_screen(self) -> None:
         self.dismiss(None)

@@ -66,16 +66,17 @@ def stage_epochs(record) -> list[int]:
     return [s["epoch"] for s in getattr(record, "stages", None) or [] if isinstance(s.get("epoch"), int)]
 
 
-def record_rates(record) -> list[float]:
-    """The head's rate at every step of a run, recomputed from its settings and stages (rates
-    are a pure function of the step, see core.schedule)."""
-    from ...core.schedule import head_rates
+def record_rates(record, limit: int) -> tuple[list[int], list[float]]:
+    """The head's rate at up to ``limit`` steps of a run, recomputed from its settings and
+    stages (rates are a pure function of the step, see core.schedule)."""
+    from ...core.schedule import head_rates, sample_steps
 
     c = record.config
     if not record.total_steps or not c.epochs:
-        return []
-    return head_rates(record.stages, c.schedule, c.effective_lr, record.total_steps // c.epochs, c.epochs,
-                      c.warmup_epochs)
+        return [], []
+    xs = sample_steps(record.total_steps, limit)
+    return xs, head_rates(record.stages, c.schedule, c.effective_lr, record.total_steps // c.epochs, c.epochs,
+                          c.warmup_epochs, at=xs)
 
 
 class LossChart(TimedPlot):
@@ -91,15 +92,14 @@ class LossChart(TimedPlot):
         limit = max(20, self.size.width)
         shown, last, marks = [], 1, []
         if show_lr:
-            series = [(compare, "orange", record_rates(compare) if compare else [])]
+            series = [(compare, "orange", record_rates(compare, limit) if compare else ([], []))]
             if (current is not None and current.status == "running") or planned is None:
-                series.append((current, "cyan", record_rates(current) if current else []))
+                series.append((current, "cyan", record_rates(current, limit) if current else ([], [])))
             else:  # between runs: what the next run will do under the plan being edited
                 series.append((None, "green", planned[0]))
-            for record, color, ys in series:
+            for record, color, (xs, ys) in series:
                 if not ys:
                     continue
-                xs, ys = downsample(list(range(1, len(ys) + 1)), ys, limit)
                 self.plt.plot(xs, ys, color=color, marker="braille")
                 shown.append((record.label if record else "next run", color))
                 last = max(last, xs[-1])
