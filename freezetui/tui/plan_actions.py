@@ -84,17 +84,18 @@ class PlanActions:
         self.push_screen(PathDialog("Export the freeze plan", "freeze-plan.json", save, confirm_overwrite=True,
                                     id="export-dialog"), done)
 
+    def load_plan_file(self, path: str) -> str | None:
+        """Load a plan file into the tree, all or nothing; the reason it cannot, or None."""
+        try:
+            self.workspace.load_plan(path)
+        except FreezeTUIError as e:
+            return str(e)
+        self.post_message(PlanChanged())
+        return None
+
     def action_open_plan(self) -> None:
         if self.workspace is None or self._read_only():
             return
-
-        def load(path: str) -> str | None:
-            try:
-                self.workspace.load_plan(path)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            return None
 
         def done(path: str | None) -> None:
             if path:
@@ -102,7 +103,8 @@ class PlanActions:
                 self.plan_watch.watch(path)
                 self.notify(f"Plan loaded from {path}")
 
-        self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", load, id="open-dialog"), done)
+        self.push_screen(PathDialog("Open a freeze plan", "freeze-plan.json", self.load_plan_file, id="open-dialog"),
+                         done)
 
     def action_settings(self) -> None:
         seen = self.workspace.seen_size if self.workspace is not None else None

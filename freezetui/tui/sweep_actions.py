@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..core.controller import folder_size, prune_run_folder
 from ..core.errors import FreezeTUIError
-from .messages import PlanChanged, RunBegan, RunEnded
+from .messages import RunBegan, RunEnded
 from .screens.confirm import ConfirmScreen
 from .screens.sweep import SweepScreen
 from .widgets.charts import Charts
@@ -70,16 +70,6 @@ class SweepActions:
         elif self.controller.sweeping:
             rows = self.controller.live_sweep_rows()
 
-        def load(path: str) -> str | None:
-            if self.training:
-                return "The plan is read-only while a run is in progress (t stops it)."
-            try:
-                self.workspace.load_plan(path)
-            except FreezeTUIError as e:
-                return str(e)
-            self.post_message(PlanChanged())
-            return None
-
         def done(name: str | None) -> None:
             if name:
                 self.notify(f"Loaded the plan of rung {name}; e exports it, t trains it.")
@@ -91,7 +81,7 @@ class SweepActions:
                 self.begin_sweep("sweep (continued)", folder)
 
         unfinished = not self.controller.sweeping and self.controller.sweep_unfinished(folder, rows)
-        self.push_screen(SweepScreen(rows, str(folder), load, running=self.controller.sweeping,
+        self.push_screen(SweepScreen(rows, str(folder), self.load_plan_file, running=self.controller.sweeping,
                                      go_on=go_on if unfinished else None), done)
 
     def on_run_began(self, m: RunBegan) -> None:
