@@ -308,7 +308,7 @@ def cmd_sweep(args) -> int:
     if rank0:
         print(format_table(rows))
         print(f"wrote {Path(args.out) / 'sweep.json'}")
-    if rows and rows[-1]["stopped"]:
+    if (rows and rows[-1]["stopped"]) or stop.is_set():  # stopped in a rung or between two
         if rank0:
             print("stopped: continue the sweep with the same command", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)

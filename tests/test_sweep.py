@@ -110,3 +110,36 @@ def test_a_sweep_folder_with_other_settings_is_refused(sweep):
     other.epochs = 3
     with pytest.raises(PlanError, match="other settings"):
         run_sweep(MODEL, "shapes", other, sweep["out"], data=load_data("shapes", shapes_train=128, shapes_val=32))
+
+
+class StopAtRunEnd(Callback):
+    def __init__(self, stop):
+        self.stop = stop
+
+    def on_run_end(self, result):
+        self.stop.set()
+
+
+def test_a_stop_between_rungs_starts_no_further_rung(tmp_path):
+    stop = threading.Event()
+    data = load_data("shapes", shapes_train=64, shapes_val=16)
+    rows = run_sweep(MODEL, "shapes", TrainConfig(epochs=1, batch_size=32, device="cpu", augment=False),
+                     tmp_path / "s", stop=stop, data=data,
+                     callbacks_factory=lambda i, name: [StopAtRunEnd(stop)] if i == 0 else [])
+    assert [r["name"] for r in rows] == ["head"] and not rows[0]["stopped"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["00-head", "sweep-settings.json", "sweep.json"]
+
+
+def test_a_model_that_cannot_be_profiled_still_sweeps(tmp_path, monkeypatch):
+    def cannot(*args, **kwargs):
+        raise RuntimeError("saved-tensor hooks unsupported")
+
+    monkeypatch.setattr("freezetui.core.sweep.profile_model", cannot)
+    notes = Notes()
+    data = load_data("shapes", shapes_train=64, shapes_val=16)
+    rows = run_sweep(MODEL, "shapes", TrainConfig(epochs=1, batch_size=32, device="cpu", augment=False),
+                     tmp_path / "s", rungs=2, data=data, reporter=notes)
+    assert [r["name"] for r in rows] == ["head", "all"] and all(r["val_acc"] is not None for r in rows)
+    assert all(r["estimate"] is None for r in rows)
+    assert any("no cost estimate" in n for n in notes.notes)
+    assert "head" in format_table(rows)

@@ -64,7 +64,8 @@ class RungStatus(Callback):
 
 
 def sweep_trainer(workspace: Workspace, config: TrainConfig, out: Path, rungs: int | None,
-                  callbacks_for: Callable[[int, str, RunRecord], list[Callback]], stop: threading.Event) -> list[dict]:
+                  callbacks_for: Callable[[int, str, RunRecord], list[Callback]], stop: threading.Event,
+                  batchnorm: str | None = None) -> list[dict]:
     """Train the sweep's ladder from the initial weights, each rung a run of the workspace
     (``callbacks_for`` makes its callbacks once its record exists), through the same
     :func:`~freezetui.core.sweep.run_sweep` as ``freezetui sweep``. On a worker thread."""
@@ -73,26 +74,29 @@ def sweep_trainer(workspace: Workspace, config: TrainConfig, out: Path, rungs: i
 
     if workspace.data is None:
         raise PlanError("no data loaded")
+    batchnorm = batchnorm or workspace.batchnorm
     workspace.reset_weights()
     base = FreezePlan.from_model(workspace.model, spec=workspace.info.spec())
-    plans = dict(ladder(workspace.model, workspace.traced, base=base, rungs=rungs, batchnorm=workspace.batchnorm))
+    plans = dict(ladder(workspace.model, workspace.traced, base=base, rungs=rungs, batchnorm=batchnorm))
 
     def factory(i: int, name: str) -> list[Callback]:
         folder = out / rung_folder(i, name)
         record = next((r for r in workspace.runs if r.folder == folder), None)
-        if record is not None:  # a stopped rung of this sweep resumes: its row goes on
+        if record is not None:  # a stopped rung of this sweep goes on in its own row
+            record.status, record.error, record.steps = "running", None, []
+            try:
+                record.epochs = list(resume_spec(folder).resume["history"])
+            except FreezeTUIError:  # no checkpoint: the rung starts again
+                record.epochs = []
             workspace.runs.remove(record)
             workspace.runs.append(record)
-            record.status, record.error = "running", None
         else:
-            record = workspace.new_run(dataclasses.replace(config), plan=plans[name])
-            record.label = f"{record.label} {name}"
-            record.folder = folder
+            record = workspace.new_run(dataclasses.replace(config), plan=plans[name], name=name, folder=folder)
         return [RungStatus(record), *callbacks_for(i, name, record)]
 
     spec = ModelSpec(workspace.info.name, workspace.info.weights or "none", workspace.data.num_classes,
                      workspace.info.small_input)
-    return run_sweep(spec, workspace.data_name, config, out, rungs, workspace.batchnorm, factory, stop,
+    return run_sweep(spec, workspace.data_name, config, out, rungs, batchnorm, factory, stop,
                      data=workspace.data, model=workspace.model, base=base, traced=workspace.traced,
                      profile=workspace.cost_profile)
 
@@ -205,12 +209,18 @@ def load_past_runs(runs_dir: str | os.PathLike, model_name: str, data_name: str 
 
 
 def read_sweep(folder: str | os.PathLike) -> list[dict]:
-    """The rows of a sweep folder's ``sweep.json`` (empty when it has none yet)."""
+    """The rows of a sweep folder's ``sweep.json`` (empty when it has none yet), with the
+    rungs' paths found under ``folder`` wherever the sweep was run from."""
     try:
         rows = json.loads((Path(folder) / "sweep.json").read_text())
     except (OSError, ValueError):
         return []
-    return [r for r in rows if isinstance(r, dict) and "name" in r and "plan" in r] if isinstance(rows, list) else []
+    out = []
+    for r in rows if isinstance(rows, list) else []:
+        if isinstance(r, dict) and "name" in r and isinstance(r.get("run"), str):
+            run = Path(folder) / Path(r["run"]).name
+            out.append({**r, "run": str(run), "plan": str(run / "plan.json")})
+    return out
 
 
 def latest_sweep(runs_dir: str | os.PathLike, model_name: str) -> tuple[Path, list[dict]] | None:
@@ -246,6 +256,8 @@ class RunController:
         self.sweeping = False  # the run in progress is a sweep (one record per rung)
         self.sweep_dir: Path | None = None
         self.sweep_rows: list[dict] = []  # the last sweep's sweep.json rows
+        self.sweep_batchnorm: str | None = None  # a continued sweep's own BatchNorm setting
+        self.quit_in_sweep = False
 
     @property
     def current(self) -> RunRecord | None:
@@ -275,6 +287,7 @@ class RunController:
             except TypeError:
                 raise PlanError(f"cannot read the settings of the sweep in {folder}") from None
             rungs = settings.get("rungs")
+        self.sweep_batchnorm = settings.get("batchnorm") if folder is not None else None
         self.stop_event = threading.Event()
         self.sweep_config = dataclasses.replace(config)
         self.sweep_rungs = rungs
@@ -288,7 +301,7 @@ class RunController:
     def work_sweep(self, callbacks_for: Callable[[int, str, RunRecord], list[Callback]]) -> TrainResult:
         """The sweep itself; on the worker thread. The result stands for the whole ladder."""
         rows = sweep_trainer(self.workspace, self.sweep_config, self.sweep_dir, self.sweep_rungs, callbacks_for,
-                             self.stop_event)
+                             self.stop_event, self.sweep_batchnorm)
         self.sweep_rows = rows
         stopped = bool(rows and rows[-1].get("stopped"))
         return TrainResult(epochs=len(rows), stopped=stopped or self.stop_event.is_set(),
@@ -300,9 +313,12 @@ class RunController:
 
         settings = _read_json(Path(folder) / "sweep-settings.json")
         ws = self.workspace
+        model = settings.get("model") or {}
+        if not settings or model.get("name") != ws.info.name or settings.get("data") != ws.data_name:
+            return False  # another model or data: it can only go on from the command line
         total = len(ladder(ws.model, ws.traced, rungs=settings.get("rungs")))
         done = [r for r in rows if not r.get("stopped")]
-        return bool(settings) and len(done) < total
+        return len(done) < total
 
     def live_sweep_rows(self) -> list[dict]:
         """The running sweep's finished rungs so far."""
@@ -366,6 +382,7 @@ class RunController:
             record.status = "failed" if error is not None else "stopped"
             record.error = error_text(error) if error is not None else None
         if error is not None:
+            self.sweep_rows = read_sweep(self.sweep_dir)  # the rungs that finished before it failed
             return f"sweep failed: {error_text(error)}\nrungs so far in {self.sweep_dir / SWEEP}"
         rows = self.sweep_rows
         b = best(rows)
@@ -384,6 +401,7 @@ class RunController:
             return True
         self.quit_requested = True
         self.stopped_for_quit = self.current
+        self.quit_in_sweep = self.sweeping
         self.stop_event.set()
         return False
 
@@ -409,13 +427,13 @@ class RunController:
         """What to print on the terminal after the app has exited: where the run that quitting
         stopped is, and how to go on with it."""
         record = self.stopped_for_quit
-        if record is None or record.folder is None:
-            return None
-        if self.sweep_dir is not None and Path(record.folder).parent == self.sweep_dir:
-            return (f"freezetui: sweep stopped at rung {record.label}; its rungs are in {self.sweep_dir}\n"
+        if self.quit_in_sweep:
+            return (f"freezetui: sweep stopped; its rungs are in {self.sweep_dir}\n"
                     f"continue it in freezetui (V, then c), or with: freezetui sweep --out "
                     f"{shlex.quote(str(self.sweep_dir))} and the options it started with (in "
                     f"{shlex.quote(str(self.sweep_dir / 'sweep-settings.json'))})")
+        if record is None or record.folder is None:
+            return None
         lines = [f"freezetui: run {record.label} {record.status}; its files are in {record.folder}"]
         if (Path(record.folder) / "checkpoint.pt").is_file() and record.status != "done":
             lines.append(f"resume it with: {resume_command(record.folder)}")

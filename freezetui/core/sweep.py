@@ -271,10 +271,16 @@ def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_facto
     if rank != 0:
         profile = None
     elif profile is None or getattr(profile, "image_size", None) != size:
-        profile = profile_model(model, size)
+        try:
+            profile = profile_model(model, size)
+        except Exception as e:  # noqa: BLE001 - the estimate is advice: a sweep goes on without it
+            reporter.note(f"no cost estimate for this model ({type(e).__name__}: {e})")
+            profile = None
     batch = min(config.batch_size, len(data.train))
     rows: list[dict] = []
     for i, (name, plan) in enumerate(plans):
+        if rows and _agreed(rank, lambda: stop is not None and stop.is_set()):
+            break  # stopped between rungs: the next one does not start
         run_dir = out / rung_folder(i, name)
         est = estimate(profile, plan, batch, config.optimizer, config.momentum) if profile is not None else None
         summary, resuming = _agreed(rank, lambda: (_finished(run_dir), (run_dir / "checkpoint.pt").is_file()))

@@ -279,8 +279,9 @@ class Workspace:
         """Derive the tree's view from the plan after an edit (``edited``: by the user, so the
         plan is no longer the sweep rung it may have been opened as)."""
         self.frozen = np.fromiter(self.plan.params.values(), dtype=bool, count=len(self.param_names))
-        if edited:
-            self.plan.extra.pop("sweep_rung", None)
+        if edited:  # how the plan was made no longer describes it
+            for key in ("sweep_rung", "recipe", "rules"):
+                self.plan.extra.pop(key, None)
         self.version += 1
 
     def _names(self, name: str) -> list[str]:
@@ -344,7 +345,6 @@ class Workspace:
         return bool(p.stages or p.lr_mult or p.layer_decay is not None)
 
     def _schedule_edited(self) -> None:
-        self.plan.extra.pop("recipe", None)  # edited by hand: no longer the recipe as made
         self._changed()
 
     def unfreeze_at(self, name: str, epoch: int) -> int:
@@ -359,14 +359,17 @@ class Workspace:
         names = self._names(name)
         if not names:
             raise PlanError(f"{name or 'the model'} has no parameters to unfreeze")
+        inside = set(names)
         trial = self.plan.copy()
         kept = []
-        for st in trial.stages:
-            st.unfreeze = [g for g in st.unfreeze if g != glob]
+        for st in trial.stages:  # what earlier calls set for this subtree or parts of it goes
+            st.unfreeze = [g for g in st.unfreeze if g != glob and not set(trial.matching(g)) <= inside]
             if st.unfreeze or st.freeze or st.batchnorm is not None or st.lr_scale is not None:
                 kept.append(st)
+        trial.stages = kept
         trial.set_frozen(names, epoch > 1)
-        if epoch > 1:
+        earlier = min((trial.stage_of(n) or 10**9 for n in names), default=10**9)
+        if 1 < epoch < earlier:  # a stage unfreezing it before then (e.g. "*") makes this one moot
             same = next((st for st in kept if st.epoch == epoch), None)
             if same is not None:
                 same.unfreeze.append(glob)
@@ -375,6 +378,10 @@ class Workspace:
         trial.stages = []
         for st in sorted(kept, key=lambda x: x.epoch):
             trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale)
+        if not trial.trainable:
+            raise PlanError(f"nothing would train in epoch 1 (the first epoch always trains something); "
+                            f"leave a part trainable, e.g. the head (H), before unfreezing {name or 'the model'} "
+                            f"later")
         self.plan.params, self.plan.stages = trial.params, trial.stages
         self._schedule_edited()
         return min((self.plan.stage_of(n) or 10**9 for n in names), default=epoch)
@@ -399,7 +406,8 @@ class Workspace:
         per-module rates; None turns it off."""
         self._check_unlocked()
         trial = self.plan.copy()
-        trial.lr_mult = []
+        if decay is not None:
+            trial.lr_mult = []
         trial.set_layer_decay(decay)
         self.plan.lr_mult, self.plan.layer_decay = trial.lr_mult, trial.layer_decay
         self._schedule_edited()
@@ -413,8 +421,8 @@ class Workspace:
         trial = fine_tune_recipe(self.plan.copy(), self.model, self.order)
         self.plan.params, self.plan.stages = trial.params, trial.stages
         self.plan.lr_mult, self.plan.layer_decay = trial.lr_mult, trial.layer_decay
-        self.plan.extra["recipe"] = "fine-tune"
         self._changed()
+        self.plan.extra["recipe"] = "fine-tune"  # after _changed, which forgets how a plan was made
 
     def clear_schedule(self) -> None:
         """No stages and no rate rules; what trains in epoch 1 stays as it is."""
@@ -443,21 +451,22 @@ class Workspace:
 
     def schedule_cells(self, name: str = "") -> tuple[str, str]:
         """The tree's schedule columns for a node: ("@2", "×0.1"); "" where nothing is special
-        (it trains from epoch 1, or never, at the full rate). Mixed subtrees show a range."""
+        (it trains from epoch 1, or never, at the full rate). Mixed subtrees show a range
+        ("@1–3": parts from the start, parts from epoch 3)."""
         first, mult = self._schedule_views()
         node = self.nodes[name]
         sl = slice(node.start, node.end)
-        later = first[sl][first[sl] > 1]
+        trains = first[sl][first[sl] > 0]
         when = ""
-        if later.size:
-            lo, hi = int(later.min()), int(later.max())
-            when = f"@{lo}" if lo == hi else f"@{lo}-{hi}"
+        if trains.size and trains.max() > 1:  # parts from epoch 1 and parts later: 1–3
+            lo, hi = int(trains.min()), int(trains.max())
+            when = f"@{lo}" if lo == hi else f"@{lo}–{hi}"
         rate = ""
         m = mult[sl][first[sl] > 0]  # a parameter that never trains has no rate to show
         if m.size:
             lo, hi = float(m.min()), float(m.max())
             if lo != 1.0 or hi != 1.0:
-                rate = f"×{lo:.2g}" if lo == hi else f"×{lo:.2g}-{hi:.2g}"
+                rate = f"×{lo:.2g}" if lo == hi else f"×{lo:.2g}–{hi:.2g}"
         return when, rate
 
     def schedule_lines(self) -> list[str]:
@@ -510,15 +519,17 @@ class Workspace:
 
     # ------------------------------------------------------------------ runs
 
-    def new_run(self, config: TrainConfig, plan: FreezePlan | None = None) -> RunRecord:
-        """A run of the plan being edited (or of ``plan``, a sweep's rung), numbered on."""
+    def new_run(self, config: TrainConfig, plan: FreezePlan | None = None, name: str = "",
+                folder: Path | None = None) -> RunRecord:
+        """A run of the plan being edited (or of ``plan``, a sweep's rung ``name``), numbered
+        on; complete before it joins the runs (the UI thread may be reading them)."""
         from .schedule import short_name
 
         plan = plan or self.plan
         counts = plan.counts
         number = max((r.id for r in self.runs), default=0) + 1  # on from earlier sessions' runs
-        record = RunRecord(number, f"#{number}", counts["trainable"], counts["total"], config,
-                           schedule=short_name(plan), stages=[s.to_dict() for s in plan.stages])
+        record = RunRecord(number, f"#{number} {name}".rstrip(), counts["trainable"], counts["total"], config,
+                           folder=folder, schedule=short_name(plan), stages=[s.to_dict() for s in plan.stages])
         self.runs.append(record)
         return record
 

@@ -86,14 +86,22 @@ class RunActions:
         self.set_runs_clock(True)
         self.train_worker()
 
+    def run_record(self, run_id: int):
+        """The run a message is about (a sweep's next rung may have started since it was sent)."""
+        return next((r for r in reversed(self.workspace.runs) if r.id == run_id), None)
+
     def on_train_progress(self, m: TrainProgress) -> None:
-        record = self.controller.current
+        record = self.run_record(m.run_id)
+        if record is None or record is not self.controller.current:
+            return  # a late message from a rung that has ended
         self.main(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
                                      m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
         self.main(Charts).dirty = True
 
     def on_epoch_done(self, m: EpochDone) -> None:
-        self.main(RunsTable).upsert(self.controller.current, False)
+        record = self.run_record(m.run_id)
+        if record is not None:
+            self.main(RunsTable).upsert(record, record.id == self.compare_id)
         self.main(Charts).dirty = True
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

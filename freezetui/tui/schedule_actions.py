@@ -19,12 +19,15 @@ class ScheduleActions:
             return
         ws = self.workspace
         label = name or "the whole model"
-        current = ws.schedule_cells(name)[0].lstrip("@").split("-")[0] or "2"
+        current = ws.schedule_cells(name)[0].lstrip("@").split("–")[-1] or "2"
 
         def submit(text: str) -> str | None:
-            if not text.isdigit() or int(text) < 1:
+            try:
+                epoch = int(text)
+            except ValueError:
+                epoch = 0
+            if epoch < 1:
                 return "Give an epoch: a whole number from 1 (1 trains it from the start)."
-            epoch = int(text)
             try:
                 first = ws.unfreeze_at(name, epoch)
             except FreezeTUIError as e:
@@ -48,7 +51,7 @@ class ScheduleActions:
             return
         ws = self.workspace
         label = name or "the whole model"
-        current = ws.schedule_cells(name)[1].lstrip("×").split("-")[0] or "0.1"
+        current = ws.schedule_cells(name)[1].lstrip("×").split("–")[0] or "0.1"
 
         def submit(text: str) -> str | None:
             try:
@@ -63,8 +66,9 @@ class ScheduleActions:
             return None
 
         self.push_screen(ValueDialog(f"Learning-rate multiplier for {label}", current, submit,
-                                     hint=f"Its rate is this × lr ({self.config.effective_lr:.3g}). Empty or 1: "
-                                          f"the full rate. Later rules win over earlier ones.", id="rate-dialog"))
+                                     hint=f"Its rate is this × lr ({self.config.effective_lr:.3g}). Empty or 1: no "
+                                          f"rule of its own (a rule set on a module around it still applies). "
+                                          f"Later rules win over earlier ones.", id="rate-dialog"))
 
     def action_recipe(self) -> None:
         if self.workspace is None or self._read_only():

@@ -85,15 +85,15 @@ class SweepActions:
                                      go_on=go_on if unfinished else None), done)
 
     def on_run_began(self, m: RunBegan) -> None:
-        record = self.controller.current
-        if record is not None and record.id == m.run_id and self.controller.sweeping:
+        record = self.run_record(m.run_id)
+        if record is not None and self.controller.sweeping:
             self.main(RunsTable).upsert(record)
             self.main(RunPanel).start(record.label, record.total_steps)
             self.main(Charts).dirty = True
             self.set_runs_clock(True)  # this rung's time
 
     def on_run_ended(self, m: RunEnded) -> None:
-        record = next((r for r in self.workspace.runs if r.id == m.run_id), None)
+        record = self.run_record(m.run_id)
         if record is not None and self.controller.sweeping:
             self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
 

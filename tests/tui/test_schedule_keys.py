@@ -40,7 +40,7 @@ async def test_unfreeze_at_epoch_and_rate_from_the_tree(tmp_path):
         assert ws.state("block1") == "frozen"  # frozen until epoch 3
         assert ws.plan.stage_of("block1.0.weight") == 3
         assert "from" in str(app.query_one("#tree-header").render())
-        assert "@3" in tree_line(tree, "block1") and "@3" in tree_line(tree, "")
+        assert "@3" in tree_line(tree, "block1") and "@1–3" in tree_line(tree, "")
         assert "@3" not in tree_line(tree, "block2")
         assert "unfreezes at epoch 3" in text_of(app.query_one(Details))
 
@@ -50,7 +50,7 @@ async def test_unfreeze_at_epoch_and_rate_from_the_tree(tmp_path):
         assert app.screen.id == "rate-dialog" and "not a number" in str(app.screen.query_one("#error").render())
         await type_value(pilot, "0.1")
         assert ws.plan.lr_mult == [("block1", 0.1)]
-        assert "×0.1" in tree_line(tree, "block1") and "×0.1-1" in tree_line(tree, "")
+        assert "×0.1" in tree_line(tree, "block1") and "×0.1–1" in tree_line(tree, "")
 
         await pilot.press("E")  # back to epoch 1: the stage goes, block1 trains from the start
         await type_value(pilot, "1")

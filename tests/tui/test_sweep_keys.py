@@ -56,7 +56,8 @@ def test_latest_sweep_is_found_for_its_model_only(tmp_path):
         folder = runs / name
         (folder / "00-head").mkdir(parents=True)
         (folder / "00-head" / "plan.json").write_text(json.dumps({"model": {"name": model}}))
-        (folder / "sweep.json").write_text(json.dumps([{"name": "head", "plan": str(folder / "00-head" / "plan.json")}]))
+        (folder / "sweep.json").write_text(json.dumps([{"name": "head", "run": str(folder / "00-head"),
+                                                        "plan": str(folder / "00-head" / "plan.json")}]))
     found = latest_sweep(runs, "tiny:tiny_cnn")
     assert found is not None and found[0].name == "20260101-000000-a-sweep"
     assert latest_sweep(runs, "resnet18")[0].name == "20260102-000000-b-sweep"

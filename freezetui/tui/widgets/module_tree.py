@@ -17,7 +17,8 @@ from ..messages import PlanChanged
 
 PARAMS_WIDTH = 8  # "  148.0k"
 TRAINABLE_WIDTH = 10  # " trainable"
-SCHEDULE_WIDTH = 13  # " @2-3 ×0.01-1": shown while the plan has a schedule
+WHEN_WIDTH, RATE_WIDTH = 7, 9  # " @10–12", " ×0.01–1"
+SCHEDULE_WIDTH = WHEN_WIDTH + RATE_WIDTH  # shown while the plan has a schedule
 TYPE_MIN_ROOM = 56  # narrower trees leave the type to the details panel
 NAME_MIN = 8
 
@@ -30,6 +31,11 @@ def columns(width: int, type_width: int, schedule: bool = False) -> tuple[int, i
     params = not schedule or width >= TYPE_MIN_ROOM
     counts = (PARAMS_WIDTH if params else 0) + TRAINABLE_WIDTH + (SCHEDULE_WIDTH if schedule else 0)
     return (type_width + 1 if width >= room else 0), counts, params
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` columns with an ellipsis (a long range: ``×0.0037–…``)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 class ModuleTree(Tree[str]):
@@ -106,7 +112,7 @@ class ModuleTree(Tree[str]):
         if type_w:
             text.append("type".ljust(type_w), "bold")
         if sched:
-            text.append("from  ×lr".rjust(SCHEDULE_WIDTH), "bold yellow")
+            text.append("from".rjust(WHEN_WIDTH) + "×lr".rjust(RATE_WIDTH), "bold yellow")
         if params:
             text.append("params".rjust(PARAMS_WIDTH), "bold")
         text.append("trainable".rjust(TRAINABLE_WIDTH), "bold green")
@@ -150,8 +156,8 @@ class ModuleTree(Tree[str]):
             text.append(kind.ljust(type_w), "dim")
         if sched:
             when, rate = ws.schedule_cells(node.data)
-            text.append(when.rjust(5), "bold yellow")
-            text.append(rate.rjust(SCHEDULE_WIDTH - 5), "yellow")
+            text.append(fit(when, WHEN_WIDTH - 1).rjust(WHEN_WIDTH), "bold yellow")
+            text.append(fit(rate, RATE_WIDTH - 1).rjust(RATE_WIDTH), "yellow")
         total, trainable = ws.counts(node.data)
         if params:
             text.append(human(total).rjust(PARAMS_WIDTH))
