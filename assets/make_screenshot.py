@@ -1,7 +1,8 @@
 """Regenerate assets/freezetui.svg: the app, driven by keys, saves a screenshot of itself.
 
 ResNet-18 (random init: no download) on the built-in shapes data; one run with everything
-trainable, one with the feature extractor frozen, the first overlaid on the second.
+trainable, one with the fine-tune recipe (the head alone for an epoch, then everything at rates
+spread over the blocks), the first overlaid on the second.
 
     python assets/make_screenshot.py
 """
@@ -20,7 +21,7 @@ OUT = Path(__file__).with_name("freezetui.svg")
 async def main() -> None:
     runs = tempfile.mkdtemp()
     app = create_app(AppOptions(model="resnet18", weights="none", runs_dir=runs,
-                                config=TrainConfig(epochs=1, device="cpu")))
+                                config=TrainConfig(epochs=2, device="cpu")))
     async with app.run_test(size=(120, 36)) as pilot:
         while app.workspace is None:  # the model loads on a thread of its own
             await pilot.pause(0.1)
@@ -28,16 +29,14 @@ async def main() -> None:
         await pilot.press("t")  # everything trainable
         await app.workers.wait_for_complete()
         await pilot.pause()
-        for _ in range(10):  # down to fc
-            await pilot.press("j")
-        await pilot.press("F", "t")  # freeze everything before fc
+        await pilot.press("R", "t")  # the fine-tune recipe
         await app.workers.wait_for_complete()
         await pilot.pause()
         app.main("#runs").focus()
         await pilot.press("up", "enter")
         app.clear_notifications()
         app.main("#tree").focus()
-        await pilot.press("k", "k")
+        await pilot.press("j", "j", "j", "j", "j")  # layer1: @2 ×0.01
         app.redraw_charts(force=True)
         await pilot.pause()
         app.save_screenshot(str(OUT.name), path=str(OUT.parent))

@@ -54,7 +54,7 @@ def test_rates_and_layer_decay():
     ws = small_workspace()
     ws.set_rate("block1", 0.1)
     ws.set_rate("block1.0", 0.5)  # later rules win
-    assert ws.schedule_cells("block1") == ("", "×0.1–0.5")
+    assert ws.schedule_cells("block1") == ("", "×.1–.5")
     ws.set_layer_decay(None)  # decay is off already: the rates stay
     assert ws.plan.lr_mult == [("block1", 0.1), ("block1.0", 0.5)]
     ws.set_layer_decay(0.5)  # decay replaces them

@@ -27,6 +27,12 @@ from .split import find_cut, trace
 from .train import TrainConfig, resolve_device
 
 
+def _short(x: float) -> str:
+    """A rate multiplier in a few columns: 0.025 -> '.025', 1.0 -> '1'."""
+    text = f"{x:.2g}"
+    return text[1:] if text.startswith("0.") else text
+
+
 @dataclass
 class Node:
     """One row of the module tree: a module or one of its parameters."""
@@ -466,7 +472,7 @@ class Workspace:
         if m.size:
             lo, hi = float(m.min()), float(m.max())
             if lo != 1.0 or hi != 1.0:
-                rate = f"×{lo:.2g}" if lo == hi else f"×{lo:.2g}–{hi:.2g}"
+                rate = f"×{lo:.2g}" if lo == hi else f"×{_short(lo)}–{_short(hi)}"
         return when, rate
 
     def schedule_lines(self) -> list[str]:

@@ -41,7 +41,9 @@ class RunActions:
                 if yes:
                     self.controller.request_stop()
                     self.main(RunPanel).finish("stopping after this batch…")
-            self.push_screen(ConfirmScreen("Stop the run? What it trained so far is kept."), answered)
+            question = ("Stop the sweep? Finished rungs are kept, and V, then c goes on with it later."
+                        if self.controller.sweeping else "Stop the run? What it trained so far is kept.")
+            self.push_screen(ConfirmScreen(question), answered)
             return
         refusal = self.controller.next_run_refusal()
         if refusal:

@@ -17,7 +17,7 @@ from ..messages import PlanChanged
 
 PARAMS_WIDTH = 8  # "  148.0k"
 TRAINABLE_WIDTH = 10  # " trainable"
-WHEN_WIDTH, RATE_WIDTH = 7, 9  # " @10–12", " ×0.01–1"
+WHEN_WIDTH, RATE_WIDTH = 7, 10  # " @10–12", " ×.025–.04"
 SCHEDULE_WIDTH = WHEN_WIDTH + RATE_WIDTH  # shown while the plan has a schedule
 TYPE_MIN_ROOM = 56  # narrower trees leave the type to the details panel
 NAME_MIN = 8
