@@ -93,8 +93,10 @@ def blocks(model: nn.Module, order: list[str] | None = None) -> list[str]:
     ranked = {}
     for i, p in enumerate(list(order or []) + params):  # unused parameters (aux heads) go last
         ranked.setdefault(p, i)
-    first = {b: min(ranked[p] for p in params if p == b or p.startswith(b + ".")) for b in names}
-    return sorted(names, key=lambda b: first[b])
+    first: dict[str, int] = {}
+    for p, b in param_blocks(params, names).items():
+        first[b] = min(first.get(b, ranked[p]), ranked[p])
+    return sorted(names, key=lambda b: first.get(b, len(ranked)))
 
 
 def _layer_list(module: nn.Module) -> bool:
@@ -105,11 +107,21 @@ def _layer_list(module: nn.Module) -> bool:
     return len(kids) > 1 and all(any(True for _ in m.children()) for m in kids)
 
 
-def block_of(param: str, block_names: list[str]) -> str | None:
-    for b in block_names:
-        if param == b or param.startswith(b + "."):
-            return b
-    return None
+def block_of(param: str, block_names) -> str | None:
+    """The block holding ``param`` (blocks do not nest), or None."""
+    names = block_names if isinstance(block_names, (set, dict)) else set(block_names)
+    return next((b for b in [*module_prefixes(param), param] if b in names), None)
+
+
+def param_blocks(params, block_names) -> dict[str, str]:
+    """Each parameter's block, in time linear in the parameters (a dict lookup per prefix)."""
+    names = set(block_names)
+    out = {}
+    for p in params:
+        b = block_of(p, names)
+        if b is not None:
+            out[p] = b
+    return out
 
 
 def decay_ranks(model: nn.Module, order: list[str] | None = None) -> dict[str, int]:
@@ -127,11 +139,8 @@ def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | Non
     if plan.layer_decay is None:
         return {n: plan.lr_multiplier(n) for n in plan.params}
     ranks = decay_ranks(model, order)
-    out = {}
-    for n in plan.params:
-        b = block_of(n, list(ranks))
-        out[n] = plan.layer_decay ** ranks[b] if b is not None else 1.0
-    return out
+    held = param_blocks(plan.params, ranks)
+    return {n: plan.layer_decay ** ranks[held[n]] if n in held else 1.0 for n in plan.params}
 
 
 def recipe_decay(model: nn.Module, order: list[str] | None = None, spread: float = RECIPE_SPREAD) -> float:
