@@ -56,16 +56,21 @@ async def press_latency(app, pilot, key: str, n: int) -> list[float]:
     return times
 
 
-async def toggle_wide(data) -> dict:
+async def toggle_wide(data, scheduled: bool = False) -> dict:
     model = build_model("wide:wide_model", weights="none")
     ws = Workspace(model, data, data_name="shapes", device="cpu")
+    if scheduled:  # the tree's schedule columns on: a stage and a rate rule
+        name = ws.nodes[""].children[len(ws.nodes[""].children) // 2]
+        ws.unfreeze_at(name, 2)
+        ws.set_rate(name, 0.1)
     app = create_app(AppOptions(model="wide:wide_model", weights="none"), workspace=ws)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        idle = await press_latency(app, pilot, "x", 10)  # an unbound key: Pilot's own round trip
+        idle = await press_latency(app, pilot, "z", 10)  # an unbound key: Pilot's own round trip
         times = await press_latency(app, pilot, "space", 10)
     overhead = statistics.median(idle)
-    return {"benchmark": "root toggle to redraw, 10,002 parameter tensors", "tensors": len(ws.param_names),
+    what = ", with a schedule shown" if scheduled else ""
+    return {"benchmark": f"root toggle to redraw, 10,002 parameter tensors{what}", "tensors": len(ws.param_names),
             "median_ms": round(1000 * statistics.median(times), 1), "max_ms": round(1000 * max(times), 1),
             "pilot_overhead_ms": round(1000 * overhead, 1),
             "beyond_pilot_ms": round(1000 * (statistics.median(times) - overhead), 1)}
@@ -142,7 +147,7 @@ async def main(only: tuple[str, ...] = BENCHMARKS) -> list[dict]:
     if "first_tree" in only:
         rows += [await first_tree("resnet50", data), await first_tree("vit_l_16", data)]
     if "toggle_wide" in only:
-        rows.append(await toggle_wide(data))
+        rows += [await toggle_wide(data), await toggle_wide(data, scheduled=True)]
     if "keys_while_training" in only:
         with tempfile.TemporaryDirectory() as tmp:
             if shutil.which("tmux"):
