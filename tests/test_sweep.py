@@ -143,3 +143,50 @@ def test_a_model_that_cannot_be_profiled_still_sweeps(tmp_path, monkeypatch):
     assert all(r["estimate"] is None for r in rows)
     assert any("no cost estimate" in n for n in notes.notes)
     assert "head" in format_table(rows)
+
+
+# One model per family by default; FREEZETUI_ALL_MODELS=1 climbs every torchvision classifier.
+LADDER_DEFAULT = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlenet", "inception_v3",
+                  "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "resnet50",
+                  "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "vgg16", "vit_b_16"]
+
+
+def _models():
+    import os
+
+    import torchvision
+
+    every = sorted(torchvision.models.list_models(module=torchvision.models))
+    return [n if n in LADDER_DEFAULT or os.environ.get("FREEZETUI_ALL_MODELS") else
+            pytest.param(n, marks=pytest.mark.skip(reason="slow; set FREEZETUI_ALL_MODELS=1")) for n in every]
+
+
+@pytest.mark.parametrize("name", _models())
+def test_every_torchvision_ladder_climbs_from_the_head_to_everything(name):
+    """Over every torchvision classifier (on the meta device: no weights, no time): the first
+    rung trains exactly the head, each rung adds to the one before, the last trains everything,
+    and rung names are unique. A model whose stages hold most of its layers in one block
+    (AlexNet's and VGG's `features`) still gets a rung inside that block."""
+    import torchvision
+
+    from freezetui.core.models import find_heads
+    from freezetui.core.split import trace
+
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+    if name.startswith("regnet"):  # its constructor reads tensor values: not on the meta device
+        if name not in ("regnet_x_400mf", "regnet_y_400mf"):
+            pytest.skip("regnet: one small model per kind is built for real")
+        model = torchvision.models.get_model(name, weights=None, num_classes=5)
+    else:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None, num_classes=5, **kwargs)
+    rungs = ladder(model, trace(model))
+    names = [n for n, _ in rungs]
+    sets = [set(p.trainable) for _, p in rungs]
+    head = {n for n, _ in model.named_parameters() if any(n.startswith(h + ".") for h in find_heads(model))}
+    assert names[0] == "head" and sets[0] == head
+    assert all(a < b for a, b in zip(sets, sets[1:])), names
+    assert names[-1] == "all" and not rungs[-1][1].frozen
+    assert len(set(names)) == len(names) and 3 <= len(rungs) <= 40
+    if name.startswith(("alexnet", "vgg")):
+        assert any(n.startswith("+features.") for n in names), names

@@ -30,6 +30,7 @@ SETTINGS = "sweep-settings.json"
 SWEEP = "sweep.json"
 EXPAND_SHARE = 0.9  # a stage holding more than this share of the parameters is split into its children
 TINY_SHARE = 0.01  # a stage smaller than this share unfreezes together with the stage before it
+MAX_STAGES = 16  # a stage holding most layers is split into its children unless that makes more
 
 
 # ----------------------------------------------------------------------------- the ladder
@@ -65,22 +66,8 @@ def _groups(module: nn.Module, prefix: str, params: set[str], numel: dict[str, i
     return out
 
 
-def stages(model: nn.Module, traced=None) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """(head parameters, stages): the model's stages in forward order, each a name and its
-    parameters, the head's parameters left out. Stages are the model's top-level children (a
-    child holding nearly everything, like a ViT's encoder, is split into its blocks); tiny ones
-    (a stem BatchNorm, a final LayerNorm) join the stage before them."""
-    order = _param_order(model, traced)
-    pos = {n: i for i, n in enumerate(order)}
-    numel = {n: p.numel() for n, p in model.named_parameters()}
-    heads = find_heads(model)
-    head = [n for n in order if any(n.startswith(h + ".") for h in heads)]
-    rest = set(order) - set(head)
-    groups = _groups(model, "", rest, numel)
-    groups.sort(key=lambda g: min(pos[n] for n in g[1]))
-    if not head and groups:  # no Linear head: the last stage plays its part
-        head = groups.pop()[1]
-    total = sum(numel[n] for n in rest) or 1
+def _merge_tiny(groups: list[tuple[str, list[str]]], numel: dict[str, int], total: int) -> list[tuple[str, list[str]]]:
+    """Tiny stages (a stem BatchNorm, a final LayerNorm) join the stage before them."""
     merged: list[tuple[str, list[str]]] = []
     carry: list[str] = []
     for name, held in reversed(groups):  # from the head towards the input
@@ -94,6 +81,47 @@ def stages(model: nn.Module, traced=None) -> tuple[list[str], list[tuple[str, li
         else:
             merged.append((groups[0][0], carry))
     merged.reverse()
+    return merged
+
+
+def stages(model: nn.Module, traced=None) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """(head parameters, stages): the model's stages in forward order, each a name and its
+    parameters, the head's parameters left out. Stages are the model's top-level children (a
+    child holding nearly everything, like a ViT's encoder, is split into its blocks); tiny ones
+    (a stem BatchNorm, a final LayerNorm) join the stage before them. A stage holding most of
+    the layers (AlexNet's and VGG's ``features``, MobileNet's) is split into its children when
+    that gives more stages, up to ``MAX_STAGES``."""
+    order = _param_order(model, traced)
+    pos = {n: i for i, n in enumerate(order)}
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    heads = find_heads(model)
+    head = [n for n in order if any(n.startswith(h + ".") for h in heads)]
+    rest = set(order) - set(head)
+    groups = _groups(model, "", rest, numel)
+    groups.sort(key=lambda g: min(pos[n] for n in g[1]))
+    if not head and groups:  # no Linear head: the last stage plays its part
+        head = groups.pop()[1]
+    total = sum(numel[n] for n in rest) or 1
+    merged = _merge_tiny(groups, numel, total)
+    # A stage holding most of the model's layers (AlexNet's and VGG's `features`, MobileNet's)
+    # is split into its children, while that gives more stages and not too many.
+    modules = dict(model.named_modules())
+    layers = {n.rpartition(".")[0] for n in rest}  # the modules holding parameters of their own
+    tried: set[str] = set()
+    while True:
+        deep = [g for g in groups if g[0] in modules and g[0] not in tried
+                and all(n.startswith(g[0] + ".") for n in g[1])
+                and 2 * sum(1 for m in layers if m == g[0] or m.startswith(g[0] + ".")) > len(layers)]
+        if not deep:
+            break
+        name, held = deep[0]
+        tried.add(name)
+        at = groups.index((name, held))
+        trial = groups[:at] + _groups(modules[name], name + ".", set(held), numel) + groups[at + 1:]
+        trial.sort(key=lambda g: min(pos[n] for n in g[1]))
+        split_merged = _merge_tiny(trial, numel, total)
+        if len(merged) < len(split_merged) <= MAX_STAGES:
+            groups, merged = trial, split_merged
     return head, [(name, sorted(held, key=pos.__getitem__)) for name, held in merged]
 
 
