@@ -151,9 +151,8 @@ def load_past_run(folder: Path, run_id: int) -> RunRecord | None:
     plan_json = _read_json(folder / "plan.json")
     if not config_json or not plan_json:
         return None
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
-        config = TrainConfig(**{k: v for k, v in config_json.items() if k in names})
+        config = TrainConfig.from_dict(config_json)
     except TypeError:
         return None
     try:
@@ -280,10 +279,8 @@ class RunController:
         stopped rung resumes; only the device may differ."""
         if folder is not None:
             settings = _read_json(Path(folder) / "sweep-settings.json")
-            names = {f.name for f in dataclasses.fields(TrainConfig)}
             try:
-                config = TrainConfig(**{k: v for k, v in (settings.get("config") or {}).items() if k in names},
-                                     device=config.device)
+                config = TrainConfig.from_dict(settings.get("config"), device=config.device)
             except TypeError:
                 raise PlanError(f"cannot read the settings of the sweep in {folder}") from None
             rungs = settings.get("rungs")

@@ -12,6 +12,7 @@ import copy
 import fnmatch
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +34,11 @@ def module_prefixes(param: str) -> list[str]:
     """``"a.b.weight"`` -> ``["a", "a.b"]``: the modules a parameter lives in."""
     parts = param.split(".")[:-1]
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def escape_glob(name: str) -> str:
+    """A glob matching exactly ``name`` (brackets, ``*`` and ``?`` taken literally)."""
+    return re.sub(r"([\[\]*?])", r"[\1]", name)
 
 
 def glob_matches(pattern: str, param: str) -> bool:

@@ -244,8 +244,7 @@ def resume_spec(run_dir: str | os.PathLike, epochs: int | None = None, device: s
     settings; ``epochs`` extends it, ``device`` moves it (its RNG state follows)."""
     state = load_checkpoint(run_dir)
     plan = FreezePlan.from_dict(state["plan"], source=f"the checkpoint in {run_dir}")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in names})
+    config = TrainConfig.from_dict(state["config"])
     if epochs is not None:
         config.epochs = epochs
     if device is not None:

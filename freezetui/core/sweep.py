@@ -19,7 +19,7 @@ from .cost import estimate, human_bytes, human_flops, profile_model
 from .data import Dataset, load_data
 from .errors import PlanError
 from .models import find_heads
-from .plan import FreezePlan
+from .plan import FreezePlan, escape_glob
 from .runner import Reporter, build_for_run, execute, resume_spec, seen_size
 from .runs import config_fields
 from .specs import ModelSpec, RunSpec
@@ -125,10 +125,6 @@ def stages(model: nn.Module, traced=None) -> tuple[list[str], list[tuple[str, li
     return head, [(name, sorted(held, key=pos.__getitem__)) for name, held in merged]
 
 
-def _escape(name: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", name)
-
-
 def ladder(model: nn.Module, traced=None, base: FreezePlan | None = None, rungs: int | None = None,
            batchnorm: str = "freeze") -> list[tuple[str, FreezePlan]]:
     """The sweep's plans, cheapest first: ``head`` (the head alone trains), ``+<stage>`` for each
@@ -152,7 +148,7 @@ def ladder(model: nn.Module, traced=None, base: FreezePlan | None = None, rungs:
         plan.set_frozen(list(plan.params), True)
         plan.set_frozen(unfrozen, False)
         plan.extra["rules"] = [{"action": "freeze", "glob": "*"}] + [
-            {"action": "unfreeze", "glob": _escape(n)} for n in unfrozen]
+            {"action": "unfreeze", "glob": escape_glob(n)} for n in unfrozen]
         plan.extra["sweep_rung"] = name
         out.append((name, plan))
     if rungs is not None and rungs < len(out):

@@ -3,6 +3,8 @@ afterwards that every frozen parameter is bit-identical to what it was before.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import gc
 import math
 import threading
@@ -53,6 +55,13 @@ class TrainConfig:
     schedule: str = "cosine"  # constant, cosine or onecycle (see schedule.schedule_factor)
     warmup_epochs: float = 0.5  # linear warmup (constant and cosine)
     decay_all: bool = False  # weight decay on biases and norm layers too
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> "TrainConfig":
+        """The settings a run folder, checkpoint or sweep recorded (keys this version does not
+        know are ignored), with ``overrides`` on top. TypeError when a value has the wrong shape."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in (d or {}).items() if k in names}, **overrides})
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:

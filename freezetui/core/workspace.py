@@ -9,7 +9,6 @@ models with tens of thousands of parameter tensors.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .data import BatchTransform, Dataset, load_data
 from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
-from .plan import BATCHNORM_MODES, FreezePlan, Stage, glob_matches
+from .plan import BATCHNORM_MODES, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import check_code_allowed, weights_sizes
 from .split import find_cut, trace
 from .train import TrainConfig, resolve_device
@@ -344,7 +343,7 @@ class Workspace:
     @staticmethod
     def glob_for(name: str) -> str:
         """The glob that names exactly this node's subtree (``*`` for the whole model)."""
-        return re.sub(r"([\[\]*?])", r"[\1]", name) if name else "*"
+        return escape_glob(name) if name else "*"
 
     def has_schedule(self) -> bool:
         p = self.plan

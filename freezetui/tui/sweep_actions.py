@@ -99,10 +99,8 @@ class SweepActions:
 
     def sweep_ended(self, ok: bool, text: str) -> None:
         folder = self.controller.sweep_dir
-        rung_dirs = {str(r.folder) for r in self.workspace.runs if r.folder is not None
-                     and folder is not None and r.folder.parent == folder}
         for record in self.workspace.runs:
-            if str(record.folder) in rung_dirs:
+            if record.folder is not None and record.folder.parent == folder:  # this sweep's rungs
                 if ok and self.options.keep_only_model and record.status == "done":
                     prune_run_folder(record.folder)
                 self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
