@@ -120,25 +120,28 @@ def cmd_plan_show(args) -> int:
 
     from .core.cost import describe, estimate, human_bytes, human_flops, profile_model
     from .core.schedule import module_rates
-    from .core.split import trace
+    from .core.split import frozen_prefix, trace
 
     plan = FreezePlan.load(args.plan)
     model = model_for_plan(plan, weights="none", allowed_code=args.model)
     plan.apply(model)
     info = model_info(model)
+    traced = trace(model)
+    prefix = frozen_prefix(traced, set(plan.frozen), [n for n, _ in model.named_parameters()])
     size = args.image_size or info.input_size or 224
-    est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer)
+    est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer, prefix=prefix)
     if args.json:
+        import dataclasses
         import json
 
-        print(json.dumps({"counts": plan.counts, "estimate": est}, indent=2))
+        print(json.dumps({"counts": plan.counts, "frozen_prefix": dataclasses.asdict(prefix) if prefix else None,
+                          "estimate": est}, indent=2))
         return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
     scheduled = bool(plan.stages or plan.lr_mult or plan.layer_decay is not None)
     rates, starts = {}, {}
     if scheduled:
-        traced = trace(model) if plan.layer_decay is not None else None
         rates = module_rates(plan, model, args.depth, traced.param_order if traced else None)
         starts = module_starts(plan, args.depth)
     width = max([len(r[0]) for r in rows] + [6])
@@ -180,10 +183,9 @@ class ConsoleProgress:
         print(f"training on {ev.device}: {ev.train_images} train / {ev.val_images} val images at "
               f"{ev.input_size} px, {ev.epochs} epoch(s) of {ev.steps_per_epoch} steps, lr {ev.lr:g}",
               file=self.stream, flush=True)
-        if ev.backward_stop:
-            how = "its outputs cached" if ev.feature_cache else "run without gradients"
-            why = f" (it stops at {ev.prefix_reason})" if ev.prefix_reason else ""
-            print(f"frozen prefix up to {ev.backward_stop}: {how}{why}", file=self.stream, flush=True)
+        if ev.prefix:
+            how = f"features cached after {ev.cached_at}" if ev.cached_at else "the frozen layers run without gradients"
+            print(f"{ev.prefix.sentence()}; {how}", file=self.stream, flush=True)
         for line in ev.schedule:
             print(f"schedule: {line}", file=self.stream, flush=True)
 

@@ -7,7 +7,11 @@ import torch
 from freezetui.core.cost import describe, estimate, measure_saved_bytes, profile_model
 from freezetui.core.models import build_model, find_heads
 from freezetui.core.runner import plan_from_rules
-from freezetui.core.split import trace
+from freezetui.core.split import frozen_prefix, trace
+
+
+def _prefix(traced, plan):
+    return frozen_prefix(traced, set(plan.frozen), traced.param_order)
 
 # model, build options, image size, the stages frozen in the middle plan
 FAMILIES = {
@@ -36,7 +40,7 @@ def test_activation_estimate_within_20_percent_of_a_real_step(name):
     for label, rules in (("full", []), ("middle", [("freeze", g) for g in middle]),
                          ("head", [("freeze", "*")] + [("unfreeze", h) for h in find_heads(model)])):
         plan = plan_from_rules(model, rules)
-        est = estimate(profile, plan, batch_size=3)
+        est = estimate(profile, plan, batch_size=3, prefix=_prefix(traced, plan))
         saved = measure_saved_bytes(model, plan, torch.randn(3, 3, size, size), traced)
         assert saved > 0
         assert abs(est["activation_bytes"] - saved) <= 0.2 * saved, (label, est["activation_bytes"], saved)
@@ -51,7 +55,7 @@ def test_frozen_layers_after_a_trainable_one_still_save_for_backward(resnet):
     """Freezing the top while the stem trains saves little: backward still runs through it."""
     model, profile, traced = resnet
     plan = plan_from_rules(model, [("freeze", "layer*")])
-    est = estimate(profile, plan, batch_size=4)
+    est = estimate(profile, plan, batch_size=4, prefix=_prefix(traced, plan))
     saved = measure_saved_bytes(model, plan, torch.randn(4, 3, 32, 32), traced)
     assert abs(est["activation_bytes"] - saved) <= 0.2 * saved
     assert est["activation_bytes"] > 0.5 * est["full_activation_bytes"]
@@ -59,11 +63,11 @@ def test_frozen_layers_after_a_trainable_one_still_save_for_backward(resnet):
 
 
 def test_memory_terms_follow_the_optimizer_and_scale_with_the_batch(resnet):
-    model, profile, _ = resnet
+    model, profile, traced = resnet
     plan = plan_from_rules(model, [("freeze", g) for g in ("conv1", "bn1", "layer1", "layer2")])
     trainable = sum(p.numel() for n, p in model.named_parameters() if not plan.params[n])
     total = sum(p.numel() for p in model.parameters())
-    adamw = estimate(profile, plan, 8)
+    adamw = estimate(profile, plan, 8, prefix=_prefix(traced, plan))
     assert adamw["trainable_params"] == trainable and adamw["param_bytes"] == 4 * total
     assert adamw["grad_bytes"] == 4 * trainable and adamw["optimizer_bytes"] == 8 * trainable
     assert estimate(profile, plan, 8, optimizer="sgd")["optimizer_bytes"] == 4 * trainable
@@ -105,10 +109,12 @@ def test_workspace_cost_line_follows_the_plan():
     torch.manual_seed(0)
     ws = Workspace(build_model("tiny:tiny_cnn", weights="none", num_classes=10),
                    load_data("shapes", shapes_train=64, shapes_val=16), device="cpu")
-    assert ws.cost_line(32, "adamw") is None  # not profiled: no line
+    from freezetui.tui.widgets.totals import cost_line
+
+    assert ws.cost(32, "adamw") is None  # not profiled: no line
     ws.compute_cost_profile()
-    full = ws.cost_line(32, "adamw")
+    full = cost_line(ws.cost(32, "adamw"))
     ws.head_only()
-    head = ws.cost_line(32, "adamw")
+    head = cost_line(ws.cost(32, "adamw"))
     assert "fewer FLOPs" not in full and "fewer FLOPs" in head
     assert full.split(" of ")[0] != head.split(" of ")[0]  # fewer activations saved

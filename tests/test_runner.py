@@ -13,7 +13,7 @@ from freezetui.core.controller import RunController, default_trainer
 from freezetui.core.data import load_data
 from freezetui.core.errors import PlanError
 from freezetui.core.models import build_model
-from freezetui.core.runner import execute, resume_spec
+from freezetui.core.runner import execute, prepare_run, resume_spec
 from freezetui.core.specs import ModelSpec, RunSpec
 from freezetui.core.train import TrainConfig
 from freezetui.core.workspace import Workspace
@@ -74,7 +74,7 @@ def _finished_run(tmp_path, data, epochs=1):
     plan = plan_from_rules(model, [("freeze", "stem")])
     spec = RunSpec(data="shapes", config=TrainConfig(epochs=epochs, batch_size=32, device="cpu"),
                    out=tmp_path / "run", plan=plan, model=ModelSpec("tiny:tiny_cnn"))
-    return execute(spec, model=model, data=data), spec
+    return execute(spec, inputs=prepare_run(spec, data=data)), spec
 
 
 def test_resume_extends_a_finished_run_and_refuses_other_options(tmp_path, capsys, small_data):
@@ -84,8 +84,7 @@ def test_resume_extends_a_finished_run_and_refuses_other_options(tmp_path, capsy
     assert "only --epochs and --device may change (--lr given)" in capsys.readouterr().err
     extended = resume_spec(spec.out, epochs=2, device="cpu")
     assert extended.config.epochs == 2 and extended.resume["epoch"] == 1
-    result = execute(extended, data=small_data, model=build_model("tiny:tiny_cnn", weights="none",
-                                                                   num_classes=small_data.num_classes))
+    result = execute(extended, inputs=prepare_run(extended, data=small_data))
     epochs = [json.loads(l)["epoch"] for l in (spec.out / "metrics.jsonl").read_text().splitlines()]
     assert result.epochs == 2 and epochs == [1, 2]
 

@@ -134,7 +134,7 @@ def test_a_model_that_cannot_be_profiled_still_sweeps(tmp_path, monkeypatch):
     def cannot(*args, **kwargs):
         raise RuntimeError("saved-tensor hooks unsupported")
 
-    monkeypatch.setattr("freezetui.core.sweep.profile_model", cannot)
+    monkeypatch.setattr("freezetui.core.cost.profile_model", cannot)
     notes = Notes()
     data = load_data("shapes", shapes_train=64, shapes_val=16)
     rows = run_sweep(MODEL, "shapes", TrainConfig(epochs=1, batch_size=32, device="cpu", augment=False),

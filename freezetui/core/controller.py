@@ -35,8 +35,7 @@ def default_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Cal
     record.folder = new_run_dir(runs_dir, f"{workspace.info.name.replace(':', '-')}-{record.id}")
     spec = RunSpec(data=workspace.data_name, config=record.config, out=record.folder, plan=workspace.plan.copy())
     workspace.reset_weights()
-    return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced,
-                   profile=workspace.cost_profile)
+    return execute(spec, callbacks, stop, inputs=workspace.inputs)
 
 
 def resume_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Callback],
@@ -46,8 +45,7 @@ def resume_trainer(workspace: Workspace, record: RunRecord, callbacks: list[Call
     spec = resume_spec(record.folder)
     workspace.reset_weights()  # the frozen reference; the checkpoint's weights load over it
     record.epochs = list(spec.resume["history"])
-    return execute(spec, callbacks, stop, model=workspace.model, data=workspace.data, traced=workspace.traced,
-                   profile=workspace.cost_profile)
+    return execute(spec, callbacks, stop, inputs=workspace.inputs)
 
 
 class RungStatus(Callback):
@@ -69,15 +67,14 @@ def sweep_trainer(workspace: Workspace, config: TrainConfig, out: Path, rungs: i
     """Train the sweep's ladder from the initial weights, each rung a run of the workspace
     (``callbacks_for`` makes its callbacks once its record exists), through the same
     :func:`~freezetui.core.sweep.run_sweep` as ``freezetui sweep``. On a worker thread."""
-    from .plan import FreezePlan
     from .sweep import ladder, rung_folder, run_sweep
 
     if workspace.data is None:
         raise PlanError("no data loaded")
     batchnorm = batchnorm or workspace.batchnorm
     workspace.reset_weights()
-    base = FreezePlan.from_model(workspace.model, spec=workspace.info.spec())
-    plans = dict(ladder(workspace.model, workspace.traced, base=base, rungs=rungs, batchnorm=batchnorm))
+    plans = dict(ladder(workspace.model, workspace.traced, base=workspace.inputs.plan, rungs=rungs,
+                        batchnorm=batchnorm))
 
     def factory(i: int, name: str) -> list[Callback]:
         folder = out / rung_folder(i, name)
@@ -97,8 +94,7 @@ def sweep_trainer(workspace: Workspace, config: TrainConfig, out: Path, rungs: i
     spec = ModelSpec(workspace.info.name, workspace.info.weights or "none", workspace.data.num_classes,
                      workspace.info.small_input)
     return run_sweep(spec, workspace.data_name, config, out, rungs, batchnorm, factory, stop,
-                     data=workspace.data, model=workspace.model, base=base, traced=workspace.traced,
-                     profile=workspace.cost_profile)
+                     inputs=workspace.inputs)
 
 
 def error_text(error: BaseException | None) -> str:

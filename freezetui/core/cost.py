@@ -380,9 +380,10 @@ def _flops(profile: ModelProfile, trainable: np.ndarray, t0: int) -> tuple[float
 
 
 def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer: str = "adamw",
-             momentum: float = 0.9) -> dict:
+             momentum: float = 0.9, prefix=None) -> dict:
     """The price of ``plan`` at ``batch_size``, and of full fine-tuning beside it. Bytes are per
-    training step; FLOPs are per image."""
+    training step; FLOPs are per image. ``prefix``: where backward stops under the plan
+    (:func:`split.frozen_prefix`, the one answer), recorded as ``backward_stop``."""
     trainable = profile.trainable_mask(plan)
     frozen_pass = PASS_FROZEN_TRAIN if plan.batchnorm == "train" and PASS_FROZEN_TRAIN in profile.passes \
         else PASS_FROZEN_EVAL
@@ -400,13 +401,11 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
     states = OPTIMIZER_STATES.get(optimizer, 2) if optimizer != "sgd" or momentum else 0
     trainable_bytes = int(profile.param_bytes[trainable].sum())
     total_bytes = int(profile.param_bytes.sum())
-    first = backward_stop = None
+    first = None
     if t0 != NEVER:
         order = np.argsort(profile.first_use, kind="stable")
-        pos = int(np.flatnonzero(trainable[order])[0])
-        first = profile.param_names[order[pos]]
-        if pos > 0:
-            backward_stop = profile.param_names[order[pos - 1]].rpartition(".")[0] or None
+        first = profile.param_names[order[int(np.flatnonzero(trainable[order])[0])]]
+    backward_stop = prefix.module if prefix is not None and first is not None else None
     result = {
         "batch_size": batch_size,
         "image_size": profile.image_size,

@@ -73,6 +73,23 @@ def broadcast(value):
     return box[0]
 
 
+def decided_by_rank_zero(fn):
+    """``fn()`` run on rank 0 alone (it reads or writes shared files), its result, or its
+    one-sentence error, on every process."""
+    from .errors import FreezeTUIError
+
+    value, error = None, None
+    if rank() == 0:
+        try:
+            value = fn()
+        except FreezeTUIError as e:
+            error = e
+    value, error = broadcast((value, error))
+    if error is not None:
+        raise error
+    return value
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -91,7 +91,12 @@ def is_factory(name: str) -> bool:
     return ":" in name and not is_timm(name)
 
 
-_is_factory = is_factory  # the old private name
+def check_factory_allowed(name: str, allowed: str | None) -> None:
+    """A plan is data: one naming a Python factory is built only when the command line names
+    the same factory (``allowed``)."""
+    if is_factory(name) and name != allowed:
+        raise ModelError(f"the plan names the Python factory {name}; freezetui runs code named in a plan "
+                         f"only when you also pass --model {name}")
 
 
 def _check_factory_name(name: str) -> None:
@@ -610,8 +615,7 @@ def build_model(
         model, label, path, note = _build_timm(name, weights, num_classes, image_size)
     elif is_factory(name):
         if not allow_code:
-            raise ModelError(f"the plan names the Python factory {name}; freezetui runs code from a plan "
-                             f"only when you pass --model {name} too")
+            check_factory_allowed(name, None)
         _check_factory_name(name)
         if weights not in (None, "none", "auto"):
             path = str(weights)

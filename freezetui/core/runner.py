@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 import os
 import signal
 import sys
@@ -22,11 +23,11 @@ from . import distributed
 from .data import BatchTransform, Dataset, load_data
 from .errors import FreezeTUIError, PlanError, TrainingError
 from .lints import Lint, check
-from .models import build_model, model_info
+from .models import build_model, check_factory_allowed, is_factory, model_info
 from .plan import FreezePlan
 from .runs import RunWriter, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
-from .split import trace
+from .split import Prefix, Traced, frozen_prefix, trace
 from .train import Callback, TrainConfig, TrainResult, output_classes, resolve_device, train
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -45,7 +46,7 @@ class Reporter:
 def weights_sizes(name: str | None, weights: str | None) -> tuple[int | None, int | None]:
     """(resize, crop) of a torchvision model's pretrained weights, known before the model is
     built, so a photo folder is decoded once at the size training needs; (None, None) without."""
-    if not name or is_code(name) or name.startswith("timm:") or str(weights).lower() in ("none", "") \
+    if not name or is_factory(name) or name.startswith("timm:") or str(weights).lower() in ("none", "") \
             or weights is None or Path(str(weights)).suffix in (".pt", ".pth", ".bin"):
         return None, None
     import torchvision.models as tvm
@@ -74,29 +75,17 @@ def load_run_data(spec: RunSpec, reporter: Reporter) -> Dataset:
 # ----------------------------------------------------------------------------- models and plans
 
 
-def is_code(name: str) -> bool:
-    """``package.module:function`` names run the user's code; ``timm:NAME`` is a model name."""
-    return ":" in name and not name.startswith("timm:")
-
-
-def check_code_allowed(name: str, allowed: str | None) -> None:
-    """A plan is data: one naming a Python factory is built only when the command line names it too."""
-    if is_code(name) and name != allowed:
-        raise PlanError(f"the plan names the Python factory {name}; freezetui runs code named in a plan "
-                        f"only when you also pass --model {name}")
-
-
 def model_for_plan(plan: FreezePlan, weights: str | None = None, num_classes: int | None = None,
                    allowed_code: str | None = None) -> nn.Module:
     """Build the model a plan describes and check that the plan fits it."""
     spec = plan.model
-    check_code_allowed(spec["name"], allowed_code)
+    check_factory_allowed(spec["name"], allowed_code)
     model = build_model(
         spec["name"],
         weights=weights if weights is not None else (spec.get("weights") or "none"),
         num_classes=spec.get("num_classes") or num_classes,
         small_input=bool(spec.get("small_input")),
-        allow_code=not is_code(spec["name"]) or spec["name"] == allowed_code,
+        allow_code=True,  # checked just above
         image_size=spec.get("image_size"),
     )
     plan.check_fits(model)
@@ -209,22 +198,31 @@ def seen_size(model: nn.Module, data: Dataset, config: TrainConfig) -> int:
     return BatchTransform.for_data(model_info(model), data, config.image_size).size
 
 
-def plan_estimate(model: nn.Module, plan: FreezePlan, data: Dataset, config: TrainConfig,
-                  reporter: Reporter, profile=None) -> dict | None:
-    """The plan's predicted cost (recorded in summary.json beside what was measured); a model
-    that cannot be profiled gets a note, never a failed run. ``profile``: one the caller has
-    measured already (the TUI's), used when it was taken at the size this run sees."""
-    from .cost import estimate, profile_model
+def cost_profile(inputs: RunInputs, config: TrainConfig, reporter: Reporter):
+    """The inputs' cost profile at the size this run sees, measured once and kept on them; None
+    (with a note) for a model that cannot be profiled."""
+    from .cost import profile_model
 
-    try:
-        plan.apply(model)
-        size = seen_size(model, data, config)
-        if profile is None or getattr(profile, "image_size", None) != size:
-            profile = profile_model(model, size)
-        return estimate(profile, plan, min(config.batch_size, len(data.train)), config.optimizer, config.momentum)
-    except Exception as e:  # noqa: BLE001 - an estimate is advice; the run goes on without it
-        reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    size = inputs.seen_size(config)
+    if inputs.profile is None or getattr(inputs.profile, "image_size", None) != size:
+        try:
+            inputs.profile = profile_model(inputs.model, size)
+        except Exception as e:  # noqa: BLE001 - an estimate is advice; the run goes on without it
+            reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            return None
+    return inputs.profile
+
+
+def plan_estimate(inputs: RunInputs, plan: FreezePlan, config: TrainConfig, reporter: Reporter) -> dict | None:
+    """The plan's predicted cost (recorded in summary.json beside what was measured); a model
+    that cannot be profiled gets a note, never a failed run."""
+    from .cost import estimate
+
+    profile = cost_profile(inputs, config, reporter)
+    if profile is None:
         return None
+    return estimate(profile, plan, min(config.batch_size, len(inputs.data.train)), config.optimizer,
+                    config.momentum, prefix=inputs.prefix(plan))
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -289,41 +287,86 @@ def stop_on_signals(stop: threading.Event, stream=None):
 # ----------------------------------------------------------------------------- the run
 
 
+@dataclass
+class RunInputs:
+    """What a run is made of, built and checked once by :func:`prepare_run`: the model (its head
+    sized to the data), the plan it was built with, the data, its forward graph and, once
+    measured, its cost profile. The TUI keeps the inputs it prepared when the model was opened
+    and runs every plan on them; a sweep runs every rung on them."""
+
+    model: nn.Module
+    plan: FreezePlan  # the plan file's, or the one made from --model and rules
+    data: Dataset
+    traced: Traced | None
+    device: torch.device
+    profile: object | None = None  # cost.ModelProfile, when measured
+
+    def prefix(self, plan: FreezePlan) -> Prefix | None:
+        """Where backward stops under ``plan`` (the one answer, see :func:`split.frozen_prefix`)."""
+        return frozen_prefix(self.traced, set(plan.frozen), [n for n, _ in self.model.named_parameters()])
+
+    def seen_size(self, config: TrainConfig) -> int:
+        """The size of the images the model will see, after the input transform."""
+        return seen_size(self.model, self.data, config)
+
+
+def check_settings(spec: RunSpec) -> torch.device:
+    """The cheap checks, before any file is read or image decoded: the settings, the device
+    (a missing GPU is one sentence), the output folder, the rules against the model's names."""
+    spec.config.validate()
+    device = resolve_device(spec.config.device)
+    if spec.resume is None and spec.out is not None:
+        check_out(spec.out, spec.force)
+    check_rules_early(spec)
+    return device
+
+
+def prepare_run(spec: RunSpec, reporter: Reporter | None = None, device: torch.device | None = None,
+                data: Dataset | None = None) -> RunInputs:
+    """The one way a run's inputs are assembled, for ``freezetui train``, ``--resume``, torchrun
+    workers, ``freezetui sweep`` and the TUI: the data sized for the model's weights, the model
+    built and seeded, its head checked against the data, its plan checked against it, its graph
+    traced. Call :func:`check_settings` first (``device`` is what it returned); ``data``: the
+    spec's data, when the caller has loaded it already."""
+    reporter = reporter or Reporter()
+    data = data if data is not None else load_run_data(spec, reporter)
+    torch.manual_seed(spec.config.seed)
+    model, plan = build_for_run(spec, data, reporter)
+    error = head_mismatch(output_classes(model), data)
+    if error:
+        raise error
+    return RunInputs(model, plan, data, trace(model), device or resolve_device(spec.config.device))
+
+
+def check_plan(inputs: RunInputs, plan: FreezePlan) -> None:
+    """A plan run on prepared inputs fits their model and trains something."""
+    if plan is not inputs.plan:
+        plan.check_fits(inputs.model)
+    if not plan.trainable:
+        raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
+
+
 def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threading.Event | None = None,
-            reporter: Reporter | None = None, *, model: nn.Module | None = None, data: Dataset | None = None,
-            traced=None, profile=None) -> TrainResult:
-    """Carry out ``spec``. The TUI passes the ``model`` and ``data`` it holds (and its ``traced``
-    graph); otherwise they are built from the spec. Under torchrun only rank 0 reports and
-    writes files."""
+            reporter: Reporter | None = None, inputs: RunInputs | None = None) -> TrainResult:
+    """Carry out ``spec``: on ``inputs`` when the caller prepared them (the TUI, a sweep's
+    rungs; the run's plan is then ``spec.plan``), else on inputs prepared from the spec. Under
+    torchrun only rank 0 reports and writes files."""
     reporter = reporter or Reporter()
     config = spec.config
-    config.validate()
-    resolve_device(config.device)  # a missing GPU is one sentence before any file is read
-    if spec.resume is None and model is None:
-        check_out(spec.out, spec.force)
-        check_rules_early(spec)
+    check_settings(spec)
     with distributed.process_group(config.device) as (rank, world):
         if rank:
             distributed.quiet_stdout()
             reporter = Reporter()
-        with distributed.rank_zero_first():  # downloads and caches are written once
-            if data is None:
-                data = load_run_data(spec, reporter)
-            torch.manual_seed(config.seed)
-            if model is None:
-                model, plan = build_for_run(spec, data, reporter)
-            else:
-                plan = spec.plan
-        if not plan.trainable:
-            raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
-        error = head_mismatch(output_classes(model), data)
-        if error:
-            raise error
-        if traced is None:
-            traced = trace(model)
-        reporter.lints(check(plan, model, image_size=seen_size(model, data, config),
-                             order=traced.param_order if traced else None))
-        estimate = plan_estimate(model, plan, data, config, reporter, profile) if rank == 0 else None
+        if inputs is None:
+            with distributed.rank_zero_first():  # downloads and caches are written once
+                inputs = prepare_run(spec, reporter)
+        plan = spec.plan if spec.plan is not None else inputs.plan
+        check_plan(inputs, plan)
+        model, data = inputs.model, inputs.data
+        reporter.lints(check(plan, model, image_size=inputs.seen_size(config),
+                             order=inputs.traced.param_order if inputs.traced else None))
+        estimate = plan_estimate(inputs, plan, config, reporter) if rank == 0 else None
         writers = []
         if rank == 0:
             writers = [*callbacks, RunWriter(spec.out, model, plan, config,
@@ -332,7 +375,8 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
                                                     "train_images": len(data.train), "val_images": len(data.val),
                                                     "classes": list(data.classes), "estimate": estimate},
                                              resume_epoch=spec.resume["epoch"] if spec.resume else None)]
-        return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume, traced=traced)
+        return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume,
+                     traced=inputs.traced)
 
 
 def finished_message(result: TrainResult, out: Path) -> str:

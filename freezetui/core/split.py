@@ -396,6 +396,39 @@ def find_cut(traced: Traced, frozen: set[str], random_ok: bool = False) -> Cut |
     return best
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """Where backward stops under a plan: the one answer every screen and file gives (``plan
+    show``, ``train``'s first lines, ``summary.json``, the cost estimate, the TUI's totals)."""
+
+    module: str  # the model's module whose output crosses the cut, as the tree names it: "layer3"
+    reason: str  # what comes right after it: "a trainable parameter in layer4.0"
+    traced: bool = True  # False: the model cannot be traced, so this is by parameter order
+
+    def sentence(self) -> str:
+        how = "" if self.traced else " (by parameter order: the model cannot be traced)"
+        return f"backward stops at {self.module}, before {self.reason}{how}"
+
+
+def frozen_prefix(traced: Traced | None, frozen: set[str], order: list[str]) -> Prefix | None:
+    """The frozen prefix of a plan (``frozen``: its frozen parameter names) in a model whose
+    parameters, in forward order when known, are ``order``; None when backward runs to the
+    input. The deepest cut is the answer: a run may cache features at a shallower, cacheable
+    cut, but frozen layers past it record nothing, so backward stops here all the same."""
+    if traced is not None and traced.refused is None:
+        cut = find_cut(traced, frozen, random_ok=True)
+        return Prefix(cut.module or cut.name, cut.reason) if cut else None
+    if traced is not None:
+        order = traced.param_order
+    first = next((i for i, n in enumerate(order) if n not in frozen), None)
+    if not first:  # None: nothing trains; 0: the first parameter trains
+        return None
+    module = order[first - 1].rpartition(".")[0] or order[first - 1]
+    owner = order[first].rpartition(".")[0]
+    return Prefix(module, f"a trainable parameter in {owner}" if owner else f"the trainable parameter {order[first]}",
+                  traced=False)
+
+
 def _where(traced: Traced, i: int) -> str:
     n = traced.nodes[i]
     if n.op == "call_module":

@@ -15,15 +15,14 @@ from torch import nn
 
 from . import distributed
 from .atomic import write_json
-from .cost import estimate, human_bytes, human_flops, profile_model
-from .data import Dataset, load_data
+from .cost import estimate, human_bytes, human_flops
+from .data import Dataset
 from .errors import PlanError
 from .models import find_heads
 from .plan import FreezePlan, escape_glob
-from .runner import Reporter, build_for_run, execute, resume_spec, seen_size
+from .runner import Reporter, RunInputs, check_settings, cost_profile, execute, prepare_run, resume_spec
 from .runs import config_fields
 from .specs import ModelSpec, RunSpec
-from .split import trace
 from .train import Callback, TrainConfig
 
 SETTINGS = "sweep-settings.json"
@@ -133,8 +132,8 @@ def ladder(model: nn.Module, traced=None, base: FreezePlan | None = None, rungs:
     if rungs is not None and rungs < 1:
         raise PlanError(f"a sweep needs at least one rung, got --rungs {rungs}")
     head, parts = stages(model, traced)
-    if base is None:
-        base = FreezePlan.from_model(model, batchnorm=batchnorm)
+    # base gives the model block only: a rung is the ladder's plan, never base's schedule
+    base = FreezePlan.from_model(model, batchnorm=batchnorm, spec=base.model if base is not None else None)
     steps: list[tuple[str, list[str]]] = [("head", head)]
     for name, held in reversed(parts):
         steps.append((f"+{name}", held))
@@ -226,88 +225,60 @@ def run_sweep(model_spec: ModelSpec, data_spec: str, config: TrainConfig, out, r
               batchnorm: str = "freeze",
               callbacks_factory: Callable[[int, str], list[Callback]] | None = None,
               stop: threading.Event | None = None, reporter: Reporter | None = None, *,
-              data: Dataset | None = None, force: bool = False, model: nn.Module | None = None,
-              base: FreezePlan | None = None, traced=None, profile=None) -> list[dict]:
-    """Train every rung of the ladder on ``data_spec`` (or the loaded ``data``), writing
-    ``out/NN-<rung>/`` per rung and ``out/sweep.json`` after each. Called again on the same
-    ``out`` with the same settings it continues: finished rungs are kept, a stopped rung
-    resumes from its last checkpoint. Returns the rows of ``sweep.json``; the last row has
-    ``stopped`` set when ``stop`` ended the sweep early.
+              force: bool = False, inputs: RunInputs | None = None, data: Dataset | None = None) -> list[dict]:
+    """Train every rung of the ladder on ``data_spec``, writing ``out/NN-<rung>/`` per rung and
+    ``out/sweep.json`` after each. Called again on the same ``out`` with the same settings it
+    continues: finished rungs are kept, a stopped rung resumes from its last checkpoint.
+    Returns the rows of ``sweep.json``; the last row has ``stopped`` set when ``stop`` ended
+    the sweep early.
+
+    The model and data are those :func:`runner.prepare_run` makes for ``freezetui train`` with
+    the same options (one cache entry, the same sizes), or the caller's ``inputs`` (the TUI's):
+    every rung starts from the weights they hold when the sweep starts, and is a run on them.
+    ``data``: the data of ``data_spec``, loaded already.
 
     Under torchrun the processes hold one process group for the whole sweep; each builds the
     same ladder from the same seed, rank 0 alone reads and writes the sweep's files and
-    reports, and the others follow its decisions (a rung kept, resumed or started).
-
-    A caller that has the model already (the TUI) passes it as ``model`` with its ``base``
-    plan (the plan file's model block), ``traced`` graph and cost ``profile``; every rung then
-    starts from the weights it holds when the sweep starts."""
+    reports, and the others follow its decisions (a rung kept, resumed or started)."""
     out = Path(out)
-    config.validate()
+    reporter = reporter or Reporter()
+    spec = RunSpec(data=data_spec, config=config, out=None, model=model_spec, batchnorm=batchnorm)
+    device = check_settings(spec)
     settings = _settings(model_spec, data_spec, config, rungs, batchnorm)
     with distributed.process_group(config.device) as (rank, _):
         if rank:
             distributed.quiet_stdout()
             reporter = Reporter()
-        built = (model, base, traced, profile) if model is not None else None
-        return _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_factory, stop,
-                      reporter or Reporter(), data, force, settings, rank, built)
+        distributed.decided_by_rank_zero(lambda: _claim(out, settings, force))
+        if inputs is None:
+            with distributed.rank_zero_first():  # a folder's decoded cache is written once
+                inputs = prepare_run(spec, reporter, device, data)
+        return _sweep(inputs, data_spec, model_spec, config, out, rungs, batchnorm, callbacks_factory, stop,
+                      reporter, rank)
 
 
-def _agreed(rank: int, fn):
-    """``fn()`` on rank 0, its result (or its one-sentence error) on every process."""
-    value, error = None, None
-    if rank == 0:
-        try:
-            value = fn()
-        except PlanError as e:
-            error = str(e)
-    value, error = distributed.broadcast((value, error))
-    if error is not None:
-        raise PlanError(error)
-    return value
+def _claim(out: Path, settings: dict, force: bool) -> None:
+    _check_out(out, settings, force)
+    write_json(out / SETTINGS, settings)
 
 
-def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_factory, stop, reporter, data, force,
-           settings, rank, built=None) -> list[dict]:
-    def claim():
-        _check_out(out, settings, force)
-        write_json(out / SETTINGS, settings)
-
-    _agreed(rank, claim)
-    import torch
-
-    model, base, traced, profile = built or (None, None, None, None)
-    with distributed.rank_zero_first():  # a folder's decoded cache is written once
-        if data is None:
-            data = load_data(data_spec, seed=config.seed, size=config.image_size)
-            for w in data.warnings:
-                reporter.warning(w)
-        if model is None:
-            torch.manual_seed(config.seed)
-            model, base = build_for_run(RunSpec(data=data_spec, config=config, out=out, model=model_spec,
-                                                batchnorm=batchnorm), data, reporter)
-            traced = trace(model)
+def _sweep(inputs: RunInputs, data_spec, model_spec, config, out, rungs, batchnorm, callbacks_factory, stop,
+           reporter, rank) -> list[dict]:
+    model = inputs.model
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    plans = ladder(model, traced, base=base, rungs=rungs, batchnorm=batchnorm)
-    # the estimates go into sweep.json, which rank 0 writes; a caller's profile serves when
-    # it was taken at the size this sweep sees
-    size = seen_size(model, data, config)
-    if rank != 0:
-        profile = None
-    elif profile is None or getattr(profile, "image_size", None) != size:
-        try:
-            profile = profile_model(model, size)
-        except Exception as e:  # noqa: BLE001 - the estimate is advice: a sweep goes on without it
-            reporter.note(f"no cost estimate for this model ({type(e).__name__}: {e})")
-            profile = None
-    batch = min(config.batch_size, len(data.train))
+    plans = ladder(model, inputs.traced, base=inputs.plan, rungs=rungs, batchnorm=batchnorm)
+    # the estimates go into sweep.json, which rank 0 writes
+    profile = cost_profile(inputs, config, reporter) if rank == 0 else None
+    batch = min(config.batch_size, len(inputs.data.train))
     rows: list[dict] = []
     for i, (name, plan) in enumerate(plans):
-        if rows and _agreed(rank, lambda: stop is not None and stop.is_set()):
+        if rows and distributed.decided_by_rank_zero(lambda: stop is not None and stop.is_set()):
             break  # stopped between rungs: the next one does not start
         run_dir = out / rung_folder(i, name)
-        est = estimate(profile, plan, batch, config.optimizer, config.momentum) if profile is not None else None
-        summary, resuming = _agreed(rank, lambda: (_finished(run_dir), (run_dir / "checkpoint.pt").is_file()))
+        est = estimate(profile, plan, batch, config.optimizer, config.momentum, prefix=inputs.prefix(plan)) \
+            if profile is not None else None
+        summary, resuming = distributed.decided_by_rank_zero(
+            lambda: (_finished(run_dir), (run_dir / "checkpoint.pt").is_file()))
         if summary is not None:
             reporter.note(f"rung {i + 1}/{len(plans)} {name}: finished before, kept ({run_dir})")
             rows.append(_row(name, run_dir, plan, summary, est))
@@ -321,7 +292,7 @@ def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_facto
                            model=model_spec, force=True)
             reporter.note(f"rung {i + 1}/{len(plans)} {name}: {plan.counts['trainable']:,} trainable parameters")
         callbacks = list(callbacks_factory(i, name)) if callbacks_factory else []
-        result = execute(spec, callbacks, stop, reporter, model=model, data=data, traced=traced, profile=profile)
+        result = execute(spec, callbacks, stop, reporter, inputs=inputs)
         rows.append(_row(name, run_dir, plan, result.summary(), est))
         if rank == 0:
             write_json(out / SWEEP, rows)

@@ -21,7 +21,7 @@ from .errors import TrainingError
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .schedule import SCHEDULES, describe, param_groups, schedule_factor, unfreeze_warmup, warmup_steps
-from .split import find_cut, split, trace
+from .split import Prefix, find_cut, frozen_prefix, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 # 128 keeps two CPU cores or a GPU busy where the seed's 16 leaves them waiting on Python and
@@ -108,8 +108,8 @@ class RunStart:
     input_size: int
     lr: float
     feature_cache: bool = False  # training reads cached prefix outputs
-    backward_stop: str | None = None  # the module of the tree where the frozen prefix ends (None: no prefix)
-    prefix_reason: str | None = None  # why it ends there ("a trainable parameter in layer4.0.conv1")
+    prefix: Prefix | None = None  # where backward stops (split.frozen_prefix; None: it runs to the input)
+    cached_at: str | None = None  # the module whose outputs are cached, when features are
     schedule: list[str] = field(default_factory=list)  # the plan's stages and rates in words
 
 
@@ -498,8 +498,9 @@ class _Run:
         else:
             self.sync_every = SYNC_STEPS_DISTRIBUTED if distributed.active() else 0  # 0: by time
         start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
-                         config.effective_lr, self.cache_train, cut.module if cut else None,
-                         cut.reason if cut else None, describe(self.plan))
+                         config.effective_lr, self.cache_train, self.prefix_now,
+                         (cut.module or cut.name) if cut is not None and self.cache_train else None,
+                         describe(self.plan))
         for cb in self.callbacks:
             cb.on_run_start(start)
 
@@ -520,7 +521,8 @@ class _Run:
                                                        else None)
         self.step_fn = torch.compile(head) if self.config.compile else head
         self.result.feature_cache = self.cache_train
-        self.result.frozen_prefix = cut.name if cut else None
+        self.prefix_now = frozen_prefix(self.traced, set(self.active.frozen), [n for n, _ in model.named_parameters()])
+        self.result.frozen_prefix = self.prefix_now.module if self.prefix_now else None
         return cut
 
     def switch_plan(self, plan: FreezePlan, check: bool = True) -> None:

@@ -21,8 +21,8 @@ from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, build_model, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan, Stage, escape_glob, glob_matches
-from .runner import check_code_allowed, weights_sizes
-from .split import find_cut, trace
+from .runner import RunInputs
+from .split import Prefix, frozen_prefix, trace
 from .train import TrainConfig, resolve_device
 
 
@@ -84,7 +84,7 @@ class Workspace:
     """A model, the plan being edited for it, the data to train on, and this session's runs."""
 
     def __init__(self, model: nn.Module, data: Dataset | None = None, plan: FreezePlan | None = None,
-                 data_name: str = "", device: str = "auto"):
+                 data_name: str = "", device: str = "auto", traced=None):
         self.model = model
         self.info: ModelInfo = model_info(model) or ModelInfo(type(model).__name__, None, None, False)
         self.data = data
@@ -102,8 +102,11 @@ class Workspace:
         # would delay the first drawn tree by seconds.
         self.initial_state: dict | None = None
         self.runs: list[RunRecord] = []
-        self.traced = trace(model)  # once: every freeze edit then finds its cut in O(nodes)
+        self.traced = traced if traced is not None else trace(model)  # once: every edit finds its cut in O(nodes)
         self.order = self.traced.param_order if self.traced else self.param_names
+        # what a run of this workspace is made of (the TUI's runs and sweeps use these, measured once)
+        self.inputs = RunInputs(model, self.plan.copy(), data, self.traced, resolve_device(device)) \
+            if data is not None else None
         self._changed()
         if plan is not None:
             self.load_plan_object(plan)
@@ -112,27 +115,32 @@ class Workspace:
 
     @classmethod
     def open(cls, model: str = "resnet18", weights: str | None = "auto", data: str = "shapes",
-             num_classes: int | None = None, small_input: bool = False, plan: str | None = None,
+             num_classes: int | None = None, small_input: bool = False, plan: str | FreezePlan | None = None,
              device: str = "auto", seed: int = 0, image_size: int | None = None,
              progress=None) -> "Workspace":
         """Load the data, build the model sized to it, and apply ``plan`` if given (its model
-        wins; a plan naming a Python factory needs ``model`` to name it too)."""
-        resolve_device(device)
-        loaded_plan = FreezePlan.load(plan) if plan else None
-        if loaded_plan is not None:
-            check_code_allowed(loaded_plan.model["name"], model)
-        if loaded_plan is not None:
-            spec = loaded_plan.model
-            model, small_input = spec["name"], bool(spec.get("small_input"))
-            num_classes = spec.get("num_classes") or num_classes
-            if weights == "auto" and spec.get("weights"):
-                weights = spec["weights"]
-        resize, crop = (None, None) if small_input else weights_sizes(model, weights)
-        dataset = load_data(data, seed=seed, size=image_size, resize_size=resize, crop_size=crop, progress=progress)
-        torch.manual_seed(seed)
-        net = build_model(model, weights=weights, num_classes=num_classes or dataset.num_classes,
-                          small_input=small_input, allow_code=True, image_size=image_size)
-        return cls(net, dataset, loaded_plan, data_name=data, device=device)
+        wins; a plan naming a Python factory needs ``model`` to name it too), through the same
+        :func:`~freezetui.core.runner.prepare_run` as every run."""
+        from .runner import Reporter, check_settings, prepare_run
+        from .specs import ModelSpec, RunSpec
+
+        loaded = FreezePlan.load(plan) if isinstance(plan, (str, Path)) else plan
+        if loaded is not None and weights not in ("auto", None):
+            loaded.model["weights"] = weights  # --weights beside a plan: the user's file wins
+        reporter = Reporter()
+        if progress is not None:
+            reporter.progress = progress
+        spec = RunSpec(data=data, config=TrainConfig(seed=seed, image_size=image_size, device=device), out=None,
+                       plan=loaded, model=ModelSpec(model, weights, num_classes, small_input))
+        inputs = prepare_run(spec, reporter, check_settings(spec))
+        return cls.from_inputs(inputs, data_name=data, device=device, plan=loaded)
+
+    @classmethod
+    def from_inputs(cls, inputs: "RunInputs", data_name: str = "", device: str = "auto",
+                    plan: FreezePlan | None = None) -> "Workspace":
+        ws = cls(inputs.model, inputs.data, plan, data_name=data_name, device=device, traced=inputs.traced)
+        ws.inputs = inputs
+        return ws
 
     # ------------------------------------------------------------------ the tree
 
@@ -194,85 +202,20 @@ class Workspace:
     def batchnorm(self) -> str:
         return self.plan.batchnorm
 
-    def backward_stop(self) -> str | None:
-        """Where the frozen prefix ends in the forward graph (backward runs no further down),
-        or, for a model that cannot be traced, the first trainable parameter's module."""
-        if self.traced is not None:
-            cut = find_cut(self.traced, {n for n, f in zip(self.param_names, self.frozen) if f})
-            return cut.name if cut else None
-        idx = np.flatnonzero(~self.frozen)
-        return self.param_names[idx[0]].rpartition(".")[0] if len(idx) and idx[0] > 0 else None
-
     def has_batchnorm(self) -> bool:
         """Whether any module is a BatchNorm (the BN setting matters only then)."""
         if not hasattr(self, "_has_bn"):
             self._has_bn = any("BatchNorm" in n.kind for n in self.nodes.values() if not n.is_param)
         return self._has_bn
 
-    def _tree_module(self, index: int) -> str | None:
-        """The tree's name for where graph node ``index`` leaves the model: the outermost module
-        whose forward pass ends with it (``layer2``, not the ReLU its last block ends with), else
-        the last module that ran before it (a ``torch.flatten`` after ``avgpool`` is ``avgpool``)."""
-        nodes = self.traced.nodes
-
-        def modules(n) -> list[str]:
-            stack = [v[0] if isinstance(v, tuple) else str(v) for v in (n.meta.get("nn_module_stack") or {}).values()]
-            if n.op == "call_module":
-                stack.append(str(n.target))
-            return [m for m in stack if m in self.nodes and m]
-
-        if getattr(self, "_last_node", None) is None:  # once per model: where each module's nodes end
-            self._node_modules = [modules(n) for n in nodes]
-            self._last_node = {}
-            for i, ms in enumerate(self._node_modules):
-                for m in ms:
-                    self._last_node[m] = i
-        # the outermost module whose last node this is
-        found = next((m for m in self._node_modules[index] if self._last_node[m] == index), None)
-        if found:
-            return found
-        for i in range(index, -1, -1):  # else the last module that ran
-            if nodes[i].op == "call_module" and str(nodes[i].target) in self.nodes:
-                return str(nodes[i].target)
-        return None
-
-    def frozen_prefix(self) -> tuple[str, str] | None:
-        """(module of the tree where the frozen prefix ends, why it ends there), or None when
-        there is no prefix. Backward never runs below that module; a run may cache its output."""
-        if getattr(self, "_prefix_key", None) == self.version:
-            return self._prefix
-        self._prefix = self._find_prefix()
-        self._prefix_key = self.version
+    def frozen_prefix(self) -> Prefix | None:
+        """Where backward stops under the plan being edited (see :func:`split.frozen_prefix`),
+        computed once per edit."""
+        if getattr(self, "_prefix_key", None) != self.version:
+            frozen = {n for n, f in zip(self.param_names, self.frozen) if f}
+            self._prefix = frozen_prefix(self.traced, frozen, self.param_names)
+            self._prefix_key = self.version
         return self._prefix
-
-    def _find_prefix(self) -> tuple[str, str] | None:
-        frozen = {n for n, f in zip(self.param_names, self.frozen) if f}
-        if self.traced is None:
-            stop = self.backward_stop()
-            return (stop, "the model cannot be traced, so this is by parameter order") if stop else None
-        cut = find_cut(self.traced, frozen)
-        if cut is None:
-            return None
-        nodes = self.traced.nodes
-        where = self._tree_module(cut.index) or cut.name
-        reason = "the model ends there"
-        for i in range(cut.index + 1, len(nodes)):
-            n = nodes[i]
-            trainable = [p for p in self.traced.node_params[i] if p not in frozen]
-            kind = self.traced.kinds[i]
-            if trainable:
-                owner = trainable[0].rpartition(".")[0] or trainable[0]
-                skipped = any(self.traced.node_params[j] for j in range(cut.index + 1, i))
-                reason = (f"{owner} trains, and a skip connection goes around the frozen layers before it"
-                          if skipped else f"then {owner} trains")
-                break
-            if any(s in kind for s in ("Dropout", "StochasticDepth", "DropPath")) or (
-                    n.op == "call_function" and "dropout" in getattr(n.target, "__name__", "")):
-                reason = f"then {n.target if n.op == 'call_module' else n.name} is random (dropout)"
-                break
-            if n.op == "output":
-                break
-        return where, reason
 
     # ------------------------------------------------------------------ editing
 
@@ -569,12 +512,23 @@ class Workspace:
 
     # ------------------------------------------------------------------ cost
 
-    cost_profile = None  # measured once per model (see compute_cost_profile); None: no cost line
+    @property
+    def cost_profile(self):
+        """The model's cost profile (see :meth:`compute_cost_profile`); None: not measured, or
+        the model cannot be profiled."""
+        return self.inputs.profile if self.inputs is not None else getattr(self, "_profile", None)
+
+    @cost_profile.setter
+    def cost_profile(self, profile) -> None:
+        if self.inputs is not None:
+            self.inputs.profile = profile
+        else:
+            self._profile = profile
 
     def compute_cost_profile(self) -> None:
-        """Measure the model once for the cost line, on a copy of it: call it off the UI thread
-        (forward passes), at any time, even while a run trains the model itself. A model that
-        cannot be profiled gets no line."""
+        """Measure the model once for the cost estimate, on a copy of it: call it off the UI
+        thread (forward passes), at any time, even while a run trains the model itself. A model
+        that cannot be profiled gets none."""
         from .cost import profile_model
 
         try:
@@ -582,17 +536,14 @@ class Workspace:
         except Exception:  # noqa: BLE001 - advice only
             self.cost_profile = None
 
-    def cost_line(self, batch_size: int, optimizer: str) -> str | None:
-        """The current plan's price at this batch size, short enough for the totals panel."""
+    def cost(self, batch_size: int, optimizer: str) -> dict | None:
+        """The current plan's price at this batch size (:func:`cost.estimate`'s dict, its
+        ``backward_stop`` the same module as :meth:`frozen_prefix`); None when not measured."""
         if self.cost_profile is None:
             return None
-        from .cost import estimate, human_bytes
+        from .cost import estimate
 
-        est = estimate(self.cost_profile, self.plan, batch_size, optimizer)
-        ratio = est.get("flops_ratio") or 1.0
-        flops = f" · {ratio:.1f}× fewer FLOPs" if ratio > 1.005 else ""
-        return (f"activations {human_bytes(est['activation_bytes'])} of {human_bytes(est['full_activation_bytes'])}"
-                f" full{flops}")
+        return estimate(self.cost_profile, self.plan, batch_size, optimizer, prefix=self.frozen_prefix())
 
     def describe(self) -> str:
         """Model · weights · data · device, for the header."""

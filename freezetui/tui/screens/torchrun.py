@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from ...core.runner import is_code
+from ...core.models import is_factory
 
 
 def next_torchrun_dir(runs_dir: str, model: str) -> Path:
@@ -31,7 +31,7 @@ def torchrun_args(plan_path: str, data: str, config, gpus: int, out: str, model:
     its value kept together."""
     groups = [["torchrun"], ["--standalone"], ["--nproc-per-node", str(max(1, gpus))], ["-m", "freezetui", "train"],
               ["--plan", plan_path], ["--data", data]]
-    if model and is_code(model):  # a plan naming code runs only when the command names it too
+    if model and is_factory(model):  # a plan naming code runs only when the command names it too
         groups.append(["--model", model])
     groups += [["--epochs", str(config.epochs)], ["--batch-size", str(config.batch_size)],
                ["--optimizer", config.optimizer], ["--weight-decay", f"{config.weight_decay:g}"]]

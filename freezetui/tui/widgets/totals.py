@@ -5,7 +5,16 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from ...core.cost import human_bytes
 from ..format import human, share
+
+
+def cost_line(est: dict) -> str:
+    """A plan's price (:meth:`Workspace.cost`), short enough for the totals panel."""
+    ratio = est.get("flops_ratio") or 1.0
+    flops = f" · {ratio:.1f}× fewer FLOPs" if ratio > 1.005 else ""
+    return (f"activations {human_bytes(est['activation_bytes'])} of {human_bytes(est['full_activation_bytes'])}"
+            f" full{flops}")
 
 
 class Totals(Static):
@@ -21,14 +30,14 @@ class Totals(Static):
         text.append("\n")
         prefix = workspace.frozen_prefix()
         if prefix:
-            where, reason = prefix
-            text.append("frozen prefix ends at ", "dim")
-            text.append(where, "bold")
-            text.append(f": {reason}", "dim")
+            head, _, tail = prefix.sentence().partition(prefix.module)
+            text.append(head, "dim")
+            text.append(prefix.module, "bold")
+            text.append(tail, "dim")
         else:
-            text.append("no frozen prefix: backward runs through it all", "dim")
-        cost = workspace.cost_line(config.batch_size, config.optimizer) if config is not None else None
-        if cost:
+            text.append("backward runs to the input: no frozen prefix", "dim")
+        est = workspace.cost(config.batch_size, config.optimizer) if config is not None else None
+        if est:
             text.append("\n")
-            text.append(f"batch {config.batch_size}: {cost}", "dim")
+            text.append(f"batch {config.batch_size}: {cost_line(est)}", "dim")
         self.update(text, layout=False)  # fixed height: no layout pass
