@@ -26,16 +26,36 @@ def cmd_models(args) -> int:
     return 0
 
 
-def print_lints(lints, stream=None) -> None:
-    from .core.lints import render
+def lint_advice(fix) -> str:
+    """A lint's fix (data from the core) as the command line's flags."""
+    kind, value = fix
+    if kind == "unfreeze":
+        return f"unfreeze it with --unfreeze '{value}'"
+    if kind == "batchnorm":
+        return f"use --bn {value}"
+    if kind == "image_size":
+        return f"use --image-size {value}"
+    if kind == "image_size_or_small_input":
+        return f"use --image-size {value} or larger, or --small-input"
+    if kind == "small_input":
+        return "use --small-input"
+    return ""
 
+
+def lint_text(lint) -> str:
+    """``message; advice``, the advice as flags (the severity is the caller's to show)."""
+    advice = lint_advice(lint.fix) if lint.fix is not None else ""
+    return lint.message + (f"; {advice}" if advice else "")
+
+
+def print_lints(lints, stream=None) -> None:
     stream = stream or sys.stdout
     if not lints:
         print("lints: none", file=stream)
         return
     print("lints:", file=stream)
     for l in lints:
-        print(f"  {l.severity.upper():7} {render(l, 'cli')}", file=stream)
+        print(f"  {l.severity.upper():7} {lint_text(l)}", file=stream)
 
 
 def cmd_plan_make(args) -> int:

@@ -100,7 +100,9 @@ def test_controller_runs_quits_and_refuses_resume_without_textual(tmp_path, smal
     assert ws.locked and ctl.running
     with pytest.raises(PlanError, match="read-only"):
         ws.set_frozen("fc", True)
-    assert ctl.resume_refusal(record) == "A run is in progress; stop it first (t)."
+    from freezetui.tui.format import explain
+
+    assert explain(ctl.resume_refusal(record)) == "A run is in progress; stop it first (t)."
     result = ctl.work([])
     text = ctl.finished(result)
     assert not ws.locked and record.status == "done" and "saved to" in text

@@ -101,7 +101,9 @@ def test_quitting_during_a_sweep_says_how_to_go_on(tmp_path):
     controller = RunController(small_workspace(), tmp_path / "runs")
     folder = controller.start_sweep(TrainConfig(epochs=1, device="cpu"))
     assert controller.quit() is False  # the sweep stops first
-    message = controller.exit_message()
+    from freezetui.tui.format import fix_keys
+
+    message = controller.exit_message(fix_keys)  # the app words the fix as its keys
     assert "sweep stopped" in message and str(folder) in message and "V, then c" in message
     controller.finished(None, RuntimeError("stopped before its first rung"))
     assert not controller.sweeping and not controller.workspace.locked

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from .errors import FreezeTUIError, PlanError
+from .errors import FIXES, FreezeTUIError, PlanError
 from .runner import execute, resume_spec
 from .runs import new_run_dir, read_metrics
 from .schedule import short_name
@@ -101,7 +101,7 @@ def error_text(error: BaseException | None) -> str:
     if isinstance(error, FreezeTUIError):
         return str(error)
     if error is not None and "out of memory" in str(error).lower():
-        return "out of memory: lower the batch size (c) or the image size"
+        return "out of memory: lower the batch size or the image size"
     return f"{type(error).__name__}: {error}" if error else "unknown error"
 
 
@@ -317,14 +317,14 @@ class RunController:
         """The running sweep's finished rungs so far."""
         return read_sweep(self.sweep_dir) if self.sweep_dir is not None else []
 
-    def resume_refusal(self, record: RunRecord) -> str | None:
-        """Why ``record`` cannot be resumed, or None."""
+    def resume_refusal(self, record: RunRecord) -> PlanError | None:
+        """Why ``record`` cannot be resumed (its ``fix`` as data), or None."""
         if self.running:
-            return "A run is in progress; stop it first (t)."
+            return PlanError("A run is in progress; stop it first.", fix="stop-run")
         if record.status not in ("stopped", "failed") or record.folder is None \
                 or not (Path(record.folder) / "checkpoint.pt").is_file():
-            return (f"Run {record.label} has nothing to resume: it is {record.status} "
-                    f"or stopped before its first epoch ended.")
+            return PlanError(f"Run {record.label} has nothing to resume: it is {record.status} "
+                             f"or stopped before its first epoch ended.")
         return None
 
     def start_resume(self, record: RunRecord) -> None:
@@ -408,21 +408,23 @@ class RunController:
         ws.runs[:0] = past
         return past
 
-    def next_run_refusal(self) -> str | None:
-        """Why a new run cannot start with the current plan (before any folder is made)."""
+    def next_run_refusal(self) -> PlanError | None:
+        """Why a new run cannot start with the current plan (before any folder is made), its
+        ``fix`` as data; None when it can."""
         if self.running:
-            return "A run is in progress; t stops it."
+            return PlanError("A run is in progress.", fix="stop-run")
         if self.workspace.totals()["trainable"] == 0:
-            return "Nothing is trainable, so a run would change nothing: unfreeze something first (H: head only, A: all)."
+            return PlanError("Nothing is trainable, so a run would change nothing: unfreeze something first.",
+                             fix="train-something")
         return None
 
-    def exit_message(self) -> str | None:
+    def exit_message(self, fix_words: Callable[[str], str] = FIXES.__getitem__) -> str | None:
         """What to print on the terminal after the app has exited: where the run that quitting
-        stopped is, and how to go on with it."""
+        stopped is, and how to go on with it (``fix_words``: how the app names a fix)."""
         record = self.stopped_for_quit
         if self.quit_in_sweep:
             return (f"freezetui: sweep stopped; its rungs are in {self.sweep_dir}\n"
-                    f"continue it in freezetui (V, then c), or with: freezetui sweep --out "
+                    f"continue it in freezetui ({fix_words('continue-sweep')}), or with: freezetui sweep --out "
                     f"{shlex.quote(str(self.sweep_dir))} and the options it started with (in "
                     f"{shlex.quote(str(self.sweep_dir / 'sweep-settings.json'))})")
         if record is None or record.folder is None:

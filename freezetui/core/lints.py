@@ -16,7 +16,8 @@ SEVERITIES = ("error", "warning", "info")
 @dataclass(frozen=True)
 class Lint:
     """A finding. ``message`` says what is wrong in words (no CLI flags or keys); ``fix`` is the
-    remedy as data, which :func:`render` turns into flags for the CLI or keys for the TUI:
+    remedy as data, which the front ends word as flags (``cli.lint_text``) or keys
+    (``tui.format.lint_text``):
     ``("unfreeze", module)``, ``("batchnorm", "freeze")``, ``("image_size", px)``,
     ``("small_input", True)`` or ``("image_size_or_small_input", px)``."""
 
@@ -27,46 +28,7 @@ class Lint:
     fix: tuple[str, Any] | None = None
 
     def __str__(self) -> str:
-        return render(self, "cli")
-
-
-def _cli_advice(fix: tuple[str, Any]) -> str:
-    kind, value = fix
-    if kind == "unfreeze":
-        return f"unfreeze it with --unfreeze '{value}'"
-    if kind == "batchnorm":
-        return f"use --bn {value}"
-    if kind == "image_size":
-        return f"use --image-size {value}"
-    if kind == "image_size_or_small_input":
-        return f"use --image-size {value} or larger, or --small-input"
-    if kind == "small_input":
-        return "use --small-input"
-    return ""
-
-
-def _tui_advice(fix: tuple[str, Any]) -> str:
-    kind, value = fix
-    if kind == "unfreeze":
-        return f"unfreeze {value} (space on it, or / glob)"
-    if kind == "batchnorm":
-        return "b keeps BatchNorm statistics" if value == "freeze" else "b lets BatchNorm statistics train"
-    if kind == "image_size":
-        return "set image size in settings (c)"
-    if kind in ("image_size_or_small_input", "small_input"):
-        return "set image size or small input in settings (c)"
-    return ""
-
-
-def render(lint: Lint, style: str = "cli") -> str:
-    """``"severity: message; advice"``: the advice as command-line flags (``style="cli"``) or as
-    the TUI's keys (``style="tui"``); just the message when the lint has no fix."""
-    if style not in ("cli", "tui"):
-        raise ValueError(f"style must be 'cli' or 'tui', not {style!r}")
-    advice = ""
-    if lint.fix is not None:
-        advice = (_cli_advice if style == "cli" else _tui_advice)(lint.fix)
-    return f"{lint.severity}: {lint.message}" + (f"; {advice}" if advice else "")
+        return f"{self.severity}: {self.message}"
 
 
 def _params_of(plan: FreezePlan, module: str) -> list[str]:

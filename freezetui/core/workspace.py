@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
-from .data import BatchTransform, Dataset, load_data
+from .data import BatchTransform, Dataset
 from .errors import PlanError
 from .lints import Lint, check
-from .models import ModelInfo, build_model, find_heads, model_info
+from .models import ModelInfo, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import RunInputs
 from .split import Prefix, frozen_prefix, trace
@@ -221,7 +220,7 @@ class Workspace:
 
     def _check_unlocked(self) -> None:
         if self.locked:
-            raise PlanError("the plan is read-only while a run is in progress; stop it with t first")
+            raise PlanError("the plan is read-only while a run is in progress", fix="stop-run")
 
     def _changed(self, edited: bool = True) -> None:
         """Derive the tree's view from the plan after an edit (``edited``: by the user, so the
@@ -333,8 +332,8 @@ class Workspace:
             trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale)
         if not trial.trainable:
             raise PlanError(f"nothing would train in epoch 1 (the first epoch always trains something); "
-                            f"leave a part trainable, e.g. the head (H), before unfreezing {name or 'the model'} "
-                            f"later")
+                            f"leave a part trainable, e.g. the head, before unfreezing {name or 'the model'} "
+                            f"later", fix="train-something")
         self.plan.params, self.plan.stages = trial.params, trial.stages
         self._schedule_edited()
         return min((self.plan.stage_of(n) or 10**9 for n in names), default=epoch)
@@ -345,7 +344,7 @@ class Workspace:
         self._check_unlocked()
         if self.plan.layer_decay is not None:
             raise PlanError(f"the plan spaces rates by layer decay {self.plan.layer_decay:g}; turn it off "
-                            f"(L, then an empty value) to set rates per module")
+                            f"to set rates per module", fix="layer-decay-off")
         glob = self.glob_for(name)
         trial = self.plan.copy()
         trial.lr_mult = [(g, m) for g, m in trial.lr_mult if g != glob]

@@ -52,12 +52,13 @@ class AppOptions:
     data: str = "shapes"
     num_classes: int | None = None
     small_input: bool = False
-    plan: str | None = None
+    plan: str | None = None  # the plan file
     device: str = "auto"
     seed: int = 0
     runs_dir: str = "runs"
     config: TrainConfig = field(default_factory=TrainConfig)
     keep_only_model: bool = False  # after a finished run, delete its checkpoint (keep model.pt)
+    loaded_plan: object | None = None  # the FreezePlan the CLI read from ``plan`` (read once)
 
 
 class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
@@ -147,8 +148,9 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
 
         def load() -> None:
             try:
-                ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input, o.plan, o.device,
-                                    o.seed, self.config.image_size, progress=progress)
+                ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input,
+                                    o.loaded_plan or o.plan, o.device, o.seed, self.config.image_size,
+                                    progress=progress)
             except BaseException as e:  # noqa: BLE001 - reported on the UI thread
                 self.post_message(WorkspaceFailed(error_text(e)))
             else:
@@ -326,15 +328,17 @@ def options_from_args(args) -> AppOptions:
 
 
 def run_app(args) -> int:
+    from ..core.models import check_factory_allowed
     from ..core.plan import FreezePlan
-    from ..core.runner import check_code_allowed
     from ..core.train import resolve_device
 
     # Cheap checks first, so a bad argument is one sentence before the screen is taken over.
     resolve_device(args.device)
+    options = options_from_args(args)
     if args.plan:
-        check_code_allowed(FreezePlan.load(args.plan).model["name"], args.model)
-    app = create_app(options_from_args(args))
+        options.loaded_plan = FreezePlan.load(args.plan)  # read once: the workspace opens this object
+        check_factory_allowed(options.loaded_plan.model["name"], args.model)
+    app = create_app(options)
     app.leave_after_hang_up = True
     app.run()
     return app.return_code or 0

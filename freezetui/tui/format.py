@@ -44,3 +44,46 @@ def shorten_left(text: str, width: int) -> str:
 GLYPHS = {"trainable": "□", "frozen": "■", "mixed": "◩", "empty": " "}
 STATE_STYLES = {"trainable": "green", "frozen": "cyan", "mixed": "yellow", "empty": "dim"}
 LEGEND = [("□", "trainable"), ("■", "frozen"), ("◩", "partly frozen"), ("new", "new module: random init, train it")]
+
+
+def lint_advice(fix) -> str:
+    """A lint's fix (data from the core) as this app's keys."""
+    kind, value = fix
+    if kind == "unfreeze":
+        return f"unfreeze {value} (space on it, or / glob)"
+    if kind == "batchnorm":
+        return "b keeps BatchNorm statistics" if value == "freeze" else "b lets BatchNorm statistics train"
+    if kind == "image_size":
+        return "set image size in settings (c)"
+    if kind in ("image_size_or_small_input", "small_input"):
+        return "set image size or small input in settings (c)"
+    return ""
+
+
+def lint_text(lint) -> str:
+    """``message; advice``, the advice as keys (the severity is the caller's to show)."""
+    advice = lint_advice(lint.fix) if lint.fix is not None else ""
+    return lint.message + (f"; {advice}" if advice else "")
+
+
+# The core's fixes (core.errors.FIXES) as this app's keys.
+FIX_KEYS = {
+    "stop-run": "t",
+    "train-something": "H: head only, A: all",
+    "layer-decay-off": "L, then an empty value",
+    "continue-sweep": "V, then c",
+    "settings": "c",
+}
+
+
+def fix_keys(fix: str) -> str:
+    return FIX_KEYS.get(fix, fix)
+
+
+def explain(error) -> str:
+    """A refusal from the core with its fix as keys: "A run is in progress; stop it first (t)."."""
+    text = str(error)
+    keys = FIX_KEYS.get(getattr(error, "fix", None) or "")
+    if not keys:
+        return text
+    return f"{text[:-1]} ({keys})." if text.endswith(".") else f"{text} ({keys})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..core.errors import FreezeTUIError
 from ..core.train import TrainConfig, gpu_count
+from .format import explain
 from .messages import PlanChanged
 from .screens.glob_dialog import GlobDialog
 from .screens.path_dialog import PathDialog
@@ -23,7 +24,7 @@ class PlanActions:
         try:
             fn(*args)
         except FreezeTUIError as e:
-            self.notify(str(e), severity="warning")
+            self.notify(explain(e), severity="warning")
             return False
         self.post_message(PlanChanged())
         return True
@@ -89,7 +90,7 @@ class PlanActions:
         try:
             self.workspace.load_plan(path)
         except FreezeTUIError as e:
-            return str(e)
+            return explain(e)
         self.post_message(PlanChanged())
         return None
 

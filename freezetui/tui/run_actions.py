@@ -11,7 +11,7 @@ from textual.widgets import DataTable
 from textual.worker import Worker, WorkerState
 
 from ..core.controller import folder_size, prune_run_folder
-from ..core.lints import render
+from .format import explain, fix_keys, lint_text
 from ..core.train import memory_in_use
 from .bridge import UIBridge
 from .messages import EpochDone, TrainProgress
@@ -47,14 +47,14 @@ class RunActions:
             return
         refusal = self.controller.next_run_refusal()
         if refusal:
-            self.notify(refusal, severity="warning")
+            self.notify(explain(refusal), severity="warning")
             return
         errors = [l for l in self.workspace.lints(self.config.image_size) if l.severity == "error"]
         if errors:
             def confirmed(yes: bool | None) -> None:
                 if yes:
                     self.start_run()
-            self.push_screen(ConfirmScreen(f"The plan has an error: {render(errors[0], 'tui')}\n\nTrain anyway?"),
+            self.push_screen(ConfirmScreen(f"The plan has an error: {lint_text(errors[0])}\n\nTrain anyway?"),
                              confirmed)
             return
         self.start_run()
@@ -79,7 +79,8 @@ class RunActions:
         record = next(r for r in self.workspace.runs if r.id == event.run_id)
         refusal = self.controller.resume_refusal(record)
         if refusal or self.training:
-            self.notify(refusal or "A run is in progress; stop it first (t).", severity="warning")
+            self.notify(explain(refusal) if refusal else "A run is in progress; stop it first (t).",
+                        severity="warning")
             return
         done_steps = record.total_steps and len(record.epochs) * record.total_steps // max(1, record.config.epochs)
         self.controller.start_resume(record)
@@ -128,7 +129,7 @@ class RunActions:
         self.main(Charts).dirty = True
         self.redraw_charts(force=True)
         if self.controller.quit_requested:
-            self.exit(message=self.controller.exit_message())
+            self.exit(message=self.controller.exit_message(fix_keys))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         run_id = int(event.row_key.value)

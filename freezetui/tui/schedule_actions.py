@@ -5,6 +5,7 @@ A mixin of :class:`~freezetui.tui.app.FreezeApp`."""
 from __future__ import annotations
 
 from ..core.errors import FreezeTUIError
+from .format import explain
 from .messages import PlanChanged
 from .screens.value_dialog import ValueDialog
 from .widgets.charts import Charts
@@ -31,7 +32,7 @@ class ScheduleActions:
             try:
                 first = ws.unfreeze_at(name, epoch)
             except FreezeTUIError as e:
-                return str(e)
+                return explain(e)
             self.post_message(PlanChanged())
             if epoch > 1 and first < epoch:
                 self.notify(f"{label} trains from epoch {first}: an earlier stage already unfreezes it.",
@@ -61,7 +62,7 @@ class ScheduleActions:
             try:
                 ws.set_rate(name, mult)
             except FreezeTUIError as e:
-                return str(e)
+                return explain(e)
             self.post_message(PlanChanged())
             return None
 
@@ -91,7 +92,7 @@ class ScheduleActions:
             try:
                 ws.set_layer_decay(decay)
             except FreezeTUIError as e:
-                return str(e)
+                return explain(e)
             self.post_message(PlanChanged())
             return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..core.controller import folder_size, prune_run_folder
 from ..core.errors import FreezeTUIError
+from .format import explain, fix_keys
 from .messages import RunBegan, RunEnded
 from .screens.confirm import ConfirmScreen
 from .screens.sweep import SweepScreen
@@ -29,7 +30,7 @@ class SweepActions:
         try:
             names = [name for name, _ in ladder(self.workspace.model, self.workspace.traced)]
         except FreezeTUIError as e:
-            self.notify(str(e), severity="warning")
+            self.notify(explain(e), severity="warning")
             return
         c = self.config
 
@@ -49,7 +50,7 @@ class SweepActions:
         try:
             folder = self.controller.start_sweep(self.config, folder=folder)
         except FreezeTUIError as e:
-            self.notify(str(e), severity="warning")
+            self.notify(explain(e), severity="warning")
             return
         self.main(RunPanel).start(title, None)
         self.notify(f"Sweep into {folder}: each rung is a run in the runs table; t stops it, V shows it.")
@@ -110,7 +111,7 @@ class SweepActions:
         self.main(Charts).dirty = True
         self.redraw_charts(force=True)
         if self.controller.quit_requested:
-            self.exit(message=self.controller.exit_message())
+            self.exit(message=self.controller.exit_message(fix_keys))
         elif ok and self.controller.sweep_rows and not self.controller.sweep_rows[-1].get("stopped") \
                 and len(self.screen_stack) == 1:
             self.action_sweep_results()  # a finished sweep shows its results; a stopped one leaves the screen be

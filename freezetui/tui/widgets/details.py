@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ...core.lints import render
+from ..format import lint_text
 from ..format import STATE_STYLES
 
 
@@ -37,6 +37,6 @@ class Details(Static):
                     text.append((" · " if when else "") + f"rate {rate} lr (x)", "yellow")
         for lint in workspace.lints():
             if lint.module and (lint.module == name or lint.module.startswith(name + ".") if name else True):
-                text.append(f"\n{lint.severity}: {render(lint, 'tui')}", "red" if lint.severity == "error" else "yellow")
+                text.append(f"\n{lint.severity}: {lint_text(lint)}", "red" if lint.severity == "error" else "yellow")
                 break
         self.update(text, layout=False)  # fixed height: no layout pass

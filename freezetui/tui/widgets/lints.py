@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ...core.lints import render
+from ..format import lint_text
 
 STYLES = {"error": "bold red", "warning": "yellow", "info": "dim"}
 
@@ -23,9 +23,7 @@ class LintsPanel(Static):
         room = max(1, self.content_size.height or 3)
         text, used = Text(), 0
         for i, lint in enumerate(lints):
-            advice = render(lint, "tui")
-            if advice.lower().startswith(f"{lint.severity}: "):  # the severity is already in the label
-                advice = advice[len(lint.severity) + 2:]
+            advice = lint_text(lint)
             line = Text.assemble((f"{lint.severity.upper()} ", STYLES[lint.severity]), advice)
             lines = len(line.wrap(self.app.console, width))
             rest = len(lints) - i
