@@ -116,7 +116,7 @@ def test_find_heads_on_plain_linear_stack():
 
 
 def test_factory_from_a_plan_needs_permission(tiny):
-    with pytest.raises(ModelError, match="runs code from a plan only when you pass --model tiny:tiny_cnn"):
+    with pytest.raises(ModelError, match="runs code named in a plan only when you also pass --model tiny:tiny_cnn"):
         build_model("tiny:tiny_cnn", weights="none", allow_code=False)
     assert build_model("tiny:tiny_cnn", weights="none", allow_code=True) is not None
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from freezetui.core.controller import RunController, read_sweep
+from freezetui.core.controller import RunController
+from freezetui.core.runs import read_sweep
 from freezetui.core.errors import PlanError
 from freezetui.core.plan import FreezePlan
 from freezetui.core.train import TrainConfig
@@ -16,14 +17,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tui.fakes import small_workspace  # noqa: E402
 
 
+def cells(ws, name):
+    """The tree's schedule columns for a node: the TUI's words for the workspace's numbers."""
+    from freezetui.tui.format import schedule_cells
+
+    return schedule_cells(ws.schedule_span(name))
+
+
 def test_unfreeze_at_replaces_what_was_set_inside_the_subtree():
     ws = small_workspace()
     ws.unfreeze_at("block1.0", 2)
     ws.unfreeze_at("block1", 3)  # the whole block now: its conv's own stage goes
     assert [s.to_dict() for s in ws.plan.stages] == [{"epoch": 3, "unfreeze": ["block1"]}]
     assert ws.plan.stage_of("block1.0.weight") == 3
-    assert ws.schedule_cells("") == ("@1–3", "")  # the rest trains from the start
-    assert ws.schedule_cells("block1") == ("@3", "")
+    assert cells(ws, "") == ("@1–3", "")  # the rest trains from the start
+    assert cells(ws, "block1") == ("@3", "")
 
 
 def test_a_later_epoch_under_an_earlier_catch_all_stage_adds_nothing():
@@ -54,7 +62,7 @@ def test_rates_and_layer_decay():
     ws = small_workspace()
     ws.set_rate("block1", 0.1)
     ws.set_rate("block1.0", 0.5)  # later rules win
-    assert ws.schedule_cells("block1") == ("", "×.1–.5")
+    assert cells(ws, "block1") == ("", "×.1–.5")
     ws.set_layer_decay(None)  # decay is off already: the rates stay
     assert ws.plan.lr_mult == [("block1", 0.1), ("block1.0", 0.5)]
     ws.set_layer_decay(0.5)  # decay replaces them

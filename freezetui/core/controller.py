@@ -7,9 +7,7 @@ thread; nothing here knows about Textual, so the whole lifecycle is testable wit
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import re
+import enum
 import shlex
 import threading
 from pathlib import Path
@@ -17,11 +15,10 @@ from typing import Callable
 
 from .errors import FIXES, FreezeTUIError, PlanError
 from .runner import execute, resume_spec
-from .runs import new_run_dir, read_metrics
-from .schedule import short_name
+from .runs import RunRecord, load_past_runs, new_run_dir, read_json, read_sweep, resume_command
 from .specs import ModelSpec, RunSpec
 from .train import Callback, TrainConfig, TrainResult
-from .workspace import RunRecord, Workspace
+from .workspace import Workspace
 
 Trainer = Callable[[Workspace, RunRecord, list, threading.Event, str], TrainResult]
 
@@ -105,135 +102,13 @@ def error_text(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}" if error else "unknown error"
 
 
-def folder_size(folder: str | os.PathLike | None) -> int:
-    """Bytes under a run folder (0 when it is gone)."""
-    if folder is None:
-        return 0
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
+class Phase(enum.Enum):
+    """What the controller is doing: one value instead of flags that could disagree."""
 
-
-def prune_run_folder(folder: str | os.PathLike | None) -> int:
-    """Delete a finished run's ``checkpoint.pt`` (its weights are in ``model.pt``; the checkpoint
-    only serves resuming); returns the bytes freed."""
-    if folder is None:
-        return 0
-    path = Path(folder) / "checkpoint.pt"
-    if not (Path(folder) / "model.pt").is_file() or not path.is_file():
-        return 0
-    size = path.stat().st_size
-    path.unlink()
-    return size
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def load_past_run(folder: Path, run_id: int) -> RunRecord | None:
-    """A run folder written by an earlier session, as a :class:`RunRecord`; None when it is not
-    a run folder. Reads ``config.json``, ``plan.json``, ``metrics.jsonl`` and ``summary.json``."""
-    config_json = _read_json(folder / "config.json")
-    plan_json = _read_json(folder / "plan.json")
-    if not config_json or not plan_json:
-        return None
-    try:
-        config = TrainConfig.from_dict(config_json)
-    except TypeError:
-        return None
-    try:
-        epochs = read_metrics(folder)
-    except (OSError, ValueError):
-        epochs = []
-    summary = _read_json(folder / "summary.json")
-    counts = plan_json.get("counts") or {}
-    total = summary.get("total_params") or counts.get("total") or 0
-    trainable = summary.get("trainable_params", counts.get("trainable", 0))
-    if summary:
-        status = "failed" if summary.get("error") else "stopped" if summary.get("stopped") else "done"
-    else:  # the session ended without a summary: what the checkpoint holds can be resumed
-        status = "stopped"
-    record = RunRecord(run_id, f"#{run_id}", int(trainable or 0), int(total or 0), config, folder=folder,
-                       epochs=epochs, status=status, error=summary.get("error"),
-                       seconds=float(summary.get("seconds") or 0.0),
-                       frozen_unchanged=summary.get("frozen_unchanged"), device=str(config_json.get("device", "")),
-                       schedule=short_name(plan_json), stages=[s for s in plan_json.get("stages") or []
-                                                               if isinstance(s, dict)])
-    return record
-
-
-def run_number(folder: Path) -> int | None:
-    """The run number the TUI put at the end of a folder's name (``…-resnet18-3`` is 3)."""
-    m = re.search(r"-(\d+)$", folder.name)
-    return int(m.group(1)) if m else None
-
-
-def load_past_runs(runs_dir: str | os.PathLike, model_name: str, data_name: str | None = None) -> list[RunRecord]:
-    """Earlier runs of this model (and data) under ``runs_dir``, oldest first, numbered as
-    their folders are."""
-    base = Path(runs_dir)
-    if not base.is_dir():
-        return []
-    found: list[RunRecord] = []
-    used: set[int] = set()
-    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
-        extra = _read_json(folder / "config.json")
-        plan = _read_json(folder / "plan.json")
-        if (plan.get("model") or {}).get("name") != model_name:
-            continue
-        if data_name and extra.get("data") not in (None, data_name):
-            continue
-        number = run_number(folder)
-        if number is None or number in used:
-            number = max(used | {0}) + 1
-        record = load_past_run(folder, number)
-        if record is not None:
-            used.add(number)
-            found.append(record)
-    return sorted(found, key=lambda r: r.id)
-
-
-def read_sweep(folder: str | os.PathLike) -> list[dict]:
-    """The rows of a sweep folder's ``sweep.json`` (empty when it has none yet), with the
-    rungs' paths found under ``folder`` wherever the sweep was run from."""
-    try:
-        rows = json.loads((Path(folder) / "sweep.json").read_text())
-    except (OSError, ValueError):
-        return []
-    out = []
-    for r in rows if isinstance(rows, list) else []:
-        if isinstance(r, dict) and "name" in r and isinstance(r.get("run"), str):
-            run = Path(folder) / Path(r["run"]).name
-            out.append({**r, "run": str(run), "plan": str(run / "plan.json")})
-    return out
-
-
-def latest_sweep(runs_dir: str | os.PathLike, model_name: str) -> tuple[Path, list[dict]] | None:
-    """The newest sweep of this model under ``runs_dir`` (an earlier session's): its folder
-    and rows, or None."""
-    base = Path(runs_dir)
-    if not base.is_dir():
-        return None
-    for folder in sorted((p for p in base.iterdir() if (p / "sweep.json").is_file()), reverse=True):
-        rows = read_sweep(folder)
-        plan = _read_json(Path(rows[0]["plan"])) if rows else {}
-        if rows and (plan.get("model") or {}).get("name") == model_name:
-            return folder, rows
-    return None
-
-
-def resume_command(folder: str | os.PathLike) -> str:
-    return shlex.join(["freezetui", "train", "--resume", str(folder)])
+    IDLE = "idle"
+    RUNNING = "running"  # a new run of the plan being edited
+    RESUMING = "resuming"  # a stopped run, from its checkpoint
+    SWEEPING = "sweeping"  # a sweep (one record per rung)
 
 
 class RunController:
@@ -244,15 +119,21 @@ class RunController:
         self.runs_dir = runs_dir
         self.trainer = trainer
         self.stop_event = threading.Event()
+        self.phase = Phase.IDLE
         self.quit_requested = False
-        self.running = False
-        self.resuming = False
         self.stopped_for_quit: RunRecord | None = None
-        self.sweeping = False  # the run in progress is a sweep (one record per rung)
         self.sweep_dir: Path | None = None
         self.sweep_rows: list[dict] = []  # the last sweep's sweep.json rows
         self.sweep_batchnorm: str | None = None  # a continued sweep's own BatchNorm setting
         self.quit_in_sweep = False
+
+    @property
+    def running(self) -> bool:
+        return self.phase is not Phase.IDLE
+
+    @property
+    def sweeping(self) -> bool:
+        return self.phase is Phase.SWEEPING
 
     @property
     def current(self) -> RunRecord | None:
@@ -265,7 +146,7 @@ class RunController:
         """A new run of the current plan (call :meth:`work` on a worker thread next)."""
         self.stop_event = threading.Event()
         record = self.workspace.new_run(dataclasses.replace(config))
-        self._begin(resuming=False)
+        self._begin(Phase.RUNNING)
         return record
 
     def start_sweep(self, config: TrainConfig, rungs: int | None = None, folder: Path | None = None) -> Path:
@@ -274,7 +155,7 @@ class RunController:
         (a stopped sweep) it goes on with that sweep's own settings: finished rungs are kept, a
         stopped rung resumes; only the device may differ."""
         if folder is not None:
-            settings = _read_json(Path(folder) / "sweep-settings.json")
+            settings = read_json(Path(folder) / "sweep-settings.json")
             try:
                 config = TrainConfig.from_dict(settings.get("config"), device=config.device)
             except TypeError:
@@ -287,8 +168,7 @@ class RunController:
         self.sweep_dir = Path(folder) if folder is not None else new_run_dir(
             self.runs_dir, f"{self.workspace.info.name.replace(':', '-')}-sweep")
         self.sweep_rows = []
-        self.sweeping = True
-        self._begin(resuming=False)
+        self._begin(Phase.SWEEPING)
         return self.sweep_dir
 
     def work_sweep(self, callbacks_for: Callable[[int, str, RunRecord], list[Callback]]) -> TrainResult:
@@ -304,7 +184,7 @@ class RunController:
         """Whether the sweep in ``folder`` has rungs left to train."""
         from .sweep import ladder
 
-        settings = _read_json(Path(folder) / "sweep-settings.json")
+        settings = read_json(Path(folder) / "sweep-settings.json")
         ws = self.workspace
         model = settings.get("model") or {}
         if not settings or model.get("name") != ws.info.name or settings.get("data") != ws.data_name:
@@ -332,16 +212,16 @@ class RunController:
         self.workspace.runs.remove(record)
         self.workspace.runs.append(record)  # the resumed run is the current one
         record.status, record.error = "running", None
-        self._begin(resuming=True)
+        self._begin(Phase.RESUMING)
 
-    def _begin(self, resuming: bool) -> None:
-        self.running, self.resuming = True, resuming
+    def _begin(self, phase: Phase) -> None:
+        self.phase = phase
         self.workspace.locked = True  # read-only from now, not from when the worker starts
 
     def work(self, callbacks: list[Callback]) -> TrainResult:
         """The run itself; on the worker thread."""
         record = self.current
-        if self.resuming:
+        if self.phase is Phase.RESUMING:
             return resume_trainer(self.workspace, record, callbacks, self.stop_event)
         return self.trainer(self.workspace, record, callbacks, self.stop_event, self.runs_dir)
 
@@ -352,9 +232,9 @@ class RunController:
 
     def finished(self, result: TrainResult | None, error: BaseException | None = None) -> str:
         """Record how the current run (or sweep) ended; returns the line for the run panel."""
-        self.running = False
+        phase, self.phase = self.phase, Phase.IDLE
         self.workspace.locked = False
-        if self.sweeping:
+        if phase is Phase.SWEEPING:
             return self._sweep_finished(result, error)
         record = self.current
         if error is None and result is not None:
@@ -369,7 +249,6 @@ class RunController:
     def _sweep_finished(self, result: TrainResult | None, error: BaseException | None) -> str:
         from .sweep import SWEEP, best
 
-        self.sweeping = False
         record = self.current
         if record is not None and record.status == "running":  # the rung it was on
             record.status = "failed" if error is not None else "stopped"
@@ -386,7 +265,7 @@ class RunController:
             line += f" · best {r['name']} {100 * r['best_val_acc']:.1f}%"
         if b["accuracy_per_s"] is not None and b["accuracy_per_s"] is not b["accuracy"]:
             line += f" · best per second {b['accuracy_per_s']['name']}"
-        return f"{line} · V shows it\nsaved to {self.sweep_dir}"
+        return f"{line}\nsaved to {self.sweep_dir}"
 
     def quit(self) -> bool:
         """True: the app may exit now. False: the run is stopping first (exit when it ends)."""

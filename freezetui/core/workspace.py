@@ -21,14 +21,18 @@ from .lints import Lint, check
 from .models import ModelInfo, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import RunInputs
+from .runs import RunRecord  # noqa: F401 - where the runs table's records used to live
 from .split import Prefix, frozen_prefix, trace
 from .train import TrainConfig, resolve_device
 
 
-def _short(x: float) -> str:
-    """A rate multiplier in a few columns: 0.025 -> '.025', 1.0 -> '1'."""
-    text = f"{x:.2g}"
-    return text[1:] if text.startswith("0.") else text
+@dataclass(frozen=True)
+class ScheduleSpan:
+    """A subtree's schedule as numbers (the TUI words them): (lowest, highest) first epoch its
+    parameters train from, and (lowest, highest) rate multiplier; None when none ever trains."""
+
+    epochs: tuple[int, int] | None
+    rates: tuple[float, float] | None
 
 
 @dataclass
@@ -47,36 +51,6 @@ class Node:
     @property
     def is_param(self) -> bool:
         return self.shape is not None
-
-
-@dataclass
-class RunRecord:
-    """One training run of this session, as the runs table and the charts see it."""
-
-    id: int
-    label: str
-    trainable: int
-    total: int
-    config: TrainConfig
-    folder: Path | None = None
-    steps: list[float] = field(default_factory=list)  # loss per step
-    epochs: list[dict] = field(default_factory=list)  # EpochEnd.to_dict() per epoch
-    status: str = "running"  # running | done | stopped | failed
-    error: str | None = None
-    seconds: float = 0.0
-    frozen_unchanged: bool | None = None
-    total_steps: int = 0
-    device: str = ""
-    schedule: str = "static"  # the plan's schedule in a few words (schedule.short_name)
-    stages: list[dict] = field(default_factory=list)  # the plan's stages as its file holds them
-
-    @property
-    def best_acc(self) -> float | None:
-        return max((e["val_acc"] for e in self.epochs), default=None)
-
-    @property
-    def final_acc(self) -> float | None:
-        return self.epochs[-1]["val_acc"] if self.epochs else None
 
 
 class Workspace:
@@ -418,25 +392,17 @@ class Workspace:
             self._sched_key = self.version
         return self._sched
 
-    def schedule_cells(self, name: str = "") -> tuple[str, str]:
-        """The tree's schedule columns for a node: ("@2", "×0.1"); "" where nothing is special
-        (it trains from epoch 1, or never, at the full rate). Mixed subtrees show a range
-        ("@1–3": parts from the start, parts from epoch 3)."""
+    def schedule_span(self, name: str = "") -> ScheduleSpan:
+        """When and how fast the node's subtree trains, as numbers: the first epochs its
+        parameters train from (those that ever train) and their rate multipliers."""
         first, mult = self._schedule_views()
         node = self.nodes[name]
         sl = slice(node.start, node.end)
-        trains = first[sl][first[sl] > 0]
-        when = ""
-        if trains.size and trains.max() > 1:  # parts from epoch 1 and parts later: 1–3
-            lo, hi = int(trains.min()), int(trains.max())
-            when = f"@{lo}" if lo == hi else f"@{lo}–{hi}"
-        rate = ""
-        m = mult[sl][first[sl] > 0]  # a parameter that never trains has no rate to show
-        if m.size:
-            lo, hi = float(m.min()), float(m.max())
-            if lo != 1.0 or hi != 1.0:
-                rate = f"×{lo:.2g}" if lo == hi else f"×{_short(lo)}–{_short(hi)}"
-        return when, rate
+        trains = first[sl] > 0  # a parameter that never trains has no epoch and no rate to show
+        epochs, rates = first[sl][trains], mult[sl][trains]
+        return ScheduleSpan(
+            (int(epochs.min()), int(epochs.max())) if epochs.size else None,
+            (float(rates.min()), float(rates.max())) if rates.size else None)
 
     def schedule_lines(self) -> list[str]:
         from .schedule import describe
@@ -543,12 +509,3 @@ class Workspace:
         from .cost import estimate
 
         return estimate(self.cost_profile, self.plan, batch_size, optimizer, prefix=self.frozen_prefix())
-
-    def describe(self) -> str:
-        """Model · weights · data · device, for the header."""
-        w = self.info.weights or "random init"
-        if self.info.note:
-            w += f" ({self.info.note})"
-        dev = str(resolve_device(self.device))
-        small = ", small input" if self.info.small_input else ""
-        return f"{self.info.name}{small} · {w} · {self.data_name} · {dev}"

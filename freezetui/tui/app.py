@@ -20,7 +20,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Static
 
-from ..core.controller import RunController, default_trainer, error_text, folder_size
+from ..core.controller import RunController, default_trainer, error_text
+from ..core.runs import folder_size
 from ..core.train import TrainConfig
 from ..core.workspace import Workspace
 from .commands import binding_commands, key_table
@@ -59,6 +60,16 @@ class AppOptions:
     config: TrainConfig = field(default_factory=TrainConfig)
     keep_only_model: bool = False  # after a finished run, delete its checkpoint (keep model.pt)
     loaded_plan: object | None = None  # the FreezePlan the CLI read from ``plan`` (read once)
+
+
+def header_text(ws: Workspace) -> str:
+    """Model · weights · data · device, for the header."""
+    from ..core.train import resolve_device
+
+    info = ws.info
+    w = (info.weights or "random init") + (f" ({info.note})" if info.note else "")
+    small = ", small input" if info.small_input else ""
+    return f"{info.name}{small} · {w} · {ws.data_name} · {resolve_device(ws.device)}"
 
 
 class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
@@ -223,7 +234,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         self.saved_version = ws.version  # what was opened needs no export before quitting
         if self.options.plan:
             self.exported_version = ws.version  # the plan file holds it
-        self.sub_title = ws.describe()
+        self.sub_title = header_text(ws)
         tree = self.main(ModuleTree)
         tree.load(ws)
         tree.focus()

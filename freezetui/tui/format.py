@@ -87,3 +87,23 @@ def explain(error) -> str:
     if not keys:
         return text
     return f"{text[:-1]} ({keys})." if text.endswith(".") else f"{text} ({keys})"
+
+
+def _short(x: float) -> str:
+    """A rate multiplier in a few columns: 0.025 -> '.025', 1.0 -> '1'."""
+    text = f"{x:.2g}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def schedule_cells(span) -> tuple[str, str]:
+    """The tree's schedule columns for a :class:`ScheduleSpan`: ("@2", "×0.1"); "" where nothing
+    is special (it trains from epoch 1, or never, at the full rate). Mixed subtrees show a
+    range ("@1–3": parts from the start, parts from epoch 3)."""
+    when = rate = ""
+    if span.epochs is not None and span.epochs[1] > 1:
+        lo, hi = span.epochs
+        when = f"@{lo}" if lo == hi else f"@{lo}–{hi}"
+    if span.rates is not None and span.rates != (1.0, 1.0):
+        lo, hi = span.rates
+        rate = f"×{lo:.2g}" if lo == hi else f"×{_short(lo)}–{_short(hi)}"
+    return when, rate

@@ -10,7 +10,7 @@ from textual import work
 from textual.widgets import DataTable
 from textual.worker import Worker, WorkerState
 
-from ..core.controller import folder_size, prune_run_folder
+from ..core.runs import folder_size, prune_run_folder
 from .format import explain, fix_keys, lint_text
 from ..core.train import memory_in_use
 from .bridge import UIBridge

@@ -20,7 +20,8 @@ class ScheduleActions:
             return
         ws = self.workspace
         label = name or "the whole model"
-        current = ws.schedule_cells(name)[0].lstrip("@").split("–")[-1] or "2"
+        epochs = ws.schedule_span(name).epochs
+        current = str(epochs[1]) if epochs is not None and epochs[1] > 1 else "2"
 
         def submit(text: str) -> str | None:
             try:
@@ -52,7 +53,8 @@ class ScheduleActions:
             return
         ws = self.workspace
         label = name or "the whole model"
-        current = ws.schedule_cells(name)[1].lstrip("×").split("–")[0] or "0.1"
+        rates = ws.schedule_span(name).rates
+        current = f"{rates[0]:g}" if rates is not None and rates != (1.0, 1.0) else "0.1"
 
         def submit(text: str) -> str | None:
             try:

@@ -4,7 +4,7 @@ table; V shows the results and loads a rung's plan. A mixin of
 
 from __future__ import annotations
 
-from ..core.controller import folder_size, prune_run_folder
+from ..core.runs import folder_size, prune_run_folder
 from ..core.errors import FreezeTUIError
 from .format import explain, fix_keys
 from .messages import RunBegan, RunEnded
@@ -59,7 +59,7 @@ class SweepActions:
     def action_sweep_results(self) -> None:
         if self.controller is None:
             return
-        from ..core.controller import latest_sweep
+        from ..core.runs import latest_sweep
 
         rows, folder = self.controller.sweep_rows, self.controller.sweep_dir
         if not rows and folder is None:
@@ -99,6 +99,9 @@ class SweepActions:
             self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
 
     def sweep_ended(self, ok: bool, text: str) -> None:
+        if ok:
+            line, _, rest = text.partition("\n")
+            text = f"{line} · V shows it\n{rest}"
         folder = self.controller.sweep_dir
         for record in self.workspace.runs:
             if record.folder is not None and record.folder.parent == folder:  # this sweep's rungs

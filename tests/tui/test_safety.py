@@ -5,7 +5,8 @@ of earlier sessions."""
 import json
 
 from freezetui.core.train import TrainConfig
-from freezetui.core.controller import RunController, load_past_runs, resume_command
+from freezetui.core.controller import RunController
+from freezetui.core.runs import load_past_runs, resume_command
 from freezetui.tui.screens.confirm import ConfirmScreen
 from tui.fakes import blocking_trainer, make_app, small_workspace
 

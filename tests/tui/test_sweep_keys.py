@@ -4,7 +4,7 @@ loads its plan. V finds an earlier session's sweep."""
 
 import json
 
-from freezetui.core.controller import latest_sweep
+from freezetui.core.runs import latest_sweep
 from freezetui.tui.app import default_trainer
 from freezetui.tui.screens.sweep import SweepPlot, SweepScreen
 from freezetui.tui.widgets.runs_table import RunsTable

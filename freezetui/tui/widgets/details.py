@@ -5,8 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..format import lint_text
-from ..format import STATE_STYLES
+from ..format import STATE_STYLES, lint_text, schedule_cells
 
 
 class Details(Static):
@@ -28,7 +27,7 @@ class Details(Static):
         origin = "new (random init)" if node.new else ("pretrained" if workspace.info.weights else "random init")
         text.append(f"  · {origin}", "bold magenta" if node.new else "dim")
         if workspace.has_schedule():
-            when, rate = workspace.schedule_cells(name)
+            when, rate = schedule_cells(workspace.schedule_span(name))
             if when or rate:
                 text.append("\n")
                 if when:

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from ..format import GLYPHS, STATE_STYLES, human
+from ..format import GLYPHS, STATE_STYLES, human, schedule_cells
 from ..messages import PlanChanged
 
 PARAMS_WIDTH = 8  # "  148.0k"
@@ -155,7 +155,7 @@ class ModuleTree(Tree[str]):
                 kind = kind[: type_w - 2] + "…"
             text.append(kind.ljust(type_w), "dim")
         if sched:
-            when, rate = ws.schedule_cells(node.data)
+            when, rate = schedule_cells(ws.schedule_span(node.data))
             text.append(fit(when, WHEN_WIDTH - 1).rjust(WHEN_WIDTH), "bold yellow")
             text.append(fit(rate, RATE_WIDTH - 1).rjust(RATE_WIDTH), "yellow")
         total, trainable = ws.counts(node.data)
