@@ -11,9 +11,9 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "freezetui"
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, package_root: Path = PACKAGE) -> set[str]:
     """Absolute names of every module ``path`` imports (relative imports resolved)."""
-    package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
+    package = ".".join(path.relative_to(package_root.parent).with_suffix("").parts[:-1])
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -29,12 +29,12 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def _violations(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+def _violations(folder: str, forbidden: tuple[str, ...], package_root: Path = PACKAGE) -> list[str]:
     out = []
-    for path in sorted((PACKAGE / folder).rglob("*.py")):
-        for name in imported_modules(path):
+    for path in sorted((package_root / folder).rglob("*.py")):
+        for name in imported_modules(path, package_root):
             if any(name == f or name.startswith(f + ".") for f in forbidden):
-                out.append(f"{path.relative_to(PACKAGE.parent)} imports {name}")
+                out.append(f"{path.relative_to(package_root.parent)} imports {name}")
     return out
 
 
@@ -51,6 +51,19 @@ def test_the_checker_sees_relative_imports(tmp_path):
     path = PACKAGE / "tui" / "widgets" / "totals.py"
     names = imported_modules(path)
     assert "freezetui.tui.format.human" in names or "freezetui.tui.format" in names
+
+
+@pytest.mark.parametrize("line", ["from ..tui.app import FreezeApp", "from ...freezetui.cli import main",
+                                  "import textual.widgets", "from textual import on", "from .. import cli",
+                                  "import freezetui.tui.format as f"])
+def test_the_check_fails_on_a_core_module_that_reaches_up(tmp_path, line):
+    """Fed a copy of the package whose core reaches into the TUI, the CLI or Textual, the check
+    reports it: a layering test that could never fail would prove nothing."""
+    package = tmp_path / "freezetui"
+    (package / "core").mkdir(parents=True)
+    (package / "core" / "leaky.py").write_text(f"{line}\n")
+    found = _violations("core", ("textual", "textual_plotext", "freezetui.cli", "freezetui.tui"), package)
+    assert found and "core/leaky.py" in found[0], found
 
 
 @pytest.mark.parametrize("blocked", [["textual"], ["textual", "timm"]])

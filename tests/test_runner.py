@@ -1,22 +1,18 @@
-"""The one run path: RunSpec → runner.execute, as the CLI, --resume and the TUI's controller use it;
-and the controller's run lifecycle without Textual."""
+"""The one run path: RunSpec → runner.prepare_run → runner.execute, as the CLI, --resume, sweeps and
+the TUI's controller use it (the controller itself: test_controller.py)."""
 
 import json
-import threading
 
 import pytest
 import torch
 
 from conftest import make_image_folder
 from freezetui.cli import main
-from freezetui.core.controller import RunController, default_trainer
 from freezetui.core.data import load_data
-from freezetui.core.errors import PlanError
 from freezetui.core.models import build_model
 from freezetui.core.runner import execute, prepare_run, resume_spec
 from freezetui.core.specs import ModelSpec, RunSpec
 from freezetui.core.train import TrainConfig
-from freezetui.core.workspace import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -87,37 +83,3 @@ def test_resume_extends_a_finished_run_and_refuses_other_options(tmp_path, capsy
     result = execute(extended, inputs=prepare_run(extended, data=small_data))
     epochs = [json.loads(l)["epoch"] for l in (spec.out / "metrics.jsonl").read_text().splitlines()]
     assert result.epochs == 2 and epochs == [1, 2]
-
-
-def test_controller_runs_quits_and_refuses_resume_without_textual(tmp_path, small_data):
-    torch.manual_seed(0)
-    ws = Workspace(build_model("tiny:tiny_cnn", weights="none", num_classes=10), small_data, data_name="shapes",
-                   device="cpu")
-    ws.set_frozen("stem", True)
-    ctl = RunController(ws, tmp_path / "runs", default_trainer)
-    assert ctl.quit() is True  # idle: exit at once
-    record = ctl.start(TrainConfig(epochs=1, batch_size=32, device="cpu"))
-    assert ws.locked and ctl.running
-    with pytest.raises(PlanError, match="read-only"):
-        ws.set_frozen("fc", True)
-    from freezetui.tui.format import explain
-
-    assert explain(ctl.resume_refusal(record)) == "A run is in progress; stop it first (t)."
-    result = ctl.work([])
-    text = ctl.finished(result)
-    assert not ws.locked and record.status == "done" and "saved to" in text
-    assert (record.folder / "summary.json").is_file()
-    assert json.loads((record.folder / "plan.json").read_text())["frozen"][:1] == ["stem.0.weight"]
-    assert "nothing to resume" in ctl.resume_refusal(record)
-
-    # quit while a run is going: the run is asked to stop, the app exits when it has ended
-    ctl.start(TrainConfig(epochs=50, batch_size=32, device="cpu"))
-    done = threading.Event()
-    box = {}
-    worker = threading.Thread(target=lambda: (box.setdefault("r", ctl.work([])), done.set()))
-    worker.start()
-    assert ctl.quit() is False and ctl.quit_requested and ctl.stop_event.is_set()
-    worker.join(120)
-    assert done.is_set() and box["r"].stopped
-    ctl.finished(box["r"])
-    assert ws.runs[-1].status == "stopped"

@@ -26,11 +26,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from .plan import FreezePlan, _keep_eval
+from .plan import NEVER, FreezePlan, _keep_eval
 
 PROFILE_BATCHES = (2, 4)  # two sizes give each saved tensor a per-image part and a fixed part
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1}  # state tensors per trainable parameter
-NEVER = np.iinfo(np.int64).max
 _SEGMENT = 1 << 24  # call keys: segment (module hook count) * _SEGMENT + call index in the segment
 PASS_TRAINABLE, PASS_FROZEN_EVAL, PASS_FROZEN_TRAIN = 0, 1, 2
 

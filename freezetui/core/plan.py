@@ -28,6 +28,7 @@ BATCHNORM_MODES = ("train", "freeze")
 KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages"}
 STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale"}
 _BN_HOOK = "_freezetui_bn_hook"
+NEVER = 2**63 - 1  # "never": later than any epoch or step, and still an int64 (numpy views use it)
 
 
 def module_prefixes(param: str) -> list[str]:
@@ -241,7 +242,8 @@ class FreezePlan:
         return scale
 
     def stage_of(self, param: str) -> int | None:
-        """The first epoch in which ``param`` trains (1: from the start), None when never."""
+        """The first epoch in which ``param`` trains (1: from the start), None when never
+        (``stage_of(p) or NEVER`` where a number is needed)."""
         if not self.params[param]:
             return 1
         frozen = True

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .models import find_heads
-from .plan import FreezePlan, module_prefixes
+from .plan import NEVER, FreezePlan, module_prefixes
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_RAMP = 0.3  # share of the run spent rising (as torch's OneCycleLR's pct_start)
@@ -192,7 +192,7 @@ def param_groups(plan: FreezePlan, model: nn.Module, order: list[str] | None = N
     skip = set() if decay_all else no_decay(model)
     groups: dict[tuple, Group] = {}
     for n in plan.params:
-        first = plan.stage_of(n) or 10**9
+        first = plan.stage_of(n) or NEVER
         key = (mults[n], first, n not in skip)
         groups.setdefault(key, Group(*key, [])).names.append(n)
     return list(groups.values())

@@ -19,7 +19,7 @@ from .data import BatchTransform, Dataset
 from .errors import PlanError
 from .lints import Lint, check
 from .models import ModelInfo, find_heads, model_info
-from .plan import BATCHNORM_MODES, FreezePlan, Stage, escape_glob, glob_matches
+from .plan import BATCHNORM_MODES, NEVER, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import RunInputs
 from .runs import RunRecord  # noqa: F401 - where the runs table's records used to live
 from .split import Prefix, frozen_prefix, trace
@@ -294,7 +294,7 @@ class Workspace:
                 kept.append(st)
         trial.stages = kept
         trial.set_frozen(names, epoch > 1)
-        earlier = min((trial.stage_of(n) or 10**9 for n in names), default=10**9)
+        earlier = min((trial.stage_of(n) or NEVER for n in names), default=NEVER)
         if 1 < epoch < earlier:  # a stage unfreezing it before then (e.g. "*") makes this one moot
             same = next((st for st in kept if st.epoch == epoch), None)
             if same is not None:
@@ -310,7 +310,7 @@ class Workspace:
                             f"later", fix="train-something")
         self.plan.params, self.plan.stages = trial.params, trial.stages
         self._schedule_edited()
-        return min((self.plan.stage_of(n) or 10**9 for n in names), default=epoch)
+        return min((self.plan.stage_of(n) or NEVER for n in names), default=epoch)
 
     def set_rate(self, name: str, multiplier: float | None) -> None:
         """The node's subtree trains at ``multiplier`` × the rate (None or 1 with no broader
@@ -365,18 +365,18 @@ class Workspace:
         return cache[glob]
 
     def _schedule_views(self) -> tuple[np.ndarray, np.ndarray]:
-        """(first epoch each parameter trains, 0 never; its rate multiplier), once per edit,
+        """(first epoch each parameter trains, NEVER when it never does; its rate multiplier), once per edit,
         in numpy over cached glob matches: a toggle on a 10,000-tensor model stays cheap."""
         if getattr(self, "_sched_key", None) != self.version:
             plan = self.plan
             frozen = self.frozen.copy()
-            first = np.where(frozen, 0, 1).astype(np.int64)
+            first = np.where(frozen, NEVER, 1).astype(np.int64)
             for st in plan.stages:  # as FreezePlan.stage_of, for every parameter at once
                 for g in st.unfreeze:
                     frozen[self._glob_index(g)] = False
                 for g in st.freeze:
                     frozen[self._glob_index(g)] = True
-                first[~frozen & (first == 0)] = st.epoch
+                first[~frozen & (first == NEVER)] = st.epoch
             rates = (tuple(plan.lr_mult), plan.layer_decay)
             if getattr(self, "_rates_key", None) != rates:  # rates do not depend on what is frozen
                 mult = np.ones(len(self.param_names))
@@ -398,7 +398,7 @@ class Workspace:
         first, mult = self._schedule_views()
         node = self.nodes[name]
         sl = slice(node.start, node.end)
-        trains = first[sl] > 0  # a parameter that never trains has no epoch and no rate to show
+        trains = first[sl] < NEVER  # a parameter that never trains has no epoch and no rate to show
         epochs, rates = first[sl][trains], mult[sl][trains]
         return ScheduleSpan(
             (int(epochs.min()), int(epochs.max())) if epochs.size else None,

@@ -1,17 +1,13 @@
-"""The schedule edits behind the TUI's keys (E, x, L, R, X) and the sweep's bookkeeping in the
-controller, without Textual."""
+"""The workspace behind the TUI, without Textual: the schedule edits behind its keys (E, x, L, R, X)
+and the numbers the tree shows."""
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from freezetui.core.controller import RunController
-from freezetui.core.runs import read_sweep
 from freezetui.core.errors import PlanError
 from freezetui.core.plan import FreezePlan
-from freezetui.core.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tui.fakes import small_workspace  # noqa: E402
@@ -90,28 +86,3 @@ def test_an_exported_schedule_loads_back_the_same(tmp_path):
     other.load_plan(tmp_path / "p.json")
     assert other.plan.schedule_dict() == ws.plan.schedule_dict() and other.plan.frozen == ws.plan.frozen
     assert FreezePlan.load(tmp_path / "p.json").stage_of("block2.0.weight") == 2
-
-
-def test_sweep_rows_are_found_from_any_working_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    folder = Path("runs") / "s"
-    (folder / "00-head").mkdir(parents=True)
-    (folder / "sweep.json").write_text(json.dumps([{"name": "head", "run": str(folder / "00-head"),
-                                                    "plan": str(folder / "00-head" / "plan.json")}]))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    rows = read_sweep(tmp_path / "runs" / "s")
-    assert rows[0]["plan"] == str(tmp_path / "runs" / "s" / "00-head" / "plan.json")
-
-
-def test_quitting_during_a_sweep_says_how_to_go_on(tmp_path):
-    controller = RunController(small_workspace(), tmp_path / "runs")
-    folder = controller.start_sweep(TrainConfig(epochs=1, device="cpu"))
-    assert controller.quit() is False  # the sweep stops first
-    from freezetui.tui.format import fix_keys
-
-    message = controller.exit_message(fix_keys)  # the app words the fix as its keys
-    assert "sweep stopped" in message and str(folder) in message and "V, then c" in message
-    controller.finished(None, RuntimeError("stopped before its first rung"))
-    assert not controller.sweeping and not controller.workspace.locked
