@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from freezetui.core.cost import estimate, measure_saved_bytes, profile_model
 from freezetui.core.models import build_model, find_heads
 from freezetui.core.runner import plan_from_rules
-from freezetui.core.split import trace
+from freezetui.core.split import frozen_prefix, trace
 from freezetui.core.train import TrainConfig, make_optimizer, plan_split
 
 # family, model, the stages frozen in the middle plan
@@ -117,7 +117,8 @@ def run(device: str = "cpu", image_size: int = 64, batch_size: int = 8, models: 
         if device.startswith("cuda"):
             gpu_profile = profile_model(model, image_size, device=device, amp=True)
         for label, plan in plans(model, middle).items():
-            est = estimate(profile, plan, batch_size)
+            prefix = frozen_prefix(traced, set(plan.frozen), [n for n, _ in model.named_parameters()])
+            est = estimate(profile, plan, batch_size, prefix=prefix)
             model.cpu()
             saved = measure_saved_bytes(model, plan, x, traced)
             flops = measured_flops(model, plan, x, traced)
@@ -131,7 +132,7 @@ def run(device: str = "cpu", image_size: int = 64, batch_size: int = 8, models: 
                    "flops_error_pct": round(100 * (est["flops_per_image"] - flops) / flops, 1),
                    "profile_s": round(profile_s, 1)}
             if gpu_profile is not None:
-                g = estimate(gpu_profile, plan, batch_size)
+                g = estimate(gpu_profile, plan, batch_size, prefix=prefix)
                 model.to(device)
                 peak = cuda_step_peak(model, plan, x.to(device), traced)
                 want = g["activation_bytes"] + g["grad_bytes"]

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's freezetui, not an installed one
 
 from freezetui import FreezePlan, TrainConfig, build_model, train  # noqa: E402
 from freezetui.core.data import load_data  # noqa: E402
+from freezetui.core.specs import ModelSpec  # noqa: E402
 from freezetui.core.workspace import Workspace  # noqa: E402
 from freezetui.tui.app import AppOptions, create_app  # noqa: E402
 
@@ -37,7 +38,7 @@ async def first_tree(name: str, data) -> dict:
     model = build_model(name, weights="none", num_classes=data.num_classes)
     built = time.perf_counter()
     ws = Workspace(model, data, data_name="shapes", device="cpu")
-    app = create_app(AppOptions(model=name, weights="none"), workspace=ws)
+    app = create_app(AppOptions(model=ModelSpec(name, weights="none")), workspace=ws)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert app.main("#tree").root.children
@@ -63,7 +64,7 @@ async def toggle_wide(data, scheduled: bool = False) -> dict:
         name = ws.nodes[""].children[len(ws.nodes[""].children) // 2]
         ws.unfreeze_at(name, 2)
         ws.set_rate(name, 0.1)
-    app = create_app(AppOptions(model="wide:wide_model", weights="none"), workspace=ws)
+    app = create_app(AppOptions(model=ModelSpec("wide:wide_model", weights="none")), workspace=ws)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         idle = await press_latency(app, pilot, "z", 10)  # an unbound key: Pilot's own round trip

@@ -21,6 +21,7 @@ from .lints import Lint, check
 from .models import ModelInfo, find_heads, model_info
 from .plan import BATCHNORM_MODES, NEVER, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import RunInputs
+from .specs import ModelSpec
 from .runs import RunRecord  # noqa: F401 - where the runs table's records used to live
 from .split import Prefix, frozen_prefix, trace
 from .train import TrainConfig, resolve_device
@@ -87,26 +88,26 @@ class Workspace:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, model: str = "resnet18", weights: str | None = "auto", data: str = "shapes",
-             num_classes: int | None = None, small_input: bool = False, plan: str | FreezePlan | None = None,
-             device: str = "auto", seed: int = 0, image_size: int | None = None,
-             progress=None) -> "Workspace":
+    def open(cls, model: ModelSpec | None = None, data: str = "shapes", plan: str | Path | FreezePlan | None = None,
+             config: TrainConfig | None = None, progress=None) -> "Workspace":
         """Load the data, build the model sized to it, and apply ``plan`` if given (its model
         wins; a plan naming a Python factory needs ``model`` to name it too), through the same
-        :func:`~freezetui.core.runner.prepare_run` as every run."""
+        :func:`~freezetui.core.runner.prepare_run` as every run. ``config``: the settings the
+        model is opened with (device, seed, image size)."""
         from .runner import Reporter, check_settings, prepare_run
-        from .specs import ModelSpec, RunSpec
+        from .specs import RunSpec
 
+        model = model or ModelSpec()
+        config = config or TrainConfig()
         loaded = FreezePlan.load(plan) if isinstance(plan, (str, Path)) else plan
-        if loaded is not None and weights not in ("auto", None):
-            loaded.model["weights"] = weights  # --weights beside a plan: the user's file wins
+        if loaded is not None and model.weights not in ("auto", None):
+            loaded.model["weights"] = model.weights  # --weights beside a plan: the user's file wins
         reporter = Reporter()
         if progress is not None:
             reporter.progress = progress
-        spec = RunSpec(data=data, config=TrainConfig(seed=seed, image_size=image_size, device=device), out=None,
-                       plan=loaded, model=ModelSpec(model, weights, num_classes, small_input))
+        spec = RunSpec(data=data, config=config, out=None, plan=loaded, model=model)
         inputs = prepare_run(spec, reporter, check_settings(spec))
-        return cls.from_inputs(inputs, data_name=data, device=device, plan=loaded)
+        return cls.from_inputs(inputs, data_name=data, device=config.device, plan=loaded)
 
     @classmethod
     def from_inputs(cls, inputs: "RunInputs", data_name: str = "", device: str = "auto",

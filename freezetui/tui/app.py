@@ -22,6 +22,7 @@ from textual.widgets import Footer, Header, Static
 
 from ..core.controller import RunController, default_trainer, error_text
 from ..core.runs import folder_size
+from ..core.specs import ModelSpec
 from ..core.train import TrainConfig
 from ..core.workspace import Workspace
 from .commands import binding_commands, key_table
@@ -48,16 +49,11 @@ __all__ = ["AppOptions", "FreezeApp", "create_app", "default_trainer", "run_app"
 class AppOptions:
     """What the app opens: a model (or the plan's), data, and the training settings."""
 
-    model: str = "resnet18"
-    weights: str | None = "auto"
+    model: ModelSpec = field(default_factory=ModelSpec)
     data: str = "shapes"
-    num_classes: int | None = None
-    small_input: bool = False
     plan: str | None = None  # the plan file
-    device: str = "auto"
-    seed: int = 0
     runs_dir: str = "runs"
-    config: TrainConfig = field(default_factory=TrainConfig)
+    config: TrainConfig = field(default_factory=TrainConfig)  # device, seed and image size too
     keep_only_model: bool = False  # after a finished run, delete its checkpoint (keep model.pt)
     loaded_plan: object | None = None  # the FreezePlan the CLI read from ``plan`` (read once)
 
@@ -141,7 +137,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         if self.workspace is not None:
             self.show_workspace()
         else:
-            self.sub_title = f"loading {self.options.model} on {self.options.data}…"
+            self.sub_title = f"loading {self.options.model.name} on {self.options.data}…"
             self.load_workspace()
 
     def load_workspace(self) -> None:
@@ -159,9 +155,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
 
         def load() -> None:
             try:
-                ws = Workspace.open(o.model, o.weights, o.data, o.num_classes, o.small_input,
-                                    o.loaded_plan or o.plan, o.device, o.seed, self.config.image_size,
-                                    progress=progress)
+                ws = Workspace.open(o.model, o.data, o.loaded_plan or o.plan, self.config, progress=progress)
             except BaseException as e:  # noqa: BLE001 - reported on the UI thread
                 self.post_message(WorkspaceFailed(error_text(e)))
             else:
@@ -173,7 +167,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
     def on_load_progress(self, m: LoadProgress) -> None:
         if self.workspace is None:
             bar = "█" * (20 * m.done // max(1, m.total))
-            self.sub_title = (f"loading {self.options.model} on {self.options.data}: decoding images "
+            self.sub_title = (f"loading {self.options.model.name} on {self.options.data}: decoding images "
                               f"{bar:░<20} {m.done:,}/{m.total:,}")
 
     @on(WorkspaceReady)
@@ -330,12 +324,10 @@ def create_app(options: AppOptions | None = None, workspace: Workspace | None = 
 
 
 def options_from_args(args) -> AppOptions:
-    from ..options import config_from_args
+    from ..options import config_from_args, model_spec_from_args
 
-    return AppOptions(model=args.model, weights=args.weights, data=args.data, num_classes=args.num_classes,
-                      small_input=args.small_input, plan=args.plan, device=args.device, seed=args.seed,
-                      runs_dir=args.runs_dir, config=config_from_args(args),
-                      keep_only_model=getattr(args, "keep_only_model", False))
+    return AppOptions(model=model_spec_from_args(args), data=args.data, plan=args.plan, runs_dir=args.runs_dir,
+                      config=config_from_args(args), keep_only_model=getattr(args, "keep_only_model", False))
 
 
 def run_app(args) -> int:
@@ -348,7 +340,7 @@ def run_app(args) -> int:
     options = options_from_args(args)
     if args.plan:
         options.loaded_plan = FreezePlan.load(args.plan)  # read once: the workspace opens this object
-        check_factory_allowed(options.loaded_plan.model["name"], args.model)
+        check_factory_allowed(options.loaded_plan.model["name"], options.model.name)
     app = create_app(options)
     app.leave_after_hang_up = True
     app.run()

@@ -127,8 +127,7 @@ class PlanActions:
         gpus = gpu_count()
         out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
         command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
-                                   model=self.options.model,
-                                   device=self.config.device if self.config.device != "auto" else self.options.device)
+                                   model=self.options.model.name, device=self.config.device)
         stale = self.exported_version != self.workspace.version
         note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
                 else f"It reads {path}, which holds the current plan.")

@@ -71,8 +71,9 @@ def failing_trainer(workspace, record, callbacks, stop, runs_dir):
 def make_app(tmp_path, trainer=fake_trainer, **config):
     """The app on the small workspace, runs under tmp_path, settings from keyword arguments."""
     from freezetui.core.train import TrainConfig
+    from freezetui.core.specs import ModelSpec
     from freezetui.tui.app import AppOptions, create_app
 
-    options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir=str(tmp_path / "runs"),
+    options = AppOptions(model=ModelSpec("tiny:tiny_cnn", weights="none"), runs_dir=str(tmp_path / "runs"),
                          config=TrainConfig(epochs=config.pop("epochs", 3), device="cpu", **config))
     return create_app(options, workspace=small_workspace(), trainer=trainer)

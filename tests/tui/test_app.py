@@ -53,7 +53,7 @@ async def test_f_u_and_freeze_before(tmp_path):
         await pilot.press("j", "F")  # freeze everything before block2
         assert ws.plan.frozen == [n for n in ws.param_names if n.startswith(("stem.", "block1."))]
         # named as a module of the tree, with the reason it stops there
-        assert "frozen prefix ends at block1: then block2.0 trains" in text_of(app.query_one(Totals))
+        assert "backward stops at block1, before a trainable parameter in block2.0" in text_of(app.query_one(Totals))
         await pilot.press("j", "F")  # pool has no parameters: everything before it, i.e. all but fc
         assert ws.plan.trainable == ["fc.weight", "fc.bias"]
 

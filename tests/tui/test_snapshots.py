@@ -3,6 +3,7 @@ deterministic trainer; runs under a fresh folder so no earlier run shows up)."""
 
 import pytest
 
+from freezetui.core.specs import ModelSpec
 from freezetui.core.train import TrainConfig
 from freezetui.tui.app import AppOptions, create_app
 from tui.fakes import fake_trainer, small_workspace
@@ -16,7 +17,7 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setattr("freezetui.tui.plan_actions.gpu_count", lambda: 0)
     monkeypatch.setattr("freezetui.tui.plan_actions.next_torchrun_dir", lambda runs, model: "runs/torchrun-1")
     monkeypatch.chdir(tmp_path)
-    options = AppOptions(model="tiny:tiny_cnn", weights="none", runs_dir="runs",
+    options = AppOptions(model=ModelSpec("tiny:tiny_cnn", weights="none"), runs_dir="runs",
                          config=TrainConfig(epochs=3, device="cpu"))
     return create_app(options, workspace=small_workspace(), trainer=fake_trainer)
 

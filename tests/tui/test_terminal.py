@@ -46,7 +46,7 @@ def test_start_freeze_export_train_quit(tmp_path, cli_env):
     try:
         _wait_for(session, "tiny:tiny_cnn · random init · shapes")
         _keys(session, "j", "f")  # freeze the stem
-        _wait_for(session, "frozen prefix ends at stem: then block1.0 trains")
+        _wait_for(session, "backward stops at stem, before a trainable parameter")
         _keys(session, "e")
         _wait_for(session, "Export the freeze plan")
         _keys(session, "Enter")
