@@ -284,11 +284,10 @@ def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_si
     for i in range(lo, hi, batch_size):
         j = min(i + batch_size, hi)
         y = split.labels[i:j].to(device, non_blocking=True)
+        # the batch is built in fp32: autocast would resize it in bf16
+        x = None if features is not None else transform(split.images[i:j].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if features is not None:
-                out = logits_of(rest(features.get(slice(i, j))))
-            else:
-                out = logits_of(model(transform(split.images[i:j].to(device, non_blocking=True))))
+            out = logits_of(rest(features.get(slice(i, j))) if features is not None else model(x))
         total_loss += F.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
@@ -307,23 +306,37 @@ def device_budget(device: torch.device) -> int | None:
     return int(0.5 * (free + cached))
 
 
+def store_layout(need: int, limit: int | None, device: torch.device) -> tuple[torch.device, bool]:
+    """Where a feature store of ``need`` bytes lives, and whether it is pinned: on ``device``
+    within ``limit`` (None: no limit), else on the CPU, pinned when it feeds a GPU so that each
+    batch goes up with ``non_blocking=True``."""
+    if limit is None or need <= limit:
+        return device, False
+    return torch.device("cpu"), device.type == "cuda"
+
+
 class FeatureStore:
     """A frozen prefix's outputs for a whole split, computed once: on the training device when
-    they fit its budget (:func:`device_budget`, injectable), else on the CPU and moved per batch."""
+    they fit its budget (:func:`device_budget`, injectable), else on the CPU (pinned for a GPU)
+    and moved per batch. Computed ``chunk`` images at a time: the run's batch size, which the
+    user lowers to fit the device."""
 
     def __init__(self, prefix: nn.Module, images: torch.Tensor, transform: BatchTransform, device: torch.device,
-                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=device_budget):
+                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=None):
         self.features: torch.Tensor | None = None
         self.device = device
+        self.pinned = False
+        budget_fn = budget_fn or device_budget  # looked up per call: a patched device_budget is seen
         n = len(images)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
             for i in range(0, n, chunk):
-                f = prefix(transform(images[i:i + chunk].to(device, non_blocking=True)))
+                x = transform(images[i:i + chunk].to(device, non_blocking=True))  # fp32, outside autocast
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    f = prefix(x)
                 if self.features is None:  # one tensor for the whole split: no second copy to concatenate
                     need = f[0].numel() * f.element_size() * n
-                    limit = budget if budget is not None else budget_fn(device)
-                    home = device if limit is None or need <= limit else torch.device("cpu")
-                    self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home)
+                    home, self.pinned = store_layout(need, budget if budget is not None else budget_fn(device), device)
+                    self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home, pin_memory=self.pinned)
                 self.features[i:i + len(f)] = f.to(self.features.device)
 
     @property
@@ -331,9 +344,12 @@ class FeatureStore:
         return self.features is not None and self.features.device == self.device
 
     def get(self, index) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):  # features kept on the CPU are indexed there
-            index = index.to(self.features.device)
-        return self.features[index].to(self.device, non_blocking=True)
+        """Rows ``index`` (a slice, or indices on the store's device) on the training device."""
+        if self.on_device or not isinstance(index, torch.Tensor):  # a slice of a pinned store is pinned
+            return self.features[index].to(self.device, non_blocking=True)
+        rows = torch.empty((len(index), *self.features.shape[1:]), dtype=self.features.dtype, pin_memory=self.pinned)
+        torch.index_select(self.features, 0, index.to(self.features.device), out=rows)
+        return rows.to(self.device, non_blocking=True)
 
 
 def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=None):
@@ -473,10 +489,10 @@ class _Run:
         # memory-mapped cache through pinned buffers with the next batch prefetched
         self.streamer = None
         if placement(self.data.nbytes, device, budget=config.data_budget) == "stream":
-            self.train_split = self.data.train
+            self.train_split, self.val_split = self.data.train, self.data.val
             self.streamer = StreamedSplit(self.data.train, device, config.batch_size)
-        else:
-            self.train_split = self.data.train.to(device)
+        else:  # copied once for the whole run
+            self.train_split, self.val_split = self.data.train.to(device), self.data.val.to(device)
         self.n = len(self.train_split)
         share = self.n // self.world  # under torchrun each process trains on its own shard of every epoch
         self.bs = min(config.batch_size, share)
@@ -591,9 +607,9 @@ class _Run:
         """The frozen prefix's outputs, computed once where that gives the same result."""
         self.stage = "caching the frozen prefix's outputs"
         self.model.eval()
-        args = (self.transform, self.device, self.amp)
+        args = (self.transform, self.device, self.amp, self.bs)
         self.train_features = FeatureStore(self.prefix, self.train_split.images, *args) if self.cache_train else None
-        self.val_features = FeatureStore(self.prefix, self.data.val.images, *args) if self.cache_val else None
+        self.val_features = FeatureStore(self.prefix, self.val_split.images, *args) if self.cache_val else None
 
     # ------------------------------------------------------------------ one epoch
 
@@ -645,7 +661,7 @@ class _Run:
         self.images_total += seen * self.world
         self.train_seconds += seconds
         self.stage = "evaluating"
-        val_loss, val_acc = evaluate(self.model, self.data.val, self.transform, max(self.bs, 256), self.device,
+        val_loss, val_acc = evaluate(self.model, self.val_split, self.transform, self.bs, self.device,
                                      self.amp, self.val_features, self.rest)
         loss_sum, seen_all = distributed.sum_all(loss_sum, seen, device=self.device)
         return EpochEnd(epoch, self.config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
@@ -682,30 +698,34 @@ class _Run:
         return distributed.any_all(local, self.device)
 
     def batches(self, perm: torch.Tensor):
-        """(indices, uint8 images or None, labels) on the device for each step of an epoch."""
+        """(indices, uint8 images or None, labels) for each step of an epoch: images and labels
+        on the device, indices where the rows are read (the feature store's device when features
+        are cached: a store on the CPU is indexed without a copy back from the GPU)."""
         if self.streamer is not None and self.train_features is None:
             for step, (x, y) in enumerate(self.streamer.prefetch(perm, self.bs, self.steps)):
                 yield perm[step * self.bs:(step + 1) * self.bs], x, y
             return
-        perm = perm.to(self.train_split.labels.device)
+        rows = perm.to(self.train_split.labels.device)
+        store = perm.to(self.train_features.features.device) if self.train_features is not None else rows
         for step in range(self.steps):
-            idx = perm[step * self.bs:(step + 1) * self.bs]
-            labels = self.train_split.labels[idx].to(self.device, non_blocking=True)
-            images = None if self.train_features is not None else self.train_split.images[idx].to(self.device)
-            yield idx, images, labels
+            at = slice(step * self.bs, (step + 1) * self.bs)
+            labels = self.train_split.labels[rows[at]].to(self.device, non_blocking=True)
+            images = None if self.train_features is not None else self.train_split.images[rows[at]].to(self.device)
+            yield store[at], images, labels
 
     def train_step(self, idx: torch.Tensor, images: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one batch; returns its loss, still on the device."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            if self.train_features is not None:
-                x = self.train_features.get(idx)
-            else:
-                x = self.transform.augment(images, self.aug_gen) if self.config.augment else self.transform(images)
-                if self.prefix is not None:
-                    with torch.no_grad():  # the frozen prefix keeps no activations
-                        x = self.prefix(x)
-            loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
+        # the last step's gradients are freed before this forward, not after it (one copy less at the peak)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.train_features is not None:
+            x = self.train_features.get(idx)
+        else:  # built in fp32: autocast would run the crops' affine grid in bf16 (0.4 px off at 224 px)
+            x = self.transform.augment(images, self.aug_gen) if self.config.augment else self.transform(images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.prefix is not None and self.train_features is None:
+                with torch.no_grad():  # the frozen prefix keeps no activations
+                    x = self.prefix(x)
+            loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
@@ -768,7 +788,8 @@ class _Run:
         """Drop what this run holds on the device (gradients, optimizer state, caches, the
         traced halves), so the next run in the same process starts from free memory."""
         self.model.zero_grad(set_to_none=True)
-        for name in ("optimizer", "train_features", "val_features", "prefix", "rest", "step_fn", "train_split"):
+        for name in ("optimizer", "train_features", "val_features", "prefix", "rest", "step_fn", "train_split",
+                     "val_split"):
             self.__dict__.pop(name, None)
         release_memory(self.device)
 
