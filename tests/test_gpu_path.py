@@ -109,3 +109,106 @@ def test_a_cpu_feature_store_is_indexed_with_cpu_indices_and_pinned_for_a_gpu():
     assert len(steps) == 2
     for idx, images, labels in steps:
         assert idx.device == cpu and len(idx) == 4 and images is None and labels.device == meta
+
+
+# ----------------------------------------------------------------------------- item 2
+
+
+def test_resume_with_an_augmentation_state_from_another_device_type_reseeds_and_says_so(data):
+    class Keep(train_mod.Callback):
+        def __init__(self):
+            self.state, self.starts = None, []
+
+        def on_run_start(self, ev):
+            self.starts.append(ev)
+
+        def on_checkpoint(self, state):
+            self.state = self.state or state
+
+    first = Keep()
+    model, plan = _model_and_plan()
+    train(model, plan, data, TrainConfig(epochs=1, batch_size=32, device="cpu"), callbacks=[first])
+    assert first.state["rng"]["augment_device"] == "cpu" and first.starts[0].notes == []
+    state = {**first.state, "rng": {**first.state["rng"], "augment": torch.zeros(16, dtype=torch.uint8)}}
+    state["rng"].pop("augment_device")  # an older checkpoint, written on CUDA
+    again = Keep()
+    model, plan = _model_and_plan()
+    result = train(model, plan, data, TrainConfig(epochs=2, batch_size=32, device="cpu"), callbacks=[again],
+                   resume=state)
+    assert result.epochs == 2 and len(again.starts) == 1
+    (note,) = again.starts[0].notes
+    assert "16 bytes" in note and "seeded afresh" in note
+
+
+def test_restore_generator_keeps_a_matching_state():
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    expected = torch.rand(3, generator=gen)
+    assert train_mod.restore_generator(gen, state, seed=9) is None
+    assert torch.equal(torch.rand(3, generator=gen), expected)
+    assert "seeded afresh" in train_mod.restore_generator(gen, torch.zeros(16, dtype=torch.uint8), seed=9)
+    assert torch.equal(torch.rand(3, generator=gen), torch.rand(3, generator=torch.Generator().manual_seed(9)))
+
+
+# ----------------------------------------------------------------------------- item 5 and 8
+
+
+class _Unpool(torch.nn.Module):
+    """max_unpool2d has no deterministic implementation, on the CPU too."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        y, i = torch.nn.functional.max_pool2d(self.conv(x), 2, return_indices=True)
+        return self.fc(torch.nn.functional.max_unpool2d(y, i, 2).mean((2, 3)))
+
+
+def test_deterministic_runs_use_deterministic_algorithms_and_name_the_operations_that_warned(data, monkeypatch):
+    import os
+    import warnings
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.manual_seed(0)
+    model = _Unpool(data.num_classes)
+    during = []
+
+    class Seen(train_mod.Callback):
+        def on_epoch(self, ev):
+            during.append(torch.is_deterministic_algorithms_warn_only_enabled())
+            warnings.warn("an unrelated warning still reaches the user")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(model, FreezePlan.from_model(model), data,
+                       TrainConfig(epochs=1, batch_size=32, device="cpu", deterministic=True), callbacks=[Seen()])
+    assert during == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert result.nondeterministic == ["max_unpooling2d_forward_out"]
+    assert result.summary()["nondeterministic"] == ["max_unpooling2d_forward_out"]
+    assert [str(w.message) for w in caught] == ["an unrelated warning still reaches the user"]
+    assert not torch.are_deterministic_algorithms_enabled()  # the process is as it was
+    plain = train(model, FreezePlan.from_model(model), data, TrainConfig(epochs=1, batch_size=32, device="cpu"))
+    assert plain.nondeterministic == []
+
+
+def test_fp32_runs_on_cuda_use_tf32_and_the_first_line_says_so(monkeypatch):
+    import io
+
+    from freezetui.cli import ConsoleProgress
+    from freezetui.core.precision import run_precision
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert run_precision(torch.device("cpu"), amp=True) == "fp32"
+    assert torch.get_float32_matmul_precision() == "highest"
+    words = run_precision(torch.device("cuda"), amp=False)  # setting the flag needs no GPU
+    assert "TF32" in words and torch.backends.cuda.matmul.allow_tf32
+    assert torch.get_float32_matmul_precision() == "high"
+    assert run_precision(torch.device("cuda"), amp=True) == "bf16 autocast"
+    out = io.StringIO()
+    ConsoleProgress(out).on_run_start(train_mod.RunStart(1, 10, "cuda:0", 100, 10, 224, 0.001, precision=words,
+                                                         notes=["a note"]))
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("training on cuda:0 (fp32, matmuls and convolutions in TF32): ")
+    assert second == "note: a note"

@@ -20,6 +20,7 @@ from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import TrainingError
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
+from .precision import Deterministic, run_precision
 from .schedule import SCHEDULES, describe, param_groups, schedule_factor, unfreeze_warmup, warmup_steps
 from .split import find_cut, split, trace
 
@@ -111,6 +112,8 @@ class RunStart:
     backward_stop: str | None = None  # the module of the tree where the frozen prefix ends (None: no prefix)
     prefix_reason: str | None = None  # why it ends there ("a trainable parameter in layer4.0.conv1")
     schedule: list[str] = field(default_factory=list)  # the plan's stages and rates in words
+    precision: str = "fp32"  # the run's arithmetic ("bf16 autocast", "fp32, matmuls ... in TF32")
+    notes: list[str] = field(default_factory=list)  # what the user should know before it starts
 
 
 @dataclass
@@ -155,6 +158,7 @@ class TrainResult:
     feature_cache: bool = False
     frozen_prefix: str | None = None
     peak_memory_bytes: int | None = None  # CUDA: the most allocated at once during the run
+    nondeterministic: list[str] = field(default_factory=list)  # --deterministic: operations without a deterministic version
 
     @property
     def val_acc(self) -> float | None:
@@ -179,6 +183,7 @@ class TrainResult:
             "feature_cache": self.feature_cache,
             "frozen_prefix": self.frozen_prefix,
             "peak_memory_bytes": self.peak_memory_bytes,
+            "nondeterministic": self.nondeterministic,
         }
 
 
@@ -406,6 +411,7 @@ def train(
     try:
         run.prepare()
         run.restore(resume)
+        run.announce()
         run.cache_features()
         for epoch in range(run.first_epoch, run.config.epochs + 1):
             run.enter_stage(epoch)
@@ -446,6 +452,8 @@ class _Run:
         self.drifted: list[str] = []  # parameters that changed before the stage that unfroze them
         self.images_total, self.train_seconds = 0, 0.0
         self.t_run = time.perf_counter()
+        self.notes: list[str] = []  # for RunStart
+        self.deterministic = Deterministic() if config.deterministic else None
         # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
         self.checkpointers = [cb for cb in callbacks if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint)
                               is not Callback.on_checkpoint]
@@ -455,6 +463,8 @@ class _Run:
     def prepare(self) -> None:
         """Plan on the model, model and data on the device, optimizer, frozen prefix; RunStart."""
         model, config, device = self.model, self.config, self.device
+        if self.deterministic is not None:
+            self.deterministic.start()  # before the first cuBLAS call, which reads its workspace setting
         n_out = output_classes(model)
         if n_out is not None and n_out != self.data.num_classes:
             raise TrainingError(
@@ -474,6 +484,7 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
         model.to(device)
         self.amp = config.amp and device.type == "cuda"
+        self.precision = run_precision(device, self.amp)
         torch.manual_seed(config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)  # the epochs' order, on the CPU
         # augmentation draws on the device: no host-device copy per step
@@ -506,18 +517,21 @@ class _Run:
             if config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
                 model.to(memory_format=torch.channels_last)
                 self.transform.channels_last = True
-        cut = self.split_trainable()
+        self.cut = self.split_trainable()
         if config.sync_steps:
             self.sync_every = config.sync_steps
         elif device.type == "cpu":
             self.sync_every = 1
         else:
             self.sync_every = SYNC_STEPS_DISTRIBUTED if distributed.active() else 0  # 0: by time
-        start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
+
+    def announce(self) -> None:
+        """RunStart to every callback, once the run is set up (and restored: its notes)."""
+        cut, config = self.cut, self.config
+        start = RunStart(config.epochs, self.steps, str(self.device), self.n, len(self.data.val), self.transform.size,
                          config.effective_lr, self.cache_train, cut.module if cut else None,
-                         cut.reason if cut else None, describe(self.plan))
-        for cb in self.callbacks:
-            cb.on_run_start(start)
+                         cut.reason if cut else None, describe(self.plan), self.precision, list(self.notes))
+        self.agreed(lambda: [cb.on_run_start(start) for cb in self.callbacks])
 
     @property
     def order(self) -> list[str] | None:
@@ -553,7 +567,7 @@ class _Run:
         for name, t in now.items():
             self.snap.setdefault(name, t)
         self.active = plan
-        self.split_trainable()
+        self.cut = self.split_trainable()
 
     def enter_stage(self, epoch: int) -> None:
         """At a stage boundary: the new trainable set, its prefix and its cached features."""
@@ -584,8 +598,9 @@ class _Run:
                                 "(written by an older freezetui or for another plan); start the run again") from None
         torch.set_rng_state(resume["rng"]["torch"])
         self.gen.set_state(resume["rng"]["generator"])
-        if resume["rng"].get("augment") is not None:
-            self.aug_gen.set_state(resume["rng"]["augment"])
+        note = restore_generator(self.aug_gen, resume["rng"].get("augment"), self.config.seed + resume["epoch"])
+        if note:
+            self.notes.append(f"{note}: the resumed run's augmentation differs from an uninterrupted run's")
         cuda_state = resume["rng"].get("cuda")
         if isinstance(cuda_state, (list, tuple)):  # older checkpoints kept every GPU's state
             cuda_state = cuda_state[0] if cuda_state else None
@@ -744,6 +759,7 @@ class _Run:
                 state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
                                          self.device, stage=self.plan.stage_index(epoch))
                 state["rng"]["augment"] = self.aug_gen.get_state()
+                state["rng"]["augment_device"] = self.aug_gen.device.type
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)
         self.agreed(write)
@@ -778,6 +794,9 @@ class _Run:
         later = changed_since(self.model, self.snap) if self.snap is not None else []
         r.changed = list(dict.fromkeys(self.drifted + later))
         r.frozen_unchanged = not r.changed
+        if self.deterministic is not None:
+            self.deterministic.stop()
+            r.nondeterministic = list(self.deterministic.ops)
         try:
             for cb in self.callbacks:
                 cb.on_run_end(r)
@@ -792,6 +811,23 @@ class _Run:
                      "val_split"):
             self.__dict__.pop(name, None)
         release_memory(self.device)
+
+
+def restore_generator(gen: torch.Generator, state: torch.Tensor | None, seed: int) -> str | None:
+    """Put a generator's saved state back. A state saved on another device type does not fit
+    (CUDA's are 16 bytes, the CPU's 5,056): then ``gen`` is seeded with ``seed`` and the
+    returned sentence says so; None when the state was restored or there was none."""
+    if state is None:
+        return None
+    if len(state) == len(gen.get_state()):
+        try:
+            gen.set_state(state)
+            return None
+        except RuntimeError:
+            pass
+    gen.manual_seed(seed)
+    return (f"the augmentation generator's state was saved on another kind of device ({len(state)} bytes; "
+            f"{gen.device.type} needs {len(gen.get_state())}), so it was seeded afresh")
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, epoch: int,
