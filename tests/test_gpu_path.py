@@ -212,3 +212,78 @@ def test_fp32_runs_on_cuda_use_tf32_and_the_first_line_says_so(monkeypatch):
     first, second = out.getvalue().splitlines()
     assert first.startswith("training on cuda:0 (fp32, matmuls and convolutions in TF32): ")
     assert second == "note: a note"
+
+
+# ----------------------------------------------------------------------------- item 11
+
+
+def test_after_out_of_memory_the_failing_step_is_freed_before_the_sentence_is_raised(data, monkeypatch):
+    import weakref
+
+    from freezetui.core.errors import TrainingError
+
+    refs = []
+
+    def failing_step(self, idx, images, labels):
+        activation = self.transform(images)  # what a real step holds when the allocator gives up
+        refs.append(weakref.ref(activation))
+        raise train_mod.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_mod._Run, "train_step", failing_step)
+    model, plan = _model_and_plan()
+    with pytest.raises(TrainingError, match="^out of memory while training") as e:
+        train(model, plan, data, TrainConfig(epochs=1, batch_size=32, device="cpu"))
+    assert e.value.__context__ is None and e.value.__cause__ is None
+    assert len(refs) == 1 and refs[0]() is None
+
+
+def test_no_prefetch_thread_outlives_a_failed_streamed_run(tmp_path, monkeypatch):
+    import threading
+
+    from conftest import make_image_folder
+    from freezetui.core.errors import TrainingError
+
+    folder = make_image_folder(tmp_path / "imgs", per_class=20, size=20)
+    data = load_data(str(folder))
+    real = train_mod._Run.train_step
+    calls = []
+
+    def fails_at_step_2(self, *a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainingError("injected")
+        return real(self, *a)
+
+    monkeypatch.setattr(train_mod._Run, "train_step", fails_at_step_2)
+    model, plan = _model_and_plan(classes=data.num_classes)
+    with pytest.raises(TrainingError, match="injected") as e:  # e keeps the traceback, and its frames, alive
+        train(model, plan, data, TrainConfig(epochs=1, batch_size=8, device="cpu", data_budget=1))
+    assert e.value is not None and len(calls) == 2
+    assert [t for t in threading.enumerate() if t.name == "freezetui-prefetch"] == []
+
+
+def test_the_cost_profile_does_not_copy_the_model_while_a_run_moves_it(data, monkeypatch):
+    import threading
+
+    from tui.fakes import small_workspace
+
+    ws = small_workspace()
+    held = []
+    real_to = torch.nn.Module.to
+
+    def to(self, *a, **k):
+        if self is ws.model:
+            held.append(train_mod.model_lock(ws.model).locked())
+        return real_to(self, *a, **k)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    train(ws.model, ws.plan, ws.data, TrainConfig(epochs=1, batch_size=64, device="cpu"))
+    assert held and all(held)  # every move of the model under its lock
+    lock = train_mod.model_lock(ws.model)
+    with lock:  # a run moving the model: the profile waits for it
+        t = threading.Thread(target=ws.compute_cost_profile)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and ws.cost_profile is None
+    t.join(60)
+    assert not t.is_alive() and ws.cost_profile is not None

@@ -9,6 +9,7 @@ import gc
 import math
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -201,6 +202,18 @@ class Callback:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """Held while a run moves ``model`` to its device or memory format. Whoever copies a model
+    another thread may be training (the TUI's cost profile) copies under it: never a model
+    with half its tensors moved."""
+    with _model_locks_guard:
+        return _model_locks.setdefault(model, threading.Lock())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -408,6 +421,7 @@ def train(
     model's forward graph when the caller has it already (see :func:`split.trace`).
     """
     run = _Run(model, plan, data, config or TrainConfig(), list(callbacks), stop, traced)
+    out_of_memory = None
     try:
         run.prepare()
         run.restore(resume)
@@ -426,10 +440,14 @@ def train(
         run.result.error = str(e)
         raise
     except OutOfMemoryError:
-        run.result.error = run.out_of_memory_message()
-        raise TrainingError(run.result.error) from None
+        # raised below, outside this block: the OOM (and its traceback, which holds the failing
+        # step's frames and activations) is gone before finish() releases memory, and it is no
+        # __context__ of the sentence either
+        run.result.error = out_of_memory = run.out_of_memory_message()
     finally:
         run.finish()
+    if out_of_memory:
+        raise TrainingError(out_of_memory)
     return run.result
 
 
@@ -482,7 +500,8 @@ class _Run:
         self.stage = "moving the model to the device"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        model.to(device)
+        with model_lock(model):
+            model.to(device)
         self.amp = config.amp and device.type == "cuda"
         self.precision = run_precision(device, self.amp)
         torch.manual_seed(config.seed)
@@ -515,7 +534,8 @@ class _Run:
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cudnn.deterministic = config.deterministic
             if config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-                model.to(memory_format=torch.channels_last)
+                with model_lock(model):
+                    model.to(memory_format=torch.channels_last)
                 self.transform.channels_last = True
         self.cut = self.split_trainable()
         if config.sync_steps:
@@ -640,33 +660,35 @@ class _Run:
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         window, bad = zero.clone(), torch.full((), -1, dtype=torch.int64, device=self.device)
         loss_sum, seen, window_n = 0.0, 0, 0
-        for step in range(1, self.steps + 1):
-            if self.stop_requested(step):
-                self.result.stopped = True
-                break
-            idx, images, labels = next(batches)
-            self.set_rates(epoch, step)
-            loss = self.train_step(idx, images, labels)
-            window += loss * len(idx)
-            bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
-            window_n += len(idx)
-            seen += len(idx)
-            if self.sync_due(step):
-                value, first_bad = self.sync(window, bad)
-                if first_bad >= 0:
-                    raise TrainingError(
-                        f"loss became {value / window_n if math.isfinite(value) else value} at epoch {epoch}, "
-                        f"step {first_bad}; lower the learning rate (now {self.config.effective_lr:g}) "
-                        f"or check the data")
-                loss_sum += value
-                elapsed = time.perf_counter() - t0
-                ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps,
-                             value / window_n, seen / elapsed if elapsed > 0 else 0.0)
-                window.zero_()
-                window_n = 0
-                for cb in self.callbacks:
-                    cb.on_step(ev)
-        batches.close()  # ends a prefetching thread early when the epoch was stopped
+        try:
+            for step in range(1, self.steps + 1):
+                if self.stop_requested(step):
+                    self.result.stopped = True
+                    break
+                idx, images, labels = next(batches)
+                self.set_rates(epoch, step)
+                loss = self.train_step(idx, images, labels)
+                window += loss * len(idx)
+                bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
+                window_n += len(idx)
+                seen += len(idx)
+                if self.sync_due(step):
+                    value, first_bad = self.sync(window, bad)
+                    if first_bad >= 0:
+                        raise TrainingError(
+                            f"loss became {value / window_n if math.isfinite(value) else value} at epoch {epoch}, "
+                            f"step {first_bad}; lower the learning rate (now {self.config.effective_lr:g}) "
+                            f"or check the data")
+                    loss_sum += value
+                    elapsed = time.perf_counter() - t0
+                    ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps,
+                                 value / window_n, seen / elapsed if elapsed > 0 else 0.0)
+                    window.zero_()
+                    window_n = 0
+                    for cb in self.callbacks:
+                        cb.on_step(ev)
+        finally:  # on any exit: a prefetching thread ends, with its pinned buffers and its batch on the device
+            batches.close()
         if window_n:  # stopped between sync points
             value, first_bad = self.sync(window, bad)
             loss_sum += value
@@ -717,8 +739,12 @@ class _Run:
         on the device, indices where the rows are read (the feature store's device when features
         are cached: a store on the CPU is indexed without a copy back from the GPU)."""
         if self.streamer is not None and self.train_features is None:
-            for step, (x, y) in enumerate(self.streamer.prefetch(perm, self.bs, self.steps)):
-                yield perm[step * self.bs:(step + 1) * self.bs], x, y
+            streamed = self.streamer.prefetch(perm, self.bs, self.steps)
+            try:
+                for step, (x, y) in enumerate(streamed):
+                    yield perm[step * self.bs:(step + 1) * self.bs], x, y
+            finally:
+                streamed.close()  # its thread ends now, not when the garbage collector finds it
             return
         rows = perm.to(self.train_split.labels.device)
         store = perm.to(self.train_features.features.device) if self.train_features is not None else rows

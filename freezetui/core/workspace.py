@@ -23,7 +23,7 @@ from .models import ModelInfo, build_model, find_heads, model_info
 from .plan import BATCHNORM_MODES, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import check_code_allowed, weights_sizes
 from .split import find_cut, trace
-from .train import TrainConfig, resolve_device
+from .train import TrainConfig, model_lock, resolve_device
 
 
 def _short(x: float) -> str:
@@ -578,7 +578,9 @@ class Workspace:
         from .cost import profile_model
 
         try:
-            self.cost_profile = profile_model(copy.deepcopy(self.model), self.seen_size() or 224)
+            with model_lock(self.model):  # not while a run moves it to the device
+                model = copy.deepcopy(self.model)
+            self.cost_profile = profile_model(model, self.seen_size() or 224)
         except Exception:  # noqa: BLE001 - advice only
             self.cost_profile = None
 
