@@ -29,6 +29,7 @@ def _prepared(data, freeze=(), **config):
     model, plan = _model_and_plan(freeze)
     run = train_mod._Run(model, plan, data, TrainConfig(**{"epochs": 1, "device": "cpu", **config}), [], None, None)
     run.prepare()
+    run.cut = run.split_trainable()
     run.cache_features()
     return run
 
@@ -81,9 +82,9 @@ def test_gradients_are_freed_before_the_forward(data):
 
 def test_the_validation_split_is_copied_to_the_device_once(data, monkeypatch):
     copies, evaluated = [], []
-    real_to, real_eval = Split.to, train_mod.evaluate
+    real_to, real_eval = Split.to, train_mod.evaluation_sums
     monkeypatch.setattr(Split, "to", lambda self, device: copies.append(len(self)) or real_to(self, device))
-    monkeypatch.setattr(train_mod, "evaluate", lambda model, split, *a: evaluated.append(split) or real_eval(model, split, *a))
+    monkeypatch.setattr(train_mod, "evaluation_sums", lambda model, split, *a: evaluated.append(split) or real_eval(model, split, *a))
     model, plan = _model_and_plan()
     train(model, plan, data, TrainConfig(epochs=3, batch_size=32, device="cpu"))
     assert copies == [96, 40]

@@ -288,16 +288,26 @@ def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
     return [n for n, t in snap.items() if not torch.equal(now[n].detach().cpu(), t)]
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
              device: torch.device, amp: bool, features: "FeatureStore | None" = None,
              rest: nn.Module | None = None) -> tuple[float, float]:
-    """Validation loss and accuracy, from cached prefix features when given."""
+    """Validation loss and accuracy, from cached prefix features when given; under torchrun
+    each process evaluates its own contiguous share, then the sums are added."""
+    total_loss, correct, n = distributed.sum_all(
+        *evaluation_sums(model, split, transform, batch_size, device, amp, features, rest), device=device)
+    n = max(1.0, n)
+    return total_loss / n, correct / n
+
+
+@torch.no_grad()
+def evaluation_sums(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
+                    device: torch.device, amp: bool, features: "FeatureStore | None" = None,
+                    rest: nn.Module | None = None) -> tuple[float, int, int]:
+    """(summed loss, correct, images) over this process's share of ``split``."""
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one read at the end
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    # under torchrun each process evaluates its own contiguous share, then the sums are added
     lo, hi = len(split) * distributed.rank() // distributed.world(), len(split) * (distributed.rank() + 1) // distributed.world()
     for i in range(lo, hi, batch_size):
         j = min(i + batch_size, hi)
@@ -309,9 +319,7 @@ def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_si
         total_loss += F.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    total_loss, correct, n = distributed.sum_all(total_loss.item(), correct.item(), hi - lo, device=device)
-    n = max(1.0, n)
-    return total_loss / n, correct / n
+    return total_loss.item(), correct.item(), hi - lo
 
 
 def device_budget(device: torch.device) -> int | None:
@@ -399,6 +407,7 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=N
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 SYNC_SECONDS = 0.25  # a single CUDA process reads its loss about 4 times a second
 SYNC_STEPS_DISTRIBUTED = 16
+ONLY_RANK_ZERO_WRITES = "rank 0 could not write the run's files; see its message"
 
 
 def train(
@@ -423,10 +432,13 @@ def train(
     run = _Run(model, plan, data, config or TrainConfig(), list(callbacks), stop, traced)
     out_of_memory = None
     try:
-        run.prepare()
+        # each step that may fail on one process only (out of memory, a file) is agreed, so that
+        # no process is left waiting in a collective for one that has stopped
+        run.agreed(run.prepare)
+        run.cut = run.split_trainable()  # DDP under torchrun: a collective
         run.restore(resume)
         run.announce()
-        run.cache_features()
+        run.agreed(run.cache_features)
         for epoch in range(run.first_epoch, run.config.epochs + 1):
             run.enter_stage(epoch)
             ev = run.train_epoch(epoch)
@@ -471,6 +483,8 @@ class _Run:
         self.images_total, self.train_seconds = 0, 0.0
         self.t_run = time.perf_counter()
         self.notes: list[str] = []  # for RunStart
+        self.failed: str | None = None  # out of memory in a step on this process, told to the others at a sync
+        self.reduced = False  # this step's backward (DDP's gradient reduction) has finished
         self.deterministic = Deterministic() if config.deterministic else None
         # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
         self.checkpointers = [cb for cb in callbacks if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint)
@@ -537,7 +551,6 @@ class _Run:
                 with model_lock(model):
                     model.to(memory_format=torch.channels_last)
                 self.transform.channels_last = True
-        self.cut = self.split_trainable()
         if config.sync_steps:
             self.sync_every = config.sync_steps
         elif device.type == "cpu":
@@ -551,7 +564,7 @@ class _Run:
         start = RunStart(config.epochs, self.steps, str(self.device), self.n, len(self.data.val), self.transform.size,
                          config.effective_lr, self.cache_train, cut.module if cut else None,
                          cut.reason if cut else None, describe(self.plan), self.precision, list(self.notes))
-        self.agreed(lambda: [cb.on_run_start(start) for cb in self.callbacks])
+        self.agreed(lambda: [cb.on_run_start(start) for cb in self.callbacks], ONLY_RANK_ZERO_WRITES)
 
     @property
     def order(self) -> list[str] | None:
@@ -595,7 +608,7 @@ class _Run:
         if plan.params == self.active.params and plan.batchnorm == self.active.batchnorm:
             return
         self.switch_plan(plan)
-        self.cache_features()
+        self.agreed(self.cache_features)
 
     def set_rates(self, epoch: int, step: int) -> None:
         """Every group's rate for 1-based ``step`` of ``epoch``: the schedule's factor × the
@@ -667,7 +680,7 @@ class _Run:
                     break
                 idx, images, labels = next(batches)
                 self.set_rates(epoch, step)
-                loss = self.train_step(idx, images, labels)
+                loss = self.step_or_wait(idx, images, labels)
                 window += loss * len(idx)
                 bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
                 window_n += len(idx)
@@ -698,9 +711,10 @@ class _Run:
         self.images_total += seen * self.world
         self.train_seconds += seconds
         self.stage = "evaluating"
-        val_loss, val_acc = evaluate(self.model, self.val_split, self.transform, self.bs, self.device,
-                                     self.amp, self.val_features, self.rest)
-        loss_sum, seen_all = distributed.sum_all(loss_sum, seen, device=self.device)
+        sums = self.agreed(lambda: evaluation_sums(self.model, self.val_split, self.transform, self.bs, self.device,
+                                                   self.amp, self.val_features, self.rest))
+        val_loss, correct, n, loss_sum, seen_all = distributed.sum_all(*sums, loss_sum, seen, device=self.device)
+        val_loss, val_acc = val_loss / max(1, n), correct / max(1, n)
         return EpochEnd(epoch, self.config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
                         seen_all / seconds if seconds > 0 else 0.0, time.perf_counter() - t0,
                         partial=self.result.stopped)
@@ -720,8 +734,12 @@ class _Run:
         self.last_sync = time.perf_counter()
         value, first_bad = window.item(), int(bad.item())
         if distributed.active():
-            flag = distributed.any_all(first_bad >= 0, self.device)
-            if flag and first_bad < 0:
+            nan, failed = distributed.flags_all([first_bad >= 0, self.failed is not None], self.device)
+            if self.failed is not None:
+                raise TrainingError(self.failed)
+            if failed:
+                raise TrainingError("another process ran out of memory while training; see its message")
+            if nan and first_bad < 0:
                 raise TrainingError("the loss became NaN or infinite on another process; "
                                     "lower the learning rate or check the data")
         return value, first_bad
@@ -754,6 +772,29 @@ class _Run:
             images = None if self.train_features is not None else self.train_split.images[rows[at]].to(self.device)
             yield store[at], images, labels
 
+    def step_or_wait(self, idx: torch.Tensor, images: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`train_step`; under torchrun, out of memory on this process is held until the next
+        sync point, where every process learns of it (:meth:`sync`), and until then this process
+        keeps the others' collectives company with empty batches (in eval mode: no statistics
+        move). A step that ran out of memory inside DDP's gradient reduction cannot be joined."""
+        if self.failed is None:
+            self.reduced = False
+            try:
+                return self.train_step(idx, images, y)
+            except OutOfMemoryError:
+                if not distributed.active():
+                    raise
+                self.failed = self.out_of_memory_message()
+            release_memory(self.device)  # the failing step's tensors went with the exception
+            if self.reduced:  # failed in the optimizer step: the others have left this step's collectives
+                return torch.zeros((), device=self.device)
+        self.model.eval()
+        try:
+            self.train_step(idx[:0], None if images is None else images[:0], y[:0])
+        finally:
+            self.model.train()
+        return torch.zeros((), device=self.device)
+
     def train_step(self, idx: torch.Tensor, images: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one batch; returns its loss, still on the device."""
         # the last step's gradients are freed before this forward, not after it (one copy less at the peak)
@@ -768,6 +809,7 @@ class _Run:
                     x = self.prefix(x)
             loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
         loss.backward()
+        self.reduced = True  # under DDP the gradients are averaged across processes by now
         self.optimizer.step()
         return loss.detach()
 
@@ -777,7 +819,7 @@ class _Run:
         ev.lr = self.optimizer.param_groups[self.head_group]["lr"]
         self.result.history.append(ev)
         self.result.epochs = ev.epoch
-        self.agreed(lambda: [cb.on_epoch(ev) for cb in self.callbacks])
+        self.agreed(lambda: [cb.on_epoch(ev) for cb in self.callbacks], ONLY_RANK_ZERO_WRITES)
 
     def checkpoint(self, epoch: int) -> None:
         def write():
@@ -788,19 +830,23 @@ class _Run:
                 state["rng"]["augment_device"] = self.aug_gen.device.type
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)
-        self.agreed(write)
+        self.agreed(write, ONLY_RANK_ZERO_WRITES)
 
-    def agreed(self, fn) -> None:
-        """Run ``fn`` (rank 0's writes); every rank learns whether it failed, and all stop together."""
+    def agreed(self, fn, elsewhere: str | None = None):
+        """``fn()``, after which every rank learns whether it failed on one (a TrainingError, or
+        out of memory) and all stop together; ``elsewhere`` is what the others say."""
         error = None
         try:
-            fn()
+            value = fn()
         except TrainingError as e:
             error = e
+        except OutOfMemoryError:
+            error = TrainingError(self.out_of_memory_message())  # raised below: no __context__
         if distributed.any_all(error is not None, self.device) and error is None:
-            raise TrainingError("rank 0 could not write the run's files; see its message")
+            raise TrainingError(elsewhere or f"another process failed while {self.stage}; see its message")
         if error is not None:
             raise error
+        return value
 
     # ------------------------------------------------------------------ finish
 
