@@ -288,3 +288,24 @@ def test_the_cost_profile_does_not_copy_the_model_while_a_run_moves_it(data, mon
         assert t.is_alive() and ws.cost_profile is None
     t.join(60)
     assert not t.is_alive() and ws.cost_profile is not None
+
+
+# ----------------------------------------------------------------------------- the GPU script
+
+
+def test_the_gpu_script_imports_names_each_check_once_and_runs_on_the_cpu():
+    """The checks themselves run on the CPU with `python benchmarks/run.py --checks --device cpu`
+    (minutes); here only what is cheap."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_checks
+    import seed_workload
+
+    names = [c.__name__ for c in gpu_checks.CHECKS]
+    assert len(set(names)) == len(names) >= 14
+    row = gpu_checks.syncs_per_step("cpu")
+    assert row["ok"] and "CUDA only" in row["note"] and row["device"] == "cpu"
+    assert gpu_checks.run("cpu", ["channels_last_speed"])[0]["note"] == "CUDA only"
+    assert callable(seed_workload.same_backend_settings)
