@@ -50,7 +50,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     cache: bool = True  # cache the frozen prefix's output when that gives the same result
     compile: bool = False  # torch.compile the trainable part
-    deterministic: bool = False  # cudnn deterministic, no autotuning: bit-exact resume on CUDA
+    deterministic: bool = False  # deterministic algorithms, no autotuning: bit-exact resume on CUDA
     channels_last: bool = False  # NHWC on CUDA for convolutional models
     sync_steps: int | None = None  # read the loss every N steps (None: every step on the CPU, ~4/s on CUDA)
     data_budget: int | None = None  # bytes of device memory the data may take (None: a share of what is free)
