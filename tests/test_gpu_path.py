@@ -99,6 +99,8 @@ def test_a_cpu_feature_store_is_indexed_with_cpu_indices_and_pinned_for_a_gpu():
     assert train_mod.store_layout(100, 1000, cuda) == (cuda, False)
     assert train_mod.store_layout(100, 10, cuda) == (cpu, True)
     assert train_mod.store_layout(100, None, cpu) == (cpu, False)
+    assert train_mod.store_layout(100, 10, cuda, ram=1000) == (cpu, True)
+    assert train_mod.store_layout(100, 10, cuda, ram=300) == (cpu, False)  # pinning rounds up: no room for it
     # a run on the meta device (standing in for the GPU) whose features were cached on the CPU
     run = train_mod._Run.__new__(train_mod._Run)
     meta = torch.device("meta")

@@ -19,6 +19,7 @@ from torch import nn
 from . import distributed
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import TrainingError
+from .imagecache import available_ram
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .precision import Deterministic, run_precision
@@ -332,13 +333,15 @@ def device_budget(device: torch.device) -> int | None:
     return int(0.5 * (free + cached))
 
 
-def store_layout(need: int, limit: int | None, device: torch.device) -> tuple[torch.device, bool]:
+def store_layout(need: int, limit: int | None, device: torch.device, ram: int | None = None) -> tuple[torch.device, bool]:
     """Where a feature store of ``need`` bytes lives, and whether it is pinned: on ``device``
     within ``limit`` (None: no limit), else on the CPU, pinned when it feeds a GPU so that each
-    batch goes up with ``non_blocking=True``."""
+    batch goes up with ``non_blocking=True`` — unless ``ram`` (bytes available) is short: torch
+    rounds pinned blocks up to a power of two, so a store is pinned only when twice its size
+    fits in half the RAM."""
     if limit is None or need <= limit:
         return device, False
-    return torch.device("cpu"), device.type == "cuda"
+    return torch.device("cpu"), device.type == "cuda" and (ram is None or 2 * need <= ram // 2)
 
 
 class FeatureStore:
@@ -361,7 +364,9 @@ class FeatureStore:
                     f = prefix(x)
                 if self.features is None:  # one tensor for the whole split: no second copy to concatenate
                     need = f[0].numel() * f.element_size() * n
-                    home, self.pinned = store_layout(need, budget if budget is not None else budget_fn(device), device)
+                    limit = budget if budget is not None else budget_fn(device)
+                    home, self.pinned = store_layout(need, limit, device,
+                                                     available_ram() if device.type == "cuda" else None)
                     self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home, pin_memory=self.pinned)
                 self.features[i:i + len(f)] = f.to(self.features.device)
 
