@@ -317,7 +317,7 @@ def streaming_pinned(device: str) -> dict:
 def compile_run(device: str) -> dict:
     """~70 s on CUDA (inductor compiles ResNet-18's layer2-fc, forward and backward); the CPU
     uses the same path with a tiny model."""
-    data = load_data("shapes", shapes_train=1024 if _cuda(device) else 128, shapes_val=64)
+    data = load_data("shapes", shapes_train=512 if _cuda(device) else 128, shapes_val=64)
     rows = {}
     for compiled in (False, True):
         model, plan = _model() if _cuda(device) else _model("tiny:tiny_cnn", freeze=("stem",))

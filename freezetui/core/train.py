@@ -498,7 +498,9 @@ class _Run:
     # ------------------------------------------------------------------ prepare
 
     def prepare(self) -> None:
-        """Plan on the model, model and data on the device, optimizer, frozen prefix; RunStart."""
+        """Plan on the model, model and data on the device, optimizer, batch size and steps; the
+        frozen prefix and its wrapping come next (:meth:`split_trainable`: DDP's first collective),
+        RunStart after :meth:`restore` (:meth:`announce`)."""
         model, config, device = self.model, self.config, self.device
         if self.deterministic is not None:
             self.deterministic.start()  # before the first cuBLAS call, which reads its workspace setting
