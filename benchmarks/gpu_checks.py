@@ -9,6 +9,7 @@ seconds in each docstring are the expected time on one H200 (CUDA start-up inclu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -410,7 +411,10 @@ def resume_across_devices(device: str) -> dict:
         keep = Keep()
         model, plan = _model()
         train(model, plan, data, TrainConfig(epochs=1, batch_size=64, device=first), callbacks=[keep])
-        state = keep.state
+        buf = io.BytesIO()  # through a file, as --resume reads it: tensors on the CPU, weights_only
+        torch.save(keep.state, buf)
+        buf.seek(0)
+        state = torch.load(buf, map_location="cpu", weights_only=True)
         if first == then == "cpu":  # no GPU here: what a CUDA run would have saved
             state = {**state, "rng": {**state["rng"], "augment": torch.zeros(16, dtype=torch.uint8)}}
         later = Keep()
