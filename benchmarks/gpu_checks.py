@@ -28,8 +28,12 @@ from freezetui import FreezePlan, TrainConfig, build_model, train
 from freezetui.core import train as train_mod
 from freezetui.core.data import load_data
 from freezetui.core.errors import TrainingError
+from freezetui.core.precision import CUBLAS_WORKSPACE
 
 HERE = Path(__file__).resolve().parent
+# cuBLAS reads its workspace setting once per process, at its first call: --deterministic sets it
+# at the start of a run, which in this script comes after other checks' matmuls
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
 def _cuda(device: str) -> bool:
