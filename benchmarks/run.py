@@ -2,7 +2,8 @@
 
     python benchmarks/run.py            # CPU: everything, including the UI (needs Textual, tmux)
     python benchmarks/run.py --gpu      # the GPU half and every GPU check (torch and torchvision, no Textual),
-                                        # sized to fit 10 minutes on one H100/H200
+                                        # sized to fit 10 minutes on one H100/H200 (about 8 expected)
+    python benchmarks/run.py --checks [--device cpu] [NAME ...]   # only benchmarks/gpu_checks.py, on any device
 
 Speeds are measured here, never asserted in tests.
 """
@@ -39,20 +40,28 @@ def machine(device: str) -> str:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--gpu", action="store_true", help="run the GPU half (needs CUDA)")
+    p.add_argument("--checks", action="store_true", help="run only the GPU checks, on --device (the CPU too)")
+    p.add_argument("--device", default=None, help="for --checks: cpu, cuda (default: cuda when there is one)")
+    p.add_argument("names", nargs="*", help="for --checks: only these checks (names in benchmarks/gpu_checks.py)")
     args = p.parse_args()
     device = "cuda" if args.gpu else "cpu"
-    if args.gpu and not torch.cuda.is_available():
+    if args.checks:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
         print("run.py: error: --gpu needs a CUDA GPU", file=sys.stderr)
         return 1
     rows = []
-    rows += seed_workload.run(device, images=20000 if args.gpu else 1000)
-    rows += feature_cache.run(224 if args.gpu else 64, device, train_images=20000 if args.gpu else 5000)
-    rows += prefix_savings.run(device, 224 if args.gpu else 64, 64 if args.gpu else 32,
-                               images=4096 if args.gpu else 512)
-    rows += scaling.run(device, images=4096 if args.gpu else 512)
+    if args.checks:
+        rows += gpu_checks.run(device, args.names)
+    else:
+        rows += seed_workload.run(device, images=10000 if args.gpu else 1000, repeats=3)
+        rows += feature_cache.run(224 if args.gpu else 64, device, train_images=10000 if args.gpu else 5000)
+        rows += prefix_savings.run(device, 224 if args.gpu else 64, 64 if args.gpu else 32,
+                                   images=2048 if args.gpu else 512)
+        rows += scaling.run(device, images=2048 if args.gpu else 512)
     if args.gpu:
         rows += gpu_checks.run(device)
-    if not args.gpu:
+    if not args.gpu and not args.checks:
         import ui
 
         rows += ui.run()
@@ -61,7 +70,7 @@ def main() -> int:
         r.update(stamp)
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / f"{device}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{'checks-' if args.checks else ''}{device}.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"| benchmark | result | machine | date |\n|---|---|---|---|")
     for r in rows:
         result = ", ".join(f"{k} {v}" for k, v in r.items()

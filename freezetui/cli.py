@@ -200,9 +200,11 @@ class ConsoleProgress:
         self.last = 0.0
 
     def on_run_start(self, ev):
-        print(f"training on {ev.device}: {ev.train_images} train / {ev.val_images} val images at "
+        print(f"training on {ev.device} ({ev.precision}): {ev.train_images} train / {ev.val_images} val images at "
               f"{ev.input_size} px, {ev.epochs} epoch(s) of {ev.steps_per_epoch} steps, lr {ev.lr:g}",
               file=self.stream, flush=True)
+        for line in ev.notes:
+            print(f"note: {line}", file=self.stream, flush=True)
         if ev.prefix:
             how = f"features cached after {ev.cached_at}" if ev.cached_at else "the frozen layers run without gradients"
             print(f"{ev.prefix.sentence()}; {how}", file=self.stream, flush=True)
@@ -225,7 +227,10 @@ class ConsoleProgress:
               file=self.stream, flush=True)
 
     def on_run_end(self, result):
-        pass
+        if result.nondeterministic:
+            print(f"note: --deterministic: no deterministic version on {result.device} of "
+                  f"{', '.join(result.nondeterministic)}; a resumed run may differ in the last bits",
+                  file=self.stream, flush=True)
 
 
 class ConsoleReporter:

@@ -148,7 +148,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="do not cache the frozen prefix's outputs (they are cached when that changes nothing)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trainable part")
     p.add_argument("--deterministic", action="store_true",
-                   help="cudnn deterministic, no autotuning: a resumed CUDA run matches an uninterrupted one")
+                   help="deterministic algorithms (cuDNN, cuBLAS), no autotuning: a resumed CUDA run matches an "
+                        "uninterrupted one; operations without a deterministic version are named at the end")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout on CUDA (convolutional models)")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                    help="learning-rate schedule over the run (default: %(default)s)")

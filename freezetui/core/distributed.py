@@ -9,9 +9,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from .errors import TrainingError
+
+# How long the other processes wait for rank 0 to decode a folder or download weights
+# (rank_zero_first): far beyond NCCL's default 10 minutes, which a large folder exceeds.
+RANK_ZERO_WAIT = timedelta(hours=12)
 
 
 def launched() -> bool:
@@ -125,27 +132,56 @@ def sum_all(*values: float, device: torch.device) -> list[float]:
 
 def any_all(flag: bool, device: torch.device) -> bool:
     """True on every process when it is true on one: a stop seen by one rank stops all."""
+    return flags_all([flag], device)[0]
+
+
+def flags_all(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on every process when it is true on one, in one collective."""
     if not active():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
+
+
+class RankZeroFailed(TrainingError):
+    """Rank 0 failed inside :func:`rank_zero_first`; its own process reports why."""
+
+    def __init__(self):
+        super().__init__("rank 0 failed while preparing the data or the model; see its message")
 
 
 @contextlib.contextmanager
-def rank_zero_first():
+def rank_zero_first(timeout: timedelta = RANK_ZERO_WAIT):
     """Rank 0 runs the block first (downloads, decodes into a shared cache), the others after
-    it: never several processes writing the same files at once."""
+    it: never several processes writing the same files at once. The others wait in a gloo group
+    of their own with ``timeout`` (the main group's may be NCCL's 10 minutes), and learn whether
+    rank 0 got through: when it did not, they raise :class:`RankZeroFailed` instead of entering."""
     if not active():
         yield
         return
-    if dist.get_rank() != 0:
-        dist.barrier()
+    group = dist.new_group(backend="gloo", timeout=timeout)
     try:
-        yield
+        if dist.get_rank() != 0:
+            if not _rank_zero_ok(group, None):
+                raise RankZeroFailed()
+            yield
+            return
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            _rank_zero_ok(group, ok)
     finally:
-        if dist.get_rank() == 0:
-            dist.barrier()
+        dist.destroy_process_group(group)
+
+
+def _rank_zero_ok(group, ok: bool | None) -> bool:
+    """Rank 0 sends ``ok``; the others receive it (the wait itself)."""
+    box = [ok]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return bool(box[0])
 
 
 def teardown() -> None:

@@ -9,6 +9,7 @@ import gc
 import math
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -18,8 +19,10 @@ from torch import nn
 from . import distributed
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import TrainingError
+from .imagecache import available_ram
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
+from .precision import Deterministic, run_precision
 from .schedule import SCHEDULES, describe, param_groups, schedule_factor, unfreeze_warmup, warmup_steps
 from .split import Prefix, find_cut, frozen_prefix, split, trace
 
@@ -48,7 +51,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     cache: bool = True  # cache the frozen prefix's output when that gives the same result
     compile: bool = False  # torch.compile the trainable part
-    deterministic: bool = False  # cudnn deterministic, no autotuning: bit-exact resume on CUDA
+    deterministic: bool = False  # deterministic algorithms, no autotuning: bit-exact resume on CUDA
     channels_last: bool = False  # NHWC on CUDA for convolutional models
     sync_steps: int | None = None  # read the loss every N steps (None: every step on the CPU, ~4/s on CUDA)
     data_budget: int | None = None  # bytes of device memory the data may take (None: a share of what is free)
@@ -111,6 +114,8 @@ class RunStart:
     prefix: Prefix | None = None  # where backward stops (split.frozen_prefix; None: it runs to the input)
     cached_at: str | None = None  # the module whose outputs are cached, when features are
     schedule: list[str] = field(default_factory=list)  # the plan's stages and rates in words
+    precision: str = "fp32"  # the run's arithmetic ("bf16 autocast", "fp32, matmuls ... in TF32")
+    notes: list[str] = field(default_factory=list)  # what the user should know before it starts
 
 
 @dataclass
@@ -155,6 +160,7 @@ class TrainResult:
     feature_cache: bool = False
     frozen_prefix: str | None = None
     peak_memory_bytes: int | None = None  # CUDA: the most allocated at once during the run
+    nondeterministic: list[str] = field(default_factory=list)  # --deterministic: operations without a deterministic version
 
     @property
     def val_acc(self) -> float | None:
@@ -179,6 +185,7 @@ class TrainResult:
             "feature_cache": self.feature_cache,
             "frozen_prefix": self.frozen_prefix,
             "peak_memory_bytes": self.peak_memory_bytes,
+            "nondeterministic": self.nondeterministic,
         }
 
 
@@ -196,6 +203,18 @@ class Callback:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_model_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """Held while a run moves ``model`` to its device or memory format. Whoever copies a model
+    another thread may be training (the TUI's cost profile) copies under it: never a model
+    with half its tensors moved."""
+    with _model_locks_guard:
+        return _model_locks.setdefault(model, threading.Lock())
 
 
 def resolve_device(name: str) -> torch.device:
@@ -270,31 +289,38 @@ def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
     return [n for n, t in snap.items() if not torch.equal(now[n].detach().cpu(), t)]
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
              device: torch.device, amp: bool, features: "FeatureStore | None" = None,
              rest: nn.Module | None = None) -> tuple[float, float]:
-    """Validation loss and accuracy, from cached prefix features when given."""
+    """Validation loss and accuracy, from cached prefix features when given; under torchrun
+    each process evaluates its own contiguous share, then the sums are added."""
+    total_loss, correct, n = distributed.sum_all(
+        *evaluation_sums(model, split, transform, batch_size, device, amp, features, rest), device=device)
+    n = max(1.0, n)
+    return total_loss / n, correct / n
+
+
+@torch.no_grad()
+def evaluation_sums(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
+                    device: torch.device, amp: bool, features: "FeatureStore | None" = None,
+                    rest: nn.Module | None = None) -> tuple[float, int, int]:
+    """(summed loss, correct, images) over this process's share of ``split``."""
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one read at the end
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    # under torchrun each process evaluates its own contiguous share, then the sums are added
     lo, hi = len(split) * distributed.rank() // distributed.world(), len(split) * (distributed.rank() + 1) // distributed.world()
     for i in range(lo, hi, batch_size):
         j = min(i + batch_size, hi)
         y = split.labels[i:j].to(device, non_blocking=True)
+        # the batch is built in fp32: autocast would resize it in bf16
+        x = None if features is not None else transform(split.images[i:j].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if features is not None:
-                out = logits_of(rest(features.get(slice(i, j))))
-            else:
-                out = logits_of(model(transform(split.images[i:j].to(device, non_blocking=True))))
+            out = logits_of(rest(features.get(slice(i, j))) if features is not None else model(x))
         total_loss += F.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    total_loss, correct, n = distributed.sum_all(total_loss.item(), correct.item(), hi - lo, device=device)
-    n = max(1.0, n)
-    return total_loss / n, correct / n
+    return total_loss.item(), correct.item(), hi - lo
 
 
 def device_budget(device: torch.device) -> int | None:
@@ -307,23 +333,41 @@ def device_budget(device: torch.device) -> int | None:
     return int(0.5 * (free + cached))
 
 
+def store_layout(need: int, limit: int | None, device: torch.device, ram: int | None = None) -> tuple[torch.device, bool]:
+    """Where a feature store of ``need`` bytes lives, and whether it is pinned: on ``device``
+    within ``limit`` (None: no limit), else on the CPU, pinned when it feeds a GPU so that each
+    batch goes up with ``non_blocking=True`` — unless ``ram`` (bytes available) is short: torch
+    rounds pinned blocks up to a power of two, so a store is pinned only when twice its size
+    fits in half the RAM."""
+    if limit is None or need <= limit:
+        return device, False
+    return torch.device("cpu"), device.type == "cuda" and (ram is None or 2 * need <= ram // 2)
+
+
 class FeatureStore:
     """A frozen prefix's outputs for a whole split, computed once: on the training device when
-    they fit its budget (:func:`device_budget`, injectable), else on the CPU and moved per batch."""
+    they fit its budget (:func:`device_budget`, injectable), else on the CPU (pinned for a GPU)
+    and moved per batch. Computed ``chunk`` images at a time: the run's batch size, which the
+    user lowers to fit the device."""
 
     def __init__(self, prefix: nn.Module, images: torch.Tensor, transform: BatchTransform, device: torch.device,
-                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=device_budget):
+                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=None):
         self.features: torch.Tensor | None = None
         self.device = device
+        self.pinned = False
+        budget_fn = budget_fn or device_budget  # looked up per call: a patched device_budget is seen
         n = len(images)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
             for i in range(0, n, chunk):
-                f = prefix(transform(images[i:i + chunk].to(device, non_blocking=True)))
+                x = transform(images[i:i + chunk].to(device, non_blocking=True))  # fp32, outside autocast
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    f = prefix(x)
                 if self.features is None:  # one tensor for the whole split: no second copy to concatenate
                     need = f[0].numel() * f.element_size() * n
                     limit = budget if budget is not None else budget_fn(device)
-                    home = device if limit is None or need <= limit else torch.device("cpu")
-                    self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home)
+                    home, self.pinned = store_layout(need, limit, device,
+                                                     available_ram() if device.type == "cuda" else None)
+                    self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home, pin_memory=self.pinned)
                 self.features[i:i + len(f)] = f.to(self.features.device)
 
     @property
@@ -331,9 +375,12 @@ class FeatureStore:
         return self.features is not None and self.features.device == self.device
 
     def get(self, index) -> torch.Tensor:
-        if isinstance(index, torch.Tensor):  # features kept on the CPU are indexed there
-            index = index.to(self.features.device)
-        return self.features[index].to(self.device, non_blocking=True)
+        """Rows ``index`` (a slice, or indices on the store's device) on the training device."""
+        if self.on_device or not isinstance(index, torch.Tensor):  # a slice of a pinned store is pinned
+            return self.features[index].to(self.device, non_blocking=True)
+        rows = torch.empty((len(index), *self.features.shape[1:]), dtype=self.features.dtype, pin_memory=self.pinned)
+        torch.index_select(self.features, 0, index.to(self.features.device), out=rows)
+        return rows.to(self.device, non_blocking=True)
 
 
 def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=None):
@@ -365,6 +412,7 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=N
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 SYNC_SECONDS = 0.25  # a single CUDA process reads its loss about 4 times a second
 SYNC_STEPS_DISTRIBUTED = 16
+ONLY_RANK_ZERO_WRITES = "rank 0 could not write the run's files; see its message"
 
 
 def train(
@@ -387,10 +435,15 @@ def train(
     model's forward graph when the caller has it already (see :func:`split.trace`).
     """
     run = _Run(model, plan, data, config or TrainConfig(), list(callbacks), stop, traced)
+    out_of_memory = None
     try:
-        run.prepare()
+        # each step that may fail on one process only (out of memory, a file) is agreed, so that
+        # no process is left waiting in a collective for one that has stopped
+        run.agreed(run.prepare)
+        run.cut = run.split_trainable()  # DDP under torchrun: a collective
         run.restore(resume)
-        run.cache_features()
+        run.announce()
+        run.agreed(run.cache_features)
         for epoch in range(run.first_epoch, run.config.epochs + 1):
             run.enter_stage(epoch)
             ev = run.train_epoch(epoch)
@@ -404,10 +457,14 @@ def train(
         run.result.error = str(e)
         raise
     except OutOfMemoryError:
-        run.result.error = run.out_of_memory_message()
-        raise TrainingError(run.result.error) from None
+        # raised below, outside this block: the OOM (and its traceback, which holds the failing
+        # step's frames and activations) is gone before finish() releases memory, and it is no
+        # __context__ of the sentence either
+        run.result.error = out_of_memory = run.out_of_memory_message()
     finally:
         run.finish()
+    if out_of_memory:
+        raise TrainingError(out_of_memory)
     return run.result
 
 
@@ -430,6 +487,10 @@ class _Run:
         self.drifted: list[str] = []  # parameters that changed before the stage that unfroze them
         self.images_total, self.train_seconds = 0, 0.0
         self.t_run = time.perf_counter()
+        self.notes: list[str] = []  # for RunStart
+        self.failed: str | None = None  # out of memory in a step on this process, told to the others at a sync
+        self.reduced = False  # this step's backward (DDP's gradient reduction) has finished
+        self.deterministic = Deterministic() if config.deterministic else None
         # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
         self.checkpointers = [cb for cb in callbacks if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint)
                               is not Callback.on_checkpoint]
@@ -437,8 +498,12 @@ class _Run:
     # ------------------------------------------------------------------ prepare
 
     def prepare(self) -> None:
-        """Plan on the model, model and data on the device, optimizer, frozen prefix; RunStart."""
+        """Plan on the model, model and data on the device, optimizer, batch size and steps; the
+        frozen prefix and its wrapping come next (:meth:`split_trainable`: DDP's first collective),
+        RunStart after :meth:`restore` (:meth:`announce`)."""
         model, config, device = self.model, self.config, self.device
+        if self.deterministic is not None:
+            self.deterministic.start()  # before the first cuBLAS call, which reads its workspace setting
         n_out = output_classes(model)
         if n_out is not None and n_out != self.data.num_classes:
             raise TrainingError(
@@ -456,8 +521,10 @@ class _Run:
         self.stage = "moving the model to the device"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        model.to(device)
+        with model_lock(model):
+            model.to(device)
         self.amp = config.amp and device.type == "cuda"
+        self.precision = run_precision(device, self.amp)
         torch.manual_seed(config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)  # the epochs' order, on the CPU
         # augmentation draws on the device: no host-device copy per step
@@ -473,10 +540,10 @@ class _Run:
         # memory-mapped cache through pinned buffers with the next batch prefetched
         self.streamer = None
         if placement(self.data.nbytes, device, budget=config.data_budget) == "stream":
-            self.train_split = self.data.train
+            self.train_split, self.val_split = self.data.train, self.data.val
             self.streamer = StreamedSplit(self.data.train, device, config.batch_size)
-        else:
-            self.train_split = self.data.train.to(device)
+        else:  # copied once for the whole run
+            self.train_split, self.val_split = self.data.train.to(device), self.data.val.to(device)
         self.n = len(self.train_split)
         share = self.n // self.world  # under torchrun each process trains on its own shard of every epoch
         self.bs = min(config.batch_size, share)
@@ -488,21 +555,24 @@ class _Run:
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cudnn.deterministic = config.deterministic
             if config.channels_last and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-                model.to(memory_format=torch.channels_last)
+                with model_lock(model):
+                    model.to(memory_format=torch.channels_last)
                 self.transform.channels_last = True
-        cut = self.split_trainable()
         if config.sync_steps:
             self.sync_every = config.sync_steps
         elif device.type == "cpu":
             self.sync_every = 1
         else:
             self.sync_every = SYNC_STEPS_DISTRIBUTED if distributed.active() else 0  # 0: by time
-        start = RunStart(config.epochs, self.steps, str(device), self.n, len(self.data.val), self.transform.size,
+
+    def announce(self) -> None:
+        """RunStart to every callback, once the run is set up (and restored: its notes)."""
+        cut, config = self.cut, self.config
+        start = RunStart(config.epochs, self.steps, str(self.device), self.n, len(self.data.val), self.transform.size,
                          config.effective_lr, self.cache_train, self.prefix_now,
                          (cut.module or cut.name) if cut is not None and self.cache_train else None,
-                         describe(self.plan))
-        for cb in self.callbacks:
-            cb.on_run_start(start)
+                         describe(self.plan), self.precision, list(self.notes))
+        self.agreed(lambda: [cb.on_run_start(start) for cb in self.callbacks], ONLY_RANK_ZERO_WRITES)
 
     @property
     def order(self) -> list[str] | None:
@@ -539,7 +609,7 @@ class _Run:
         for name, t in now.items():
             self.snap.setdefault(name, t)
         self.active = plan
-        self.split_trainable()
+        self.cut = self.split_trainable()
 
     def enter_stage(self, epoch: int) -> None:
         """At a stage boundary: the new trainable set, its prefix and its cached features."""
@@ -547,7 +617,7 @@ class _Run:
         if plan.params == self.active.params and plan.batchnorm == self.active.batchnorm:
             return
         self.switch_plan(plan)
-        self.cache_features()
+        self.agreed(self.cache_features)
 
     def set_rates(self, epoch: int, step: int) -> None:
         """Every group's rate for 1-based ``step`` of ``epoch``: the schedule's factor × the
@@ -570,8 +640,9 @@ class _Run:
                                 "(written by an older freezetui or for another plan); start the run again") from None
         torch.set_rng_state(resume["rng"]["torch"])
         self.gen.set_state(resume["rng"]["generator"])
-        if resume["rng"].get("augment") is not None:
-            self.aug_gen.set_state(resume["rng"]["augment"])
+        note = restore_generator(self.aug_gen, resume["rng"].get("augment"), self.config.seed + resume["epoch"])
+        if note:
+            self.notes.append(f"{note}: the resumed run's augmentation differs from an uninterrupted run's")
         cuda_state = resume["rng"].get("cuda")
         if isinstance(cuda_state, (list, tuple)):  # older checkpoints kept every GPU's state
             cuda_state = cuda_state[0] if cuda_state else None
@@ -593,9 +664,9 @@ class _Run:
         """The frozen prefix's outputs, computed once where that gives the same result."""
         self.stage = "caching the frozen prefix's outputs"
         self.model.eval()
-        args = (self.transform, self.device, self.amp)
+        args = (self.transform, self.device, self.amp, self.bs)
         self.train_features = FeatureStore(self.prefix, self.train_split.images, *args) if self.cache_train else None
-        self.val_features = FeatureStore(self.prefix, self.data.val.images, *args) if self.cache_val else None
+        self.val_features = FeatureStore(self.prefix, self.val_split.images, *args) if self.cache_val else None
 
     # ------------------------------------------------------------------ one epoch
 
@@ -611,33 +682,35 @@ class _Run:
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         window, bad = zero.clone(), torch.full((), -1, dtype=torch.int64, device=self.device)
         loss_sum, seen, window_n = 0.0, 0, 0
-        for step in range(1, self.steps + 1):
-            if self.stop_requested(step):
-                self.result.stopped = True
-                break
-            idx, images, labels = next(batches)
-            self.set_rates(epoch, step)
-            loss = self.train_step(idx, images, labels)
-            window += loss * len(idx)
-            bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
-            window_n += len(idx)
-            seen += len(idx)
-            if self.sync_due(step):
-                value, first_bad = self.sync(window, bad)
-                if first_bad >= 0:
-                    raise TrainingError(
-                        f"loss became {value / window_n if math.isfinite(value) else value} at epoch {epoch}, "
-                        f"step {first_bad}; lower the learning rate (now {self.config.effective_lr:g}) "
-                        f"or check the data")
-                loss_sum += value
-                elapsed = time.perf_counter() - t0
-                ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps,
-                             value / window_n, seen / elapsed if elapsed > 0 else 0.0)
-                window.zero_()
-                window_n = 0
-                for cb in self.callbacks:
-                    cb.on_step(ev)
-        batches.close()  # ends a prefetching thread early when the epoch was stopped
+        try:
+            for step in range(1, self.steps + 1):
+                if self.stop_requested(step):
+                    self.result.stopped = True
+                    break
+                idx, images, labels = next(batches)
+                self.set_rates(epoch, step)
+                loss = self.step_or_wait(idx, images, labels)
+                window += loss * len(idx)
+                bad = torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
+                window_n += len(idx)
+                seen += len(idx)
+                if self.sync_due(step):
+                    value, first_bad = self.sync(window, bad)
+                    if first_bad >= 0:
+                        raise TrainingError(
+                            f"loss became {value / window_n if math.isfinite(value) else value} at epoch {epoch}, "
+                            f"step {first_bad}; lower the learning rate (now {self.config.effective_lr:g}) "
+                            f"or check the data")
+                    loss_sum += value
+                    elapsed = time.perf_counter() - t0
+                    ev = StepEnd(epoch, step, (epoch - 1) * self.steps + step, self.config.epochs * self.steps,
+                                 value / window_n, seen / elapsed if elapsed > 0 else 0.0)
+                    window.zero_()
+                    window_n = 0
+                    for cb in self.callbacks:
+                        cb.on_step(ev)
+        finally:  # on any exit: a prefetching thread ends, with its pinned buffers and its batch on the device
+            batches.close()
         if window_n:  # stopped between sync points
             value, first_bad = self.sync(window, bad)
             loss_sum += value
@@ -647,9 +720,10 @@ class _Run:
         self.images_total += seen * self.world
         self.train_seconds += seconds
         self.stage = "evaluating"
-        val_loss, val_acc = evaluate(self.model, self.data.val, self.transform, max(self.bs, 256), self.device,
-                                     self.amp, self.val_features, self.rest)
-        loss_sum, seen_all = distributed.sum_all(loss_sum, seen, device=self.device)
+        sums = self.agreed(lambda: evaluation_sums(self.model, self.val_split, self.transform, self.bs, self.device,
+                                                   self.amp, self.val_features, self.rest))
+        val_loss, correct, n, loss_sum, seen_all = distributed.sum_all(*sums, loss_sum, seen, device=self.device)
+        val_loss, val_acc = val_loss / max(1, n), correct / max(1, n)
         return EpochEnd(epoch, self.config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
                         seen_all / seconds if seconds > 0 else 0.0, time.perf_counter() - t0,
                         partial=self.result.stopped)
@@ -669,8 +743,12 @@ class _Run:
         self.last_sync = time.perf_counter()
         value, first_bad = window.item(), int(bad.item())
         if distributed.active():
-            flag = distributed.any_all(first_bad >= 0, self.device)
-            if flag and first_bad < 0:
+            nan, failed = distributed.flags_all([first_bad >= 0, self.failed is not None], self.device)
+            if self.failed is not None:
+                raise TrainingError(self.failed)
+            if failed:
+                raise TrainingError("another process ran out of memory while training; see its message")
+            if nan and first_bad < 0:
                 raise TrainingError("the loss became NaN or infinite on another process; "
                                     "lower the learning rate or check the data")
         return value, first_bad
@@ -684,31 +762,63 @@ class _Run:
         return distributed.any_all(local, self.device)
 
     def batches(self, perm: torch.Tensor):
-        """(indices, uint8 images or None, labels) on the device for each step of an epoch."""
+        """(indices, uint8 images or None, labels) for each step of an epoch: images and labels
+        on the device, indices where the rows are read (the feature store's device when features
+        are cached: a store on the CPU is indexed without a copy back from the GPU)."""
         if self.streamer is not None and self.train_features is None:
-            for step, (x, y) in enumerate(self.streamer.prefetch(perm, self.bs, self.steps)):
-                yield perm[step * self.bs:(step + 1) * self.bs], x, y
+            streamed = self.streamer.prefetch(perm, self.bs, self.steps)
+            try:
+                for step, (x, y) in enumerate(streamed):
+                    yield perm[step * self.bs:(step + 1) * self.bs], x, y
+            finally:
+                streamed.close()  # its thread ends now, not when the garbage collector finds it
             return
-        perm = perm.to(self.train_split.labels.device)
+        rows = perm.to(self.train_split.labels.device)
+        store = perm.to(self.train_features.features.device) if self.train_features is not None else rows
         for step in range(self.steps):
-            idx = perm[step * self.bs:(step + 1) * self.bs]
-            labels = self.train_split.labels[idx].to(self.device, non_blocking=True)
-            images = None if self.train_features is not None else self.train_split.images[idx].to(self.device)
-            yield idx, images, labels
+            at = slice(step * self.bs, (step + 1) * self.bs)
+            labels = self.train_split.labels[rows[at]].to(self.device, non_blocking=True)
+            images = None if self.train_features is not None else self.train_split.images[rows[at]].to(self.device)
+            yield store[at], images, labels
+
+    def step_or_wait(self, idx: torch.Tensor, images: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`train_step`; under torchrun, out of memory on this process is held until the next
+        sync point, where every process learns of it (:meth:`sync`), and until then this process
+        keeps the others' collectives company with empty batches (in eval mode: no statistics
+        move). A step that ran out of memory inside DDP's gradient reduction cannot be joined."""
+        if self.failed is None:
+            self.reduced = False
+            try:
+                return self.train_step(idx, images, y)
+            except OutOfMemoryError:
+                if not distributed.active():
+                    raise
+                self.failed = self.out_of_memory_message()
+            release_memory(self.device)  # the failing step's tensors went with the exception
+            if self.reduced:  # failed in the optimizer step: the others have left this step's collectives
+                return torch.zeros((), device=self.device)
+        self.model.eval()
+        try:
+            self.train_step(idx[:0], None if images is None else images[:0], y[:0])
+        finally:
+            self.model.train()
+        return torch.zeros((), device=self.device)
 
     def train_step(self, idx: torch.Tensor, images: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         """Forward, backward and update on one batch; returns its loss, still on the device."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            if self.train_features is not None:
-                x = self.train_features.get(idx)
-            else:
-                x = self.transform.augment(images, self.aug_gen) if self.config.augment else self.transform(images)
-                if self.prefix is not None:
-                    with torch.no_grad():  # the frozen prefix keeps no activations
-                        x = self.prefix(x)
-            loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
+        # the last step's gradients are freed before this forward, not after it (one copy less at the peak)
         self.optimizer.zero_grad(set_to_none=True)
+        if self.train_features is not None:
+            x = self.train_features.get(idx)
+        else:  # built in fp32: autocast would run the crops' affine grid in bf16 (0.4 px off at 224 px)
+            x = self.transform.augment(images, self.aug_gen) if self.config.augment else self.transform(images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.prefix is not None and self.train_features is None:
+                with torch.no_grad():  # the frozen prefix keeps no activations
+                    x = self.prefix(x)
+            loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
         loss.backward()
+        self.reduced = True  # under DDP the gradients are averaged across processes by now
         self.optimizer.step()
         return loss.detach()
 
@@ -718,7 +828,7 @@ class _Run:
         ev.lr = self.optimizer.param_groups[self.head_group]["lr"]
         self.result.history.append(ev)
         self.result.epochs = ev.epoch
-        self.agreed(lambda: [cb.on_epoch(ev) for cb in self.callbacks])
+        self.agreed(lambda: [cb.on_epoch(ev) for cb in self.callbacks], ONLY_RANK_ZERO_WRITES)
 
     def checkpoint(self, epoch: int) -> None:
         def write():
@@ -726,21 +836,26 @@ class _Run:
                 state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
                                          self.device, stage=self.plan.stage_index(epoch))
                 state["rng"]["augment"] = self.aug_gen.get_state()
+                state["rng"]["augment_device"] = self.aug_gen.device.type
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)
-        self.agreed(write)
+        self.agreed(write, ONLY_RANK_ZERO_WRITES)
 
-    def agreed(self, fn) -> None:
-        """Run ``fn`` (rank 0's writes); every rank learns whether it failed, and all stop together."""
+    def agreed(self, fn, elsewhere: str | None = None):
+        """``fn()``, after which every rank learns whether it failed on one (a TrainingError, or
+        out of memory) and all stop together; ``elsewhere`` is what the others say."""
         error = None
         try:
-            fn()
+            value = fn()
         except TrainingError as e:
             error = e
+        except OutOfMemoryError:
+            error = TrainingError(self.out_of_memory_message())  # raised below: no __context__
         if distributed.any_all(error is not None, self.device) and error is None:
-            raise TrainingError("rank 0 could not write the run's files; see its message")
+            raise TrainingError(elsewhere or f"another process failed while {self.stage}; see its message")
         if error is not None:
             raise error
+        return value
 
     # ------------------------------------------------------------------ finish
 
@@ -760,6 +875,9 @@ class _Run:
         later = changed_since(self.model, self.snap) if self.snap is not None else []
         r.changed = list(dict.fromkeys(self.drifted + later))
         r.frozen_unchanged = not r.changed
+        if self.deterministic is not None:
+            self.deterministic.stop()
+            r.nondeterministic = list(self.deterministic.ops)
         try:
             for cb in self.callbacks:
                 cb.on_run_end(r)
@@ -770,9 +888,27 @@ class _Run:
         """Drop what this run holds on the device (gradients, optimizer state, caches, the
         traced halves), so the next run in the same process starts from free memory."""
         self.model.zero_grad(set_to_none=True)
-        for name in ("optimizer", "train_features", "val_features", "prefix", "rest", "step_fn", "train_split"):
+        for name in ("optimizer", "train_features", "val_features", "prefix", "rest", "step_fn", "train_split",
+                     "val_split"):
             self.__dict__.pop(name, None)
         release_memory(self.device)
+
+
+def restore_generator(gen: torch.Generator, state: torch.Tensor | None, seed: int) -> str | None:
+    """Put a generator's saved state back. A state saved on another device type does not fit
+    (CUDA's are 16 bytes, the CPU's 5,056): then ``gen`` is seeded with ``seed`` and the
+    returned sentence says so; None when the state was restored or there was none."""
+    if state is None:
+        return None
+    if len(state) == len(gen.get_state()):
+        try:
+            gen.set_state(state)
+            return None
+        except RuntimeError:
+            pass
+    gen.manual_seed(seed)
+    return (f"the augmentation generator's state was saved on another kind of device ({len(state)} bytes; "
+            f"{gen.device.type} needs {len(gen.get_state())}), so it was seeded afresh")
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, epoch: int,

@@ -24,7 +24,7 @@ from .runner import RunInputs
 from .specs import ModelSpec
 from .runs import RunRecord  # noqa: F401 - where the runs table's records used to live
 from .split import Prefix, frozen_prefix, trace
-from .train import TrainConfig, resolve_device
+from .train import TrainConfig, model_lock, resolve_device
 
 
 @dataclass(frozen=True)
@@ -498,7 +498,9 @@ class Workspace:
         from .cost import profile_model
 
         try:
-            self.cost_profile = profile_model(copy.deepcopy(self.model), self.seen_size() or 224)
+            with model_lock(self.model):  # not while a run moves it to the device
+                model = copy.deepcopy(self.model)
+            self.cost_profile = profile_model(model, self.seen_size() or 224)
         except Exception:  # noqa: BLE001 - advice only
             self.cost_profile = None
 
