@@ -10,6 +10,7 @@ start, and each step sets every group's rate from its own multiplier.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -22,6 +23,7 @@ ONECYCLE_RAMP = 0.3  # share of the run spent rising (as torch's OneCycleLR's pc
 ONECYCLE_START = 1 / 25  # start at lr/25 …
 ONECYCLE_END = 1 / 25e4  # … and end at lr/25e4, as torch's OneCycleLR's defaults
 RECIPE_SPREAD = 100.0  # fastai's slice(lr/100, lr)
+_MATCH_PREV_GROUP = 99999.0  # timm's MATCH_PREV_GROUP: a group key ending in it joins the group before
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -125,27 +127,95 @@ def param_blocks(params, block_names) -> dict[str, str]:
 
 
 def decay_ranks(model: nn.Module, order: list[str] | None = None) -> dict[str, int]:
-    """Each block's distance before the head's block (0 for the head and anything after it)."""
+    """Each block's distance before the head's block (0 for the head and anything after it).
+    Norms, embeddings and tensors the model holds itself (a ViT's ``cls_token``) are no depth
+    level of their own: they share the level of the block before them (the first block's when
+    they come first), as timm's group matchers put them with the stem or the last block."""
     names = blocks(model, order)
     heads = find_heads(model)
     head_block = block_of(heads[-1] + ".weight", names) if heads else None
-    head_at = names.index(head_block) if head_block is not None else len(names) - 1
-    return {b: max(0, head_at - i) for i, b in enumerate(names)}
+    levels, level, seen = [], 0, False
+    for b in names:
+        if not _levelless(model, b):
+            level += seen
+            seen = True
+        levels.append(level)
+    head_at = levels[names.index(head_block)] if head_block is not None else (levels[-1] if levels else 0)
+    return {b: max(0, head_at - lv) for b, lv in zip(names, levels)}
+
+
+def _levelless(model: nn.Module, block: str) -> bool:
+    """A norm or an embedding, or a tensor held directly by a module: no depth level of its own."""
+    try:
+        m = model.get_submodule(block)
+    except AttributeError:
+        return True  # a parameter name, not a module
+    return isinstance(m, (*NORMS, nn.Embedding))
+
+
+def matcher_levels(names: list[str], matcher) -> dict[str, int]:
+    """Each parameter's group under a timm ``group_matcher`` (a dict of regexes or a function),
+    numbered from 0 in the order timm's ``group_with_matcher(reverse=True)`` numbers them:
+    unmatched parameters (the head) last, a group ending in 99999 merged into the one before."""
+    if isinstance(matcher, dict):
+        compiled = []
+        for ordinal, spec in enumerate(matcher.values()):
+            if spec is None:
+                continue
+            for regex, suffix in (spec if isinstance(spec, (tuple, list)) else [(spec, None)]):
+                compiled.append((re.compile(regex), (ordinal,), suffix))
+
+        def key(name: str) -> tuple:
+            for regex, prefix, suffix in compiled:
+                r = regex.match(name)
+                if r:
+                    return tuple(float(x) for part in (prefix, r.groups(), suffix) if part for x in part)
+            return (float("inf"),)
+    else:
+        def key(name: str) -> tuple:
+            k = matcher(name)
+            return tuple(k) if isinstance(k, (tuple, list)) else (k,)
+
+    keys = {n: key(n) for n in names}
+    ids, lid = {}, -1
+    for k in sorted(set(keys.values())):
+        if lid < 0 or k[-1] != _MATCH_PREV_GROUP:
+            lid += 1
+        ids[k] = lid
+    return {n: ids[k] for n, k in keys.items()}
+
+
+def param_depths(model: nn.Module, order: list[str] | None = None) -> dict[str, int]:
+    """Each parameter's distance before the head in depth levels: the model's own
+    ``group_matcher(coarse=False)`` groups when it has one (timm's models, as timm's
+    ``param_groups_layer_decay`` reads them), else the blocks of :func:`decay_ranks`."""
+    names = [n for n, _ in model.named_parameters()]
+    matcher = getattr(model, "group_matcher", None)
+    if callable(matcher):
+        try:
+            levels = matcher_levels(names, matcher(coarse=False))
+        except Exception:  # noqa: BLE001 - a matcher we cannot read: fall back to the blocks
+            levels = None
+        if levels:
+            top = max(levels.values())
+            return {n: top - lv for n, lv in levels.items()}
+    ranks = decay_ranks(model, order)
+    held = param_blocks(names, ranks)
+    return {n: ranks[held[n]] if n in held else 0 for n in names}
 
 
 def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> dict[str, float]:
     """Every parameter's rate multiplier: ``lr_mult``'s last matching rule, or ``layer_decay``
-    to the power of its block's distance before the head."""
+    to the power of its depth before the head (:func:`param_depths`)."""
     if plan.layer_decay is None:
         return {n: plan.lr_multiplier(n) for n in plan.params}
-    ranks = decay_ranks(model, order)
-    held = param_blocks(plan.params, ranks)
-    return {n: plan.layer_decay ** ranks[held[n]] if n in held else 1.0 for n in plan.params}
+    depths = param_depths(model, order)
+    return {n: plan.layer_decay ** depths.get(n, 0) for n in plan.params}
 
 
 def recipe_decay(model: nn.Module, order: list[str] | None = None, spread: float = RECIPE_SPREAD) -> float:
     """The layer decay that spaces rates geometrically from lr/spread (the first block) to lr (the head)."""
-    depth = max(decay_ranks(model, order).values(), default=0)
+    depth = max(param_depths(model, order).values(), default=0)
     return (1 / spread) ** (1 / depth) if depth else 1.0
 
 
