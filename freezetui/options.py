@@ -154,7 +154,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule over the run (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=non_negative_float, default=d.warmup_epochs,
                    help="linear warmup at the start, in epochs (default: %(default)s; onecycle has its own)")
-    p.add_argument("--decay-all", action="store_true", help="weight decay on biases and norm layers too")
+    p.add_argument("--decay-all", action="store_true", help="weight decay on biases and norm layers too (never on what the model's own no_weight_decay() names)")
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:

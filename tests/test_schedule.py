@@ -289,3 +289,21 @@ def test_layer_decay_without_a_group_matcher_counts_no_norm_or_embedding_as_a_le
     assert [depths[n] for n in ("class_token", "conv_proj.weight", "encoder.pos_embedding",
                                 "encoder.layers.encoder_layer_0.ln_1.weight", "encoder.layers.encoder_layer_11.mlp.0.weight",
                                 "encoder.ln.weight", "heads.head.bias")] == [13, 13, 13, 12, 1, 1, 0]
+
+
+def test_weight_decay_honours_the_models_no_weight_decay():
+    """timm's ViT names pos_embed and cls_token in no_weight_decay(): no decay there, even with
+    decay_all (which adds biases and norms only); its 2-d weights keep their decay."""
+    timm = pytest.importorskip("timm")
+    from freezetui.core.train import optimizer_groups
+
+    with torch.device("meta"):
+        model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    plan = FreezePlan.from_model(model)
+    for decay_all in (False, True):
+        cfg = TrainConfig(weight_decay=0.05, decay_all=decay_all)
+        by_id = {id(p): g["weight_decay"] for g in optimizer_groups(model, plan, cfg) for p in g["params"]}
+        wd = {n: by_id[id(p)] for n, p in model.named_parameters()}
+        assert wd["pos_embed"] == 0.0 and wd["cls_token"] == 0.0
+        assert wd["blocks.0.attn.qkv.weight"] == 0.05 and wd["patch_embed.proj.weight"] == 0.05
+        assert wd["blocks.0.norm1.weight"] == (0.05 if decay_all else 0.0)

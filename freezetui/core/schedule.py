@@ -9,6 +9,7 @@ start, and each step sets every group's rate from its own multiplier.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from dataclasses import dataclass
@@ -234,14 +235,31 @@ def fine_tune_recipe(plan: FreezePlan, model: nn.Module, order: list[str] | None
     return plan
 
 
-def no_decay(model: nn.Module) -> set[str]:
-    """Biases and the parameters of normalisation layers: no weight decay by default."""
-    out = set()
+def no_decay(model: nn.Module, decay_all: bool = False) -> set[str]:
+    """The parameters that get no weight decay: those the model names in its own
+    ``no_weight_decay()`` (timm's ViT: ``pos_embed``, ``cls_token``; globs as timm reads them),
+    and, unless ``decay_all``, biases and the parameters of normalisation layers."""
+    named = model.named_parameters()
+    listed = model_no_weight_decay(model)
+    out = {n for n, _ in named if any(fnmatch.fnmatchcase(n, g) for g in listed)} if listed else set()
+    if decay_all:
+        return out
     for mname, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False):
             if p.ndim <= 1 or isinstance(m, NORMS):
                 out.add(f"{mname}.{pname}" if mname else pname)
     return out
+
+
+def model_no_weight_decay(model: nn.Module) -> set[str]:
+    """The names (or globs) the model's own ``no_weight_decay()`` returns; empty without one."""
+    fn = getattr(model, "no_weight_decay", None)
+    if not callable(fn):
+        return set()
+    try:
+        return {str(n) for n in fn()}
+    except Exception:  # noqa: BLE001 - a method of another meaning: nothing listed
+        return set()
 
 
 @dataclass
@@ -259,7 +277,7 @@ def param_groups(plan: FreezePlan, model: nn.Module, order: list[str] | None = N
     """Every parameter, frozen or not, in one group per (multiplier, first epoch, decay), in
     the model's parameter order; the same plan and model always give the same groups."""
     mults = param_multipliers(plan, model, order)
-    skip = set() if decay_all else no_decay(model)
+    skip = no_decay(model, decay_all)
     groups: dict[tuple, Group] = {}
     for n in plan.params:
         first = plan.stage_of(n) or 10**9
