@@ -307,3 +307,45 @@ def test_weight_decay_honours_the_models_no_weight_decay():
         assert wd["pos_embed"] == 0.0 and wd["cls_token"] == 0.0
         assert wd["blocks.0.attn.qkv.weight"] == 0.05 and wd["patch_embed.proj.weight"] == 0.05
         assert wd["blocks.0.norm1.weight"] == (0.05 if decay_all else 0.0)
+
+
+# ----------------------------------------------------------------------------- stages with their own rates
+
+
+def _backbone_finetuning(model):
+    """Lightning's ``BackboneFinetuning`` defaults (src/lightning/pytorch/callbacks/finetuning.py):
+    the backbone joins at ``backbone_initial_ratio_lr`` = 0.1 of the head's rate, ×2 per epoch
+    (``multiplicative`` returns 2.0), aligned with the head once it would pass it (should_align)."""
+    plan = FreezePlan.from_model(model)
+    backbone = ["stem", "block1", "block2"]
+    for g in backbone:
+        plan.freeze(g)
+    for epoch, mult in zip(range(2, 7), (0.1, 0.2, 0.4, 0.8, 1.0)):
+        plan.add_stage(epoch, unfreeze=backbone if epoch == 2 else (), lr_mult=[(g, mult) for g in backbone])
+    return plan
+
+
+def test_stage_rates_round_trip_and_set_the_backbones_rate_each_epoch(tiny_data):
+    model = _tiny()
+    plan = _backbone_finetuning(model)
+    again = FreezePlan.from_dict(plan.to_dict())
+    assert again.to_dict() == plan.to_dict() and again.stages[1].lr_mult == [("stem", 0.2), ("block1", 0.2),
+                                                                              ("block2", 0.2)]
+    assert [param_multipliers(again, model, epoch=e)["block1.0.weight"] for e in range(1, 8)] == \
+        [1.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert param_multipliers(again, model, epoch=3)["fc.weight"] == 1.0
+    with pytest.raises(PlanError, match="epoch 3.*positive number"):
+        FreezePlan.from_dict({**plan.to_dict(), "stages": [{"epoch": 3, "lr_mult": [["fc", -1]]}]})
+    with pytest.raises(PlanError, match="matches no parameter"):
+        FreezePlan.from_dict({**plan.to_dict(), "stages": [{"epoch": 3, "lr_mult": [["nothing", 2]]}]})
+
+    rec = Record()
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.01, augment=False, schedule="constant", warmup_epochs=0,
+                      momentum=0.0, weight_decay=0.0, optimizer="sgd")
+    train(model, plan, tiny_data, cfg, callbacks=[rec])
+    names = [n for n, _ in model.named_parameters()]
+    for epoch, want in zip(range(1, 5), (0.0, 0.1, 0.2, 0.4)):  # frozen in epoch 1: rate 0
+        groups = rec.checkpoints[epoch]["optimizer"]["param_groups"]
+        rate = {names[i]: g["lr"] for g in groups for i in g["params"]}
+        assert rate["fc.weight"] == pytest.approx(cfg.effective_lr)
+        assert rate["block1.0.weight"] == pytest.approx(cfg.effective_lr * want)  # the epoch's last step

@@ -26,7 +26,7 @@ from .models import model_info
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
 KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages"}
-STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale"}
+STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult"}
 _BN_HOOK = "_freezetui_bn_hook"
 
 
@@ -55,13 +55,16 @@ def _short_list(names: Iterable[str], limit: int = 4) -> str:
 @dataclass
 class Stage:
     """What changes at the start of a (1-based) epoch: globs to unfreeze and to freeze, then
-    optionally the BatchNorm policy and a scale on every rate from then on."""
+    optionally the BatchNorm policy, a scale on every rate from then on, and rate rules
+    (``lr_mult``, [glob, multiplier], the last match wins) that replace the multipliers of the
+    parameters they match from then on (Lightning's ``BackboneFinetuning``: 0.1, 0.2, 0.4, …)."""
 
     epoch: int
     unfreeze: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
     batchnorm: str | None = None  # None: unchanged
     lr_scale: float | None = None  # None: unchanged
+    lr_mult: list[tuple[str, float]] = field(default_factory=list)  # empty: multipliers unchanged
 
     def to_dict(self) -> dict:
         d: dict = {"epoch": self.epoch}
@@ -73,6 +76,8 @@ class Stage:
             d["batchnorm"] = self.batchnorm
         if self.lr_scale is not None:
             d["lr_scale"] = self.lr_scale
+        if self.lr_mult:
+            d["lr_mult"] = [[g, m] for g, m in self.lr_mult]
         return d
 
 
@@ -183,9 +188,10 @@ class FreezePlan:
     # ------------------------------------------------------------------ the schedule
 
     def add_stage(self, epoch: int, unfreeze: Iterable[str] = (), freeze: Iterable[str] = (),
-                  batchnorm: str | None = None, lr_scale: float | None = None) -> Stage:
+                  batchnorm: str | None = None, lr_scale: float | None = None,
+                  lr_mult: Iterable[tuple[str, float]] = ()) -> Stage:
         """Append a stage (after the last one); its globs must match something."""
-        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale)
+        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale, [(g, m) for g, m in lr_mult])
         self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, "plan")
         self.stages.append(stage)
         return stage
@@ -212,6 +218,17 @@ class FreezePlan:
             if glob_matches(pattern, param):
                 return mult
         return 1.0
+
+    def stage_multiplier(self, param: str, epoch: int) -> float | None:
+        """The multiplier the stages started by ``epoch`` set for ``param`` (the last matching
+        rule of the latest stage wins), None when no stage rule matches it."""
+        for s in reversed(self.stages):
+            if s.epoch > epoch:
+                continue
+            for pattern, mult in reversed(s.lr_mult):
+                if glob_matches(pattern, param):
+                    return mult
+        return None
 
     def stage_index(self, epoch: int) -> int:
         """1 for the plan's own frozen/trainable, k + 1 once the k-th stage has started."""
@@ -282,7 +299,13 @@ class FreezePlan:
                             f"use \"train\" or \"freeze\"")
         if s.lr_scale is not None and not _positive_number(s.lr_scale):
             raise PlanError(f"{source}: the stage at epoch {s.epoch} needs a positive lr_scale, got {s.lr_scale!r}")
-        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale):
+        if not isinstance(s.lr_mult, list) or not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in s.lr_mult):
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} needs \"lr_mult\" as a list of "
+                            f"[glob, multiplier] pairs")
+        for pattern, mult in s.lr_mult:
+            self._check_lr_rule(pattern, mult, f"{source}: the stage at epoch {s.epoch}")
+        s.lr_mult = [(g, float(m)) for g, m in s.lr_mult]
+        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale or s.lr_mult):
             raise PlanError(f"{source}: the stage at epoch {s.epoch} changes nothing")
         trial = copy.copy(self)
         trial.stages = [*self.stages, s]
@@ -432,7 +455,7 @@ class FreezePlan:
                 raise PlanError(f"{source}: a stage has unknown key(s) {', '.join(unknown)}; "
                                 f"use {', '.join(sorted(STAGE_KEYS))}")
             stage = Stage(raw.get("epoch"), raw.get("unfreeze", []), raw.get("freeze", []), raw.get("batchnorm"),
-                          raw.get("lr_scale"))
+                          raw.get("lr_scale"), raw.get("lr_mult", []))
             self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, source)
             self.stages.append(stage)
 

@@ -205,13 +205,26 @@ def param_depths(model: nn.Module, order: list[str] | None = None) -> dict[str, 
     return {n: ranks[held[n]] if n in held else 0 for n in names}
 
 
-def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> dict[str, float]:
-    """Every parameter's rate multiplier: ``lr_mult``'s last matching rule, or ``layer_decay``
-    to the power of its depth before the head (:func:`param_depths`)."""
+def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None,
+                      epoch: int = 1) -> dict[str, float]:
+    """Every parameter's rate multiplier during ``epoch``: the ``lr_mult`` rule of the latest
+    stage begun that matches it, else the plan's own ``lr_mult``'s last matching rule, or
+    ``layer_decay`` to the power of its depth before the head (:func:`param_depths`)."""
     if plan.layer_decay is None:
-        return {n: plan.lr_multiplier(n) for n in plan.params}
-    depths = param_depths(model, order)
-    return {n: plan.layer_decay ** depths.get(n, 0) for n in plan.params}
+        base = {n: plan.lr_multiplier(n) for n in plan.params}
+    else:
+        depths = param_depths(model, order)
+        base = {n: plan.layer_decay ** depths.get(n, 0) for n in plan.params}
+    if any(s.lr_mult and s.epoch <= epoch for s in plan.stages):
+        for n in base:
+            m = plan.stage_multiplier(n, epoch)
+            base[n] = base[n] if m is None else m
+    return base
+
+
+def multiplier_at(changes, epoch: int) -> float:
+    """The multiplier in force during ``epoch`` from ``(first epoch, multiplier)`` changes."""
+    return next((m for e, m in reversed(changes) if e <= epoch), changes[0][1])
 
 
 def recipe_decay(model: nn.Module, order: list[str] | None = None, spread: float = RECIPE_SPREAD) -> float:
@@ -264,24 +277,34 @@ def model_no_weight_decay(model: nn.Module) -> set[str]:
 
 @dataclass
 class Group:
-    """Parameters sharing a rate multiplier, a first epoch and weight decay."""
+    """Parameters sharing their rate multipliers over the run, a first epoch and weight decay."""
 
-    mult: float
+    mults: tuple[tuple[int, float], ...]  # (from epoch, multiplier), from epoch 1; stages' lr_mult add more
     first_epoch: int  # the epoch it starts training (a never-trained group: after the run)
     decay: bool
     names: list[str]
+
+    @property
+    def mult(self) -> float:
+        """The multiplier in epoch 1."""
+        return self.mults[0][1]
 
 
 def param_groups(plan: FreezePlan, model: nn.Module, order: list[str] | None = None,
                  decay_all: bool = False) -> list[Group]:
     """Every parameter, frozen or not, in one group per (multiplier, first epoch, decay), in
     the model's parameter order; the same plan and model always give the same groups."""
-    mults = param_multipliers(plan, model, order)
+    epochs = [1, *sorted({s.epoch for s in plan.stages if s.lr_mult})]
+    at = [param_multipliers(plan, model, order, e) for e in epochs]
     skip = no_decay(model, decay_all)
     groups: dict[tuple, Group] = {}
     for n in plan.params:
         first = plan.stage_of(n) or 10**9
-        key = (mults[n], first, n not in skip)
+        changes = [(1, at[0][n])]
+        for e, mults in zip(epochs[1:], at[1:]):
+            if mults[n] != changes[-1][1]:
+                changes.append((e, mults[n]))
+        key = (tuple(changes), first, n not in skip)
         groups.setdefault(key, Group(*key, [])).names.append(n)
     return list(groups.values())
 
@@ -312,6 +335,8 @@ def describe(plan: FreezePlan) -> list[str]:
             parts.append(f"batchnorm {s.batchnorm}")
         if s.lr_scale is not None:
             parts.append(f"rates ×{s.lr_scale:g}")
+        if s.lr_mult:
+            parts.append("rates " + ", ".join(f"{g} ×{m:g}" for g, m in s.lr_mult))
         now = plan.at_epoch(s.epoch)
         lines.append(f"stage {i} from epoch {s.epoch}: {'; '.join(parts)} "
                      f"({len(now.trainable)} trainable tensors)")

@@ -20,7 +20,9 @@ from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import TrainingError
 from .models import find_heads, model_info
 from .plan import FreezePlan, frozen_batchnorms
-from .schedule import SCHEDULES, describe, param_groups, schedule_factor, unfreeze_warmup, warmup_steps
+from .schedule import (
+    SCHEDULES, describe, multiplier_at, param_groups, schedule_factor, unfreeze_warmup, warmup_steps,
+)
 from .split import find_cut, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -260,7 +262,8 @@ def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, or
     the group for :meth:`_Run.set_rates`."""
     params = dict(model.named_parameters())
     return [{"params": [params[n] for n in g.names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
-             "first_epoch": g.first_epoch, "weight_decay": config.weight_decay if g.decay else 0.0}
+             "lr_mults": [list(c) for c in g.mults], "first_epoch": g.first_epoch,
+             "weight_decay": config.weight_decay if g.decay else 0.0}
             for g in param_groups(plan, model, order, config.decay_all)]
 
 
@@ -554,7 +557,8 @@ class _Run:
         base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * schedule_factor(
             self.config.schedule, t, self.total_steps, self.warmup)
         for g in self.optimizer.param_groups:
-            g["lr"] = base * g["lr_mult"] * unfreeze_warmup(t, self.steps, g["first_epoch"])
+            mult = multiplier_at(g["lr_mults"], epoch) if g.get("lr_mults") else g["lr_mult"]
+            g["lr"] = base * mult * unfreeze_warmup(t, self.steps, g["first_epoch"])
 
     def restore(self, resume: dict | None) -> None:
         """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
