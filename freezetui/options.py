@@ -124,9 +124,12 @@ def add_schedule_plan_options(p: argparse.ArgumentParser) -> None:
                    help="parameters matching GLOB train at F × the rate (repeatable, later wins)")
     p.add_argument("--layer-decay", type=decay_arg, metavar="F",
                    help="rates F, F², … over the blocks before the head (instead of --lr-mult)")
+    p.add_argument("--train-bn", action="store_true",
+                   help="norm layers' parameters train even where frozen, BatchNorm in train mode (fastai's train_bn)")
     p.add_argument("--recipe", choices=("fine-tune",),
-                   help="fine-tune: the head alone for 1 epoch, then everything at half the rate, "
-                        "rates spread 100x over the blocks (fastai's fine_tune)")
+                   help="fine-tune: the head (and, train_bn, the norm layers) alone for 1 epoch, then everything "
+                        "at half the rate spread 100x over fastai's parameter groups (fastai's fine_tune; "
+                        "one schedule over the whole run, where fastai restarts a one-cycle per phase)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -234,7 +237,7 @@ def model_spec_from_args(args) -> ModelSpec | None:
     return ModelSpec(args.model, args.weights, args.num_classes, args.small_input)
 
 
-SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe")
+SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe", "train_bn")
 
 
 def schedule_spec_from_args(args) -> ScheduleSpec | None:
@@ -242,7 +245,7 @@ def schedule_spec_from_args(args) -> ScheduleSpec | None:
     if not any(getattr(args, k, None) for k in SCHEDULE_FLAGS):
         return None
     return ScheduleSpec(stages=list(args.stage or []), lr_mult=list(args.lr_mult or []),
-                        layer_decay=args.layer_decay, recipe=args.recipe)
+                        layer_decay=args.layer_decay, recipe=args.recipe, train_bn=args.train_bn)
 
 
 def given_schedule_flags(args) -> list[str]:

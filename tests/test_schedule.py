@@ -209,9 +209,11 @@ def test_plan_make_and_show_with_stages_and_the_recipe(tmp_path, capsys):
     assert main(["plan", "make", "--model", "tiny:tiny_cnn", "--weights", "none", "--recipe", "fine-tune",
                  "-o", str(recipe)]) == 0
     plan = FreezePlan.load(recipe)
-    assert plan.trainable == ["fc.weight", "fc.bias"]
+    assert plan.trainable == ["stem.1.weight", "stem.1.bias", "block1.1.weight", "block1.1.bias",
+                              "block2.1.weight", "block2.1.bias", "fc.weight", "fc.bias"]  # train_bn
+    assert plan.train_bn and plan.batchnorm == "train"
     assert [(s.epoch, s.unfreeze, s.lr_scale) for s in plan.stages] == [(2, ["*"], 0.5)]
-    assert plan.layer_decay == pytest.approx(0.01 ** (1 / 3))
+    assert plan.stages[0].lr_mult == [("*", 0.01), ("fc", 1.0)] and plan.layer_decay is None
     assert main(["plan", "make", "--model", "tiny:tiny_cnn", "--stage", "2:nothing", "-o", str(tmp_path / "x.json")]) == 1
     assert "matches no parameter" in capsys.readouterr().err
 
@@ -219,7 +221,7 @@ def test_plan_make_and_show_with_stages_and_the_recipe(tmp_path, capsys):
 def test_recipe_on_a_model_with_a_new_head():
     model = build_model("tiny:tiny_cnn", weights="none")
     plan = fine_tune_recipe(FreezePlan.from_model(model), model)
-    m = param_multipliers(plan, model)
+    m = param_multipliers(plan, model, epoch=2)
     assert m["fc.weight"] == 1.0 and math.isclose(m["stem.0.weight"], 0.01)
 
 
@@ -349,3 +351,67 @@ def test_stage_rates_round_trip_and_set_the_backbones_rate_each_epoch(tiny_data)
         rate = {names[i]: g["lr"] for g in groups for i in g["params"]}
         assert rate["fc.weight"] == pytest.approx(cfg.effective_lr)
         assert rate["block1.0.weight"] == pytest.approx(cfg.effective_lr * want)  # the epoch's last step
+
+
+# ----------------------------------------------------------------------------- the recipe next to fastai's
+
+
+def test_recipe_rates_per_group_are_fastais_fine_tune_on_resnet18():
+    """fastai's numbers for ``vision_learner(dls, resnet18).fine_tune(epochs)`` at the defaults
+    (fastai/callback/schedule.py ``fine_tune(epochs, base_lr=2e-3, freeze_epochs=1, lr_mult=100)``;
+    fastai/optimizer.py ``set_hyper``: ``slice(lr)`` gives lr/10 to every group but the last,
+    ``slice(a, b)`` is ``even_mults(a, b, n)``; fastai/vision/learner.py ``_resnet_split``:
+    ``body[:6]`` (conv1…layer2) | ``body[6:]`` (layer3, layer4) | head; ``train_bn=True`` keeps
+    norm layers training while frozen). The peak rates of each phase's one-cycle:
+    frozen epoch  [2e-4, 2e-4, 2e-3] (body groups train only their norm layers),
+    after         [1e-5, 1e-4, 1e-3] (slice(1e-3/100, 1e-3))."""
+    import torchvision
+
+    from freezetui.core.schedule import multiplier_at
+    from freezetui.core.train import optimizer_groups
+
+    with torch.device("meta"):
+        model = torchvision.models.resnet18()
+    plan = fine_tune_recipe(FreezePlan.from_model(model), model)
+    cfg = TrainConfig(lr=2e-3, batch_size=128)
+    assert cfg.effective_lr == 2e-3
+    by_id = {id(p): g for g in optimizer_groups(model, plan, cfg) for p in g["params"]}
+    group = {n: by_id[id(p)] for n, p in model.named_parameters()}
+
+    def peak(name, epoch):
+        g = group[name]
+        trains = plan.at_epoch(epoch).params[name] is False
+        return cfg.effective_lr * plan.lr_scale_at(epoch) * multiplier_at(g["lr_mults"], epoch) if trains else 0.0
+
+    fastai = {1: {"conv1.weight": 0.0, "bn1.weight": 2e-4, "layer2.1.conv2.weight": 0.0, "layer3.0.bn1.bias": 2e-4,
+                  "layer4.1.conv2.weight": 0.0, "fc.weight": 2e-3},
+              2: {"conv1.weight": 1e-5, "bn1.weight": 1e-5, "layer2.1.conv2.weight": 1e-5, "layer3.0.bn1.bias": 1e-4,
+                  "layer4.1.conv2.weight": 1e-4, "fc.weight": 1e-3}}
+    for epoch, rates in fastai.items():
+        for name, rate in rates.items():
+            assert peak(name, epoch) == pytest.approx(rate, rel=1e-12), (epoch, name)
+    assert plan.at_epoch(1).batchnorm == "train" and plan.at_epoch(2).batchnorm == "train"
+
+
+def test_train_bn_keeps_norm_layers_training_and_round_trips(tiny_data):
+    model = _tiny()
+    plan = FreezePlan.from_model(model)
+    plan.freeze("*")
+    plan.unfreeze("fc")
+    plan.set_train_bn(True)
+    again = FreezePlan.from_dict(plan.to_dict())
+    assert again.train_bn and again.to_dict()["train_bn"] is True
+    with pytest.raises(PlanError, match="train_bn"):
+        FreezePlan.from_dict({**plan.to_dict(), "train_bn": "yes"})
+    # a file that says train_bn with its norms listed frozen: they train once it meets the model
+    raw = {**plan.to_dict(), "frozen": [n for n in plan.params if not n.startswith("fc")],
+           "trainable": ["fc.weight", "fc.bias"]}
+    loaded = FreezePlan.from_dict(raw)
+    loaded.check_fits(model)
+    assert loaded.at_epoch(1).trainable == plan.trainable and loaded.stage_of("block1.1.weight") == 1
+    before = copy.deepcopy(model.state_dict())
+    train(model, loaded, tiny_data, TrainConfig(epochs=1, batch_size=64, lr=0.01, augment=False))
+    after = model.state_dict()
+    assert torch.equal(before["stem.0.weight"], after["stem.0.weight"])  # frozen conv
+    assert not torch.equal(before["stem.1.weight"], after["stem.1.weight"])  # its norm trained
+    assert not torch.equal(before["stem.1.running_mean"], after["stem.1.running_mean"])  # in train mode

@@ -25,9 +25,13 @@ from .models import model_info
 
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
-KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages"}
+KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages",
+              "train_bn"}
 STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult"}
 _BN_HOOK = "_freezetui_bn_hook"
+# fastai's norm_types (fastai/torch_core.py): the layers whose parameters train_bn keeps training
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+              nn.InstanceNorm3d, nn.LayerNorm)
 
 
 def module_prefixes(param: str) -> list[str]:
@@ -98,6 +102,8 @@ class FreezePlan:
     lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), the last match wins
     layer_decay: float | None = None  # rates d, d², … over the blocks before the head
     stages: list[Stage] = field(default_factory=list)  # in increasing epoch order
+    train_bn: bool = False  # norm layers' parameters train in every epoch, BatchNorm in train mode (fastai's)
+    norm_params: list[str] = field(default_factory=list)  # not in the file: read from the model (norm_parameters)
 
     # ------------------------------------------------------------------ construction
 
@@ -114,7 +120,8 @@ class FreezePlan:
         for name, p in model.named_parameters():
             params[name] = not p.requires_grad
             numels[name] = p.numel()
-        return cls(model=copy.deepcopy(spec), params=params, batchnorm=batchnorm, numels=numels)
+        return cls(model=copy.deepcopy(spec), params=params, batchnorm=batchnorm, numels=numels,
+                   norm_params=norm_parameters(model))
 
     # ------------------------------------------------------------------ views
 
@@ -210,6 +217,14 @@ class FreezePlan:
             raise PlanError("a plan has either lr_mult rules or layer_decay, not both")
         self.layer_decay = None if decay is None else float(decay)
 
+    def set_train_bn(self, on: bool) -> None:
+        """fastai's ``train_bn``: the parameters of norm layers train in every epoch, frozen or not,
+        and BatchNorm stays in train mode. Needs the model's norm layers (``norm_params``)."""
+        self.train_bn = bool(on)
+        if on:
+            self.params.update({n: False for n in self.norm_params if n in self.params})
+            self.batchnorm = "train"
+
     def lr_multiplier(self, param: str) -> float:
         """The multiplier of the last ``lr_mult`` rule matching ``param`` (1.0 if none). With
         ``layer_decay`` the rate depends on the model's blocks: see
@@ -248,6 +263,8 @@ class FreezePlan:
                 plan._set(pattern, True)
             if s.batchnorm is not None:
                 plan.batchnorm = s.batchnorm
+        if self.train_bn:
+            plan.set_train_bn(True)
         return plan
 
     def lr_scale_at(self, epoch: int) -> float:
@@ -326,7 +343,11 @@ class FreezePlan:
     # ------------------------------------------------------------------ the model
 
     def check_fits(self, model: nn.Module) -> None:
+        """Check the plan names exactly the model's parameters; learn its norm layers (``train_bn``)."""
         self._fitting_parameters(model)
+        self.norm_params = norm_parameters(model)
+        if self.train_bn:
+            self.set_train_bn(True)
 
     def _fitting_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The model's named parameters, after checking that they are exactly the plan's."""
@@ -374,6 +395,8 @@ class FreezePlan:
             "counts": self.counts,
             **self.schedule_dict(),
         }
+        if self.train_bn:
+            d["train_bn"] = True
         for k, v in self.extra.items():
             d.setdefault(k, copy.deepcopy(v))
         return d
@@ -426,6 +449,10 @@ class FreezePlan:
         extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in KNOWN_KEYS}
         plan = cls(model=copy.deepcopy(model), params=params, batchnorm=batchnorm, extra=extra,
                    file_counts=copy.deepcopy(counts))
+        train_bn = d.get("train_bn", False)
+        if not isinstance(train_bn, bool):
+            raise PlanError(f"{source}: \"train_bn\" must be true or false, not {train_bn!r}")
+        plan.train_bn = train_bn
         plan._read_schedule(d, source)
         return plan
 
@@ -488,6 +515,12 @@ class FreezePlan:
 
 def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
+
+
+def norm_parameters(model: nn.Module) -> list[str]:
+    """The parameters of the model's norm layers, as fastai's ``norm_bias_params(m, with_bias=False)``."""
+    return [f"{mname}.{p}" if mname else p for mname, m in model.named_modules() if isinstance(m, NORM_TYPES)
+            for p, _ in m.named_parameters(recurse=False)]
 
 
 def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:

@@ -149,6 +149,8 @@ def add_schedule(plan: FreezePlan, model: nn.Module, schedule: ScheduleSpec) -> 
         plan.set_lr_mult(glob, f)
     if s.layer_decay:
         plan.set_layer_decay(s.layer_decay)
+    if s.train_bn:
+        plan.set_train_bn(True)
     return plan
 
 

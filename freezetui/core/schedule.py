@@ -13,17 +13,20 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 from torch import nn
 
 from .models import find_heads
-from .plan import FreezePlan, module_prefixes
+from .plan import FreezePlan, escape_glob, module_prefixes, norm_parameters
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_RAMP = 0.3  # share of the run spent rising (as torch's OneCycleLR's pct_start)
 ONECYCLE_START = 1 / 25  # start at lr/25 …
 ONECYCLE_END = 1 / 25e4  # … and end at lr/25e4, as torch's OneCycleLR's defaults
-RECIPE_SPREAD = 100.0  # fastai's slice(lr/100, lr)
+RECIPE_SPREAD = 100.0  # fastai's fine_tune lr_mult: slice(lr/100, lr)
+FASTAI_SLICE_STOP_DIV = 10.0  # fastai's set_hyper: slice(lr) gives lr/10 to every group but the last
+FASTAI_FEATURE_SPLITS = {"VGG": 22, "AlexNet": 6, "DenseNet": 7, "SqueezeNet": 5}  # fastai's model_meta splits
 _MATCH_PREV_GROUP = 99999.0  # timm's MATCH_PREV_GROUP: a group key ending in it joins the group before
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
@@ -227,24 +230,53 @@ def multiplier_at(changes, epoch: int) -> float:
     return next((m for e, m in reversed(changes) if e <= epoch), changes[0][1])
 
 
-def recipe_decay(model: nn.Module, order: list[str] | None = None, spread: float = RECIPE_SPREAD) -> float:
-    """The layer decay that spaces rates geometrically from lr/spread (the first block) to lr (the head)."""
-    depth = max(param_depths(model, order).values(), default=0)
-    return (1 / spread) ** (1 / depth) if depth else 1.0
+def fastai_groups(model: nn.Module, heads: Iterable[str]) -> list[list[str]]:
+    """fastai's parameter groups for ``model`` as module globs, body first, the head last:
+    ``_resnet_split`` for torchvision's ResNets (``conv1``…``layer2`` | ``layer3``, ``layer4``),
+    the ``features[:k]`` splits for torchvision's VGG-BN (22), AlexNet (6), DenseNet (7) and
+    SqueezeNet (5), else ``default_split`` (body | head) — fastai/vision/learner.py."""
+    heads = [escape_glob(h) for h in heads]
+    kind = type(model).__name__
+    tv = type(model).__module__.startswith("torchvision")
+    later: list[str] | None = None
+    if tv and kind == "ResNet":
+        later = ["layer3", "layer4"]
+    elif tv and kind in FASTAI_FEATURE_SPLITS and isinstance(getattr(model, "features", None), nn.Sequential):
+        if kind != "VGG" or any(isinstance(m, nn.BatchNorm2d) for m in model.features):
+            k = FASTAI_FEATURE_SPLITS[kind]
+            later = [f"features.{n}" for n, m in list(model.features.named_children())[k:]
+                     if any(True for _ in m.parameters())]
+            later += [n for n, m in model.named_children() if n != "features" and any(True for _ in m.parameters())]
+    if later is None:
+        return [["*"], heads]
+    return [["*"], later, heads]
 
 
 def fine_tune_recipe(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> FreezePlan:
-    """fastai's ``fine_tune``: the head alone for one epoch, then everything at half the rate
-    with rates spread 100× over the blocks (``slice(lr/100, lr)``)."""
-    heads = set(find_heads(model)) | set(plan.new_modules)
+    """fastai's ``fine_tune(epochs, base_lr, freeze_epochs=1, lr_mult=100)`` with ``train_bn``:
+    epoch 1 trains the head at the rate and the norm layers at ``slice(base_lr)``'s lr/10; from
+    epoch 2 everything at half the rate, ``slice(lr/100, lr)`` spread evenly (geometrically) over
+    fastai's parameter groups (:func:`fastai_groups`): 0.01, 0.1, 1 for three groups."""
+    heads = sorted(set(find_heads(model)) | set(plan.new_modules))
     for n in plan.params:
         plan.params[n] = not any(m in heads for m in module_prefixes(n))
     if not plan.trainable:
         plan.params.update({n: False for n in plan.params})
-    plan.lr_mult = []
+    plan.norm_params = plan.norm_params or norm_parameters(model)
+    plan.set_train_bn(True)
+    plan.layer_decay = None
     plan.stages = []
-    plan.set_layer_decay(recipe_decay(model, order))
-    plan.add_stage(2, unfreeze=["*"], lr_scale=0.5)
+    groups = fastai_groups(model, heads)
+    plan.lr_mult = []
+    for g in groups[0]:  # slice(base_lr): lr/10 for every group but the last
+        plan.set_lr_mult(g, 1 / FASTAI_SLICE_STOP_DIV)
+    for g in groups[-1]:
+        plan.set_lr_mult(g, 1.0)
+    spread = []
+    for i, globs in enumerate(groups):  # fastai's even_mults(lr/lr_mult, lr, n)
+        mult = (1 / RECIPE_SPREAD) ** ((len(groups) - 1 - i) / (len(groups) - 1))
+        spread += [(g, mult) for g in globs]
+    plan.add_stage(2, unfreeze=["*"], lr_scale=0.5, lr_mult=spread)
     return plan
 
 

@@ -423,14 +423,16 @@ class Workspace:
         self._schedule_edited()
 
     def apply_recipe(self) -> None:
-        """fastai's fine-tune recipe: the head alone for an epoch, then everything at half the
-        rate, rates spread 100× over the blocks (see :func:`schedule.fine_tune_recipe`)."""
+        """fastai's fine-tune recipe: the head (and the norm layers, train_bn) alone for an epoch,
+        then everything at half the rate, spread 100× over fastai's parameter groups (see
+        :func:`schedule.fine_tune_recipe`)."""
         from .schedule import fine_tune_recipe
 
         self._check_unlocked()
         trial = fine_tune_recipe(self.plan.copy(), self.model, self.order)
         self.plan.params, self.plan.stages = trial.params, trial.stages
         self.plan.lr_mult, self.plan.layer_decay = trial.lr_mult, trial.layer_decay
+        self.plan.train_bn, self.plan.batchnorm = trial.train_bn, trial.batchnorm
         self._changed()
         self.plan.extra["recipe"] = "fine-tune"  # after _changed, which forgets how a plan was made
 
@@ -438,6 +440,7 @@ class Workspace:
         """No stages and no rate rules; what trains in epoch 1 stays as it is."""
         self._check_unlocked()
         self.plan.stages, self.plan.lr_mult, self.plan.layer_decay = [], [], None
+        self.plan.train_bn = False
         self._schedule_edited()
 
     def _glob_index(self, glob: str) -> np.ndarray:
@@ -537,6 +540,7 @@ class Workspace:
         self.plan.lr_mult = copy.deepcopy(plan.lr_mult)
         self.plan.layer_decay = plan.layer_decay
         self.plan.stages = copy.deepcopy(plan.stages)
+        self.plan.train_bn = plan.train_bn
         self._changed(edited=False)
 
     def load_plan(self, path: str | Path) -> FreezePlan:
