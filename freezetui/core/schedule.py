@@ -225,6 +225,18 @@ def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | Non
     return base
 
 
+def first_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> dict[str, float]:
+    """Every parameter's multiplier in the first epoch it trains (epoch 1 for one never trained):
+    what a view of the plan shows as its rate."""
+    epochs = sorted({s.epoch for s in plan.stages if s.lr_mult})
+    at = {e: param_multipliers(plan, model, order, e) for e in [1, *epochs]}
+    out = {}
+    for n in plan.params:
+        first = plan.stage_of(n) or 1
+        out[n] = at[max((e for e in at if e <= first), default=1)][n]
+    return out
+
+
 def multiplier_at(changes, epoch: int) -> float:
     """The multiplier in force during ``epoch`` from ``(first epoch, multiplier)`` changes."""
     return next((m for e, m in reversed(changes) if e <= epoch), changes[0][1])
@@ -342,8 +354,9 @@ def param_groups(plan: FreezePlan, model: nn.Module, order: list[str] | None = N
 
 
 def module_rates(plan: FreezePlan, model: nn.Module, depth: int = 1, order: list[str] | None = None) -> dict[str, str]:
-    """The multiplier of each module at ``depth`` as text ("0.1", or "0.01–0.1" when mixed)."""
-    mults = param_multipliers(plan, model, order)
+    """The multiplier of each module at ``depth`` as text ("0.1", or "0.01–0.1" when mixed), each
+    parameter's from the epoch it starts training."""
+    mults = first_multipliers(plan, model, order)
     spans: dict[str, list[float]] = {}
     for n, m in mults.items():
         prefixes = module_prefixes(n)

@@ -475,7 +475,14 @@ class Workspace:
                 for g, m in plan.lr_mult:  # later rules win
                     mult[self._glob_index(g)] = m
                 self._mult, self._rates_key = mult, rates
-            self._sched = (first, self._mult)
+            mult = self._mult
+            if any(st.lr_mult for st in plan.stages):  # a stage's rules, from the epoch it starts training
+                mult = mult.copy()
+                for st in plan.stages:
+                    for g, m in st.lr_mult:
+                        idx = self._glob_index(g)
+                        mult[idx[first[idx] >= st.epoch]] = m
+            self._sched = (first, mult)
             self._sched_key = self.version
         return self._sched
 
