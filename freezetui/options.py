@@ -196,7 +196,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                       help="batch size of the cost estimate (default: %(default)s)")
     show.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig().optimizer,
                       help="optimizer of the cost estimate (default: %(default)s)")
-    show.add_argument("--json", action="store_true", help="print counts and the cost estimate as JSON")
+    show.add_argument("--json", action="store_true", help="print counts, the cost estimate, every parameter (trainable, epoch, lr_mult, "
+                           "weight_decay) and the lints as JSON")
 
     train = sub.add_parser("train", help="train headless with a plan (or --model and rules) and write a run folder")
     train.add_argument("--plan", help="the freeze plan (JSON)")

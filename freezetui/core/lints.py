@@ -29,6 +29,12 @@ class Lint:
     def __str__(self) -> str:
         return render(self, "cli")
 
+    def to_dict(self) -> dict:
+        """For scripts (``plan show --json``): the fix as data, never as flags."""
+        return {"level": self.severity, "code": self.code, "message": self.message,
+                "modules": [self.module] if self.module else [],
+                "fix": None if self.fix is None else {"kind": self.fix[0], "value": self.fix[1]}}
+
 
 def _cli_advice(fix: tuple[str, Any]) -> str:
     kind, value = fix

@@ -22,7 +22,7 @@ from . import distributed
 from .data import BatchTransform, Dataset, load_data
 from .errors import FreezeTUIError, PlanError, TrainingError
 from .lints import Lint, check
-from .models import build_model, model_info
+from .models import build_model, first_batch_failure, model_info
 from .plan import FreezePlan
 from .runs import RunWriter, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
@@ -88,8 +88,13 @@ def check_code_allowed(name: str, allowed: str | None) -> None:
 
 def model_for_plan(plan: FreezePlan, weights: str | None = None, num_classes: int | None = None,
                    allowed_code: str | None = None) -> nn.Module:
-    """Build the model a plan describes and check that the plan fits it."""
+    """Build the model a plan describes and check that the plan fits it. ``allowed_code`` is the
+    model the command line names beside the plan: it must be the plan's own."""
     spec = plan.model
+    if allowed_code is not None and allowed_code != spec["name"]:
+        raise PlanError(f"the plan is for {spec['name']}, but --model names {allowed_code}; leave --model out "
+                        f"to use the plan's model, or make a plan for {allowed_code} with plan make --model "
+                        f"{allowed_code}")
     check_code_allowed(spec["name"], allowed_code)
     model = build_model(
         spec["name"],
@@ -216,8 +221,9 @@ def plan_estimate(model: nn.Module, plan: FreezePlan, data: Dataset, config: Tra
     """The plan's predicted cost (recorded in summary.json beside what was measured); a model
     that cannot be profiled gets a note, never a failed run. ``profile``: one the caller has
     measured already (the TUI's), used when it was taken at the size this run sees."""
-    from .cost import estimate, profile_model
+    from .cost import PROFILE_BATCHES, estimate, profile_model
 
+    size = None
     try:
         plan.apply(model)
         size = seen_size(model, data, config)
@@ -225,7 +231,11 @@ def plan_estimate(model: nn.Module, plan: FreezePlan, data: Dataset, config: Tra
             profile = profile_model(model, size)
         return estimate(profile, plan, min(config.batch_size, len(data.train)), config.optimizer, config.momentum)
     except Exception as e:  # noqa: BLE001 - an estimate is advice; the run goes on without it
-        reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        if size is None:
+            reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        else:
+            shape = (PROFILE_BATCHES[0], 3, size, size)
+            reporter.note(f"no cost estimate: {first_batch_failure(plan.model.get('name'), shape, e, model)}")
         return None
 
 

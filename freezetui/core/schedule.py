@@ -353,6 +353,17 @@ def param_groups(plan: FreezePlan, model: nn.Module, order: list[str] | None = N
     return list(groups.values())
 
 
+def parameter_rows(plan: FreezePlan, model: nn.Module, order: list[str] | None = None,
+                   decay_all: bool = False) -> list[dict]:
+    """One row per parameter, in the model's order, as scripts read a plan: ``trainable`` in
+    epoch 1, the first ``epoch`` it trains (None: never), its ``lr_mult`` from then, and whether
+    it gets ``weight_decay``."""
+    mults = first_multipliers(plan, model, order)
+    skip = no_decay(model, decay_all)
+    return [{"name": n, "trainable": not frozen, "epoch": plan.stage_of(n), "lr_mult": mults[n],
+             "weight_decay": n not in skip} for n, frozen in plan.params.items()]
+
+
 def module_rates(plan: FreezePlan, model: nn.Module, depth: int = 1, order: list[str] | None = None) -> dict[str, str]:
     """The multiplier of each module at ``depth`` as text ("0.1", or "0.01–0.1" when mixed), each
     parameter's from the epoch it starts training."""

@@ -15,10 +15,10 @@ from torch import nn
 
 from . import distributed
 from .atomic import write_json
-from .cost import estimate, human_bytes, human_flops, profile_model
+from .cost import PROFILE_BATCHES, estimate, human_bytes, human_flops, profile_model
 from .data import Dataset, load_data
 from .errors import PlanError
-from .models import find_heads
+from .models import find_heads, first_batch_failure
 from .plan import FreezePlan, escape_glob
 from .runner import Reporter, build_for_run, execute, resume_spec, seen_size
 from .runs import config_fields
@@ -298,7 +298,8 @@ def _sweep(model_spec, data_spec, config, out, rungs, batchnorm, callbacks_facto
         try:
             profile = profile_model(model, size)
         except Exception as e:  # noqa: BLE001 - the estimate is advice: a sweep goes on without it
-            reporter.note(f"no cost estimate for this model ({type(e).__name__}: {e})")
+            shape = (PROFILE_BATCHES[0], 3, size, size)
+            reporter.note(f"no cost estimate: {first_batch_failure(model_spec.name, shape, e, model)}")
             profile = None
     batch = min(config.batch_size, len(data.train))
     rows: list[dict] = []

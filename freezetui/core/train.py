@@ -17,8 +17,8 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
-from .errors import TrainingError
-from .models import find_heads, model_info
+from .errors import FreezeTUIError, TrainingError
+from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .schedule import (
     SCHEDULES, describe, multiplier_at, param_groups, schedule_factor, unfreeze_warmup, warmup_steps,
@@ -409,6 +409,14 @@ def train(
     except OutOfMemoryError:
         run.result.error = run.out_of_memory_message()
         raise TrainingError(run.result.error) from None
+    except FreezeTUIError:
+        raise
+    except Exception as e:
+        if run.images_total or getattr(run, "transform", None) is None:
+            raise
+        name = plan.model.get("name") or type(model).__name__  # a model raising on its first batch: one sentence
+        run.result.error = first_batch_failure(name, (run.bs, 3, run.transform.size, run.transform.size), e, model)
+        raise TrainingError(run.result.error) from e
     finally:
         run.finish()
     return run.result
