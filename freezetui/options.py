@@ -128,8 +128,9 @@ def add_schedule_plan_options(p: argparse.ArgumentParser) -> None:
                    help="norm layers' parameters train even where frozen, BatchNorm in train mode (fastai's train_bn)")
     p.add_argument("--recipe", choices=("fine-tune",),
                    help="fine-tune: the head (and, train_bn, the norm layers) alone for 1 epoch, then everything "
-                        "at half the rate spread 100x over fastai's parameter groups (fastai's fine_tune; "
-                        "one schedule over the whole run, where fastai restarts a one-cycle per phase)")
+                        "at half the rate spread 100x over fastai's parameter groups, the schedule restarted "
+                        "(fastai's fine_tune; the one-cycle's pct_start/div are freezetui's, not fastai's "
+                        "0.99/25 then 0.3/5)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:

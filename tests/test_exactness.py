@@ -330,7 +330,7 @@ class WithPythonState(nn.Module):
 def _train_steps(model, forward, xs, ys, seed: int = 0):
     """``STEPS`` SGD steps with momentum through ``forward``, each at its own random state."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)  # small: random-init models at batch 2 stay finite
     for i, (x, y) in enumerate(zip(xs, ys)):
         model.train()
         torch.manual_seed(seed + i)
@@ -352,6 +352,7 @@ def _same_state(a: nn.Module, b: nn.Module, what: str) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert list(sa) == list(sb), what
     for k in sa:
+        assert not sa[k].is_floating_point() or torch.isfinite(sa[k]).all(), f"{what}: {k} is not finite"
         _same(sa[k], sb[k], f"{what}: {k}")
 
 
@@ -365,8 +366,9 @@ def assert_training_is_exact(model: nn.Module, x: torch.Tensor) -> list[str]:
     for k, v in model.state_dict().items():
         _same(before[k], v, f"tracing changed {k}")
     assert traced is not None and traced.refused is None, "no split"
-    xs = [x + i for i in range(STEPS)]
-    ys = [torch.arange(len(x)) % 5 for _ in range(STEPS)]
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn((4, *x.shape[1:]), generator=gen) for _ in range(STEPS)]
+    ys = [torch.arange(4) % 5 for _ in range(STEPS)]
     ran = []
     for batchnorm in ("freeze", "train"):
         for momentum in (0.1, None):
@@ -456,3 +458,23 @@ def test_the_halves_read_the_moved_models_tensors(name):
                     reads += 1
                     assert value.device.type == "meta", n.target
     assert reads
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_counter_counts_every_training_step_of_freezetui_train(cache):
+    """Through ``train`` (the cached prefix, or the prefix under no_grad) a trainable module's
+    Python counter counts each training step; it once read 1, the trace's own call."""
+    from tiny import counting_cnn
+
+    from freezetui import TrainConfig, train
+    from freezetui.core.data import load_data
+
+    data = load_data("shapes", shapes_train=64, shapes_val=16)
+    torch.manual_seed(0)
+    model = counting_cnn(num_classes=data.num_classes)
+    plan = FreezePlan.from_model(model)
+    plan.freeze("stem")
+    plan.freeze("block1")
+    result = train(model, plan, data, TrainConfig(epochs=2, batch_size=16, augment=False, cache=cache))
+    assert int(model.block2[-1].calls) == 2 * (64 // 16)
+    assert result.frozen_prefix is not None

@@ -415,3 +415,23 @@ def test_train_bn_keeps_norm_layers_training_and_round_trips(tiny_data):
     assert torch.equal(before["stem.0.weight"], after["stem.0.weight"])  # frozen conv
     assert not torch.equal(before["stem.1.weight"], after["stem.1.weight"])  # its norm trained
     assert not torch.equal(before["stem.1.running_mean"], after["stem.1.running_mean"])  # in train mode
+
+
+def test_a_restart_runs_the_schedule_afresh_from_its_epoch():
+    """fastai's fine_tune runs one fit_one_cycle per phase: a stage with restart does the same
+    to --schedule (4 steps an epoch, 3 epochs, a restart at epoch 2: phases of 4 and 8 steps)."""
+    from freezetui.core.schedule import phased_factor
+
+    whole = [phased_factor("onecycle", t, 4, 3, 0.0) for t in range(12)]
+    assert whole == [schedule_factor("onecycle", t, 12) for t in range(12)]
+    phased = [phased_factor("onecycle", t, 4, 3, 0.0, [2]) for t in range(12)]
+    assert phased[:4] == [schedule_factor("onecycle", t, 4) for t in range(4)]
+    assert phased[4:] == [schedule_factor("onecycle", t, 8) for t in range(8)]
+    assert phased[4] == pytest.approx(1 / 25)  # the cycle starts again from lr/25
+    cosine = [phased_factor("cosine", t, 4, 3, 0.5, [2]) for t in range(12)]
+    assert cosine[4:6] == [0.5, 1.0]  # warmup again, half an epoch
+    model = _tiny()
+    plan = fine_tune_recipe(FreezePlan.from_model(model), model)
+    assert plan.restarts() == [2] and FreezePlan.from_dict(plan.to_dict()).restarts() == [2]
+    with pytest.raises(PlanError, match="restart"):
+        FreezePlan.from_dict({**plan.to_dict(), "stages": [{"epoch": 2, "unfreeze": ["*"], "restart": "yes"}]})

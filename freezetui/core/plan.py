@@ -27,7 +27,7 @@ VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
 KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages",
               "train_bn"}
-STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult"}
+STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult", "restart"}
 _BN_HOOK = "_freezetui_bn_hook"
 # fastai's norm_types (fastai/torch_core.py): the layers whose parameters train_bn keeps training
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
@@ -69,6 +69,7 @@ class Stage:
     batchnorm: str | None = None  # None: unchanged
     lr_scale: float | None = None  # None: unchanged
     lr_mult: list[tuple[str, float]] = field(default_factory=list)  # empty: multipliers unchanged
+    restart: bool = False  # the run's schedule (one-cycle, cosine) starts afresh here, as fastai's phases
 
     def to_dict(self) -> dict:
         d: dict = {"epoch": self.epoch}
@@ -82,6 +83,8 @@ class Stage:
             d["lr_scale"] = self.lr_scale
         if self.lr_mult:
             d["lr_mult"] = [[g, m] for g, m in self.lr_mult]
+        if self.restart:
+            d["restart"] = True
         return d
 
 
@@ -196,9 +199,10 @@ class FreezePlan:
 
     def add_stage(self, epoch: int, unfreeze: Iterable[str] = (), freeze: Iterable[str] = (),
                   batchnorm: str | None = None, lr_scale: float | None = None,
-                  lr_mult: Iterable[tuple[str, float]] = ()) -> Stage:
+                  lr_mult: Iterable[tuple[str, float]] = (), restart: bool = False) -> Stage:
         """Append a stage (after the last one); its globs must match something."""
-        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale, [(g, m) for g, m in lr_mult])
+        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale, [(g, m) for g, m in lr_mult],
+                      restart)
         self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, "plan")
         self.stages.append(stage)
         return stage
@@ -244,6 +248,10 @@ class FreezePlan:
                 if glob_matches(pattern, param):
                     return mult
         return None
+
+    def restarts(self) -> list[int]:
+        """The epochs where the run's schedule starts afresh (besides epoch 1)."""
+        return [s.epoch for s in self.stages if s.restart]
 
     def stage_index(self, epoch: int) -> int:
         """1 for the plan's own frozen/trainable, k + 1 once the k-th stage has started."""
@@ -322,7 +330,9 @@ class FreezePlan:
         for pattern, mult in s.lr_mult:
             self._check_lr_rule(pattern, mult, f"{source}: the stage at epoch {s.epoch}")
         s.lr_mult = [(g, float(m)) for g, m in s.lr_mult]
-        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale or s.lr_mult):
+        if not isinstance(s.restart, bool):
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} has restart {s.restart!r}; use true or false")
+        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale or s.lr_mult or s.restart):
             raise PlanError(f"{source}: the stage at epoch {s.epoch} changes nothing")
         trial = copy.copy(self)
         trial.stages = [*self.stages, s]
@@ -482,7 +492,7 @@ class FreezePlan:
                 raise PlanError(f"{source}: a stage has unknown key(s) {', '.join(unknown)}; "
                                 f"use {', '.join(sorted(STAGE_KEYS))}")
             stage = Stage(raw.get("epoch"), raw.get("unfreeze", []), raw.get("freeze", []), raw.get("batchnorm"),
-                          raw.get("lr_scale"), raw.get("lr_mult", []))
+                          raw.get("lr_scale"), raw.get("lr_mult", []), raw.get("restart", False))
             self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, source)
             self.stages.append(stage)
 

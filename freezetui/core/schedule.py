@@ -63,6 +63,23 @@ def schedule_factor(schedule: str, step: int, total: int, warmup: int = 0) -> fl
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def phased_factor(schedule: str, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float,
+                  restarts=()) -> float:
+    """The schedule's factor at 0-based global ``step`` when it starts afresh at each epoch in
+    ``restarts`` (a stage with ``restart``): each phase, from its first epoch to the next
+    restart or the end, is a whole schedule of its own, warmup included — fastai's ``fine_tune``
+    runs one ``fit_one_cycle`` per phase. Without restarts, :func:`schedule_factor` over the run."""
+    spe = max(1, steps_per_epoch)
+    starts = [1, *sorted(e for e in set(restarts) if 1 < e <= epochs)]
+    epoch = step // spe + 1
+    first = max(e for e in starts if e <= epoch) if epoch >= 1 else 1
+    later = [e for e in starts if e > first]
+    end = later[0] if later else epochs + 1
+    length = max(1, (end - first) * spe)
+    local = step - (first - 1) * spe
+    return schedule_factor(schedule, local, length, warmup_steps(warmup_epochs, spe, length))
+
+
 def unfreeze_warmup(step: int, steps_per_epoch: int, first_epoch: int) -> float:
     """A group that starts training at ``first_epoch`` > 1 rises from 0 over that epoch."""
     if first_epoch <= 1:
@@ -288,7 +305,7 @@ def fine_tune_recipe(plan: FreezePlan, model: nn.Module, order: list[str] | None
     for i, globs in enumerate(groups):  # fastai's even_mults(lr/lr_mult, lr, n)
         mult = (1 / RECIPE_SPREAD) ** ((len(groups) - 1 - i) / (len(groups) - 1))
         spread += [(g, mult) for g in globs]
-    plan.add_stage(2, unfreeze=["*"], lr_scale=0.5, lr_mult=spread)
+    plan.add_stage(2, unfreeze=["*"], lr_scale=0.5, lr_mult=spread, restart=True)
     return plan
 
 
@@ -393,6 +410,8 @@ def describe(plan: FreezePlan) -> list[str]:
             parts.append(f"rates ×{s.lr_scale:g}")
         if s.lr_mult:
             parts.append("rates " + ", ".join(f"{g} ×{m:g}" for g, m in s.lr_mult))
+        if s.restart:
+            parts.append("schedule restarts")
         now = plan.at_epoch(s.epoch)
         lines.append(f"stage {i} from epoch {s.epoch}: {'; '.join(parts)} "
                      f"({len(now.trainable)} trainable tensors)")
@@ -410,14 +429,15 @@ def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: in
     ``stages`` as the plan file holds them. The TUI draws it before and during a run."""
     steps = max(1, steps_per_epoch)
     total = max(1, epochs) * steps
-    warmup = warmup_steps(warmup_epochs, steps, total)
+    restarts = [s["epoch"] for s in stages if s.get("restart")]
     scales = sorted((s["epoch"], s["lr_scale"]) for s in stages if s.get("lr_scale") is not None)
 
     def scale(epoch: int) -> float:
         return next((v for e, v in reversed(scales) if e <= epoch), 1.0)
 
     points = range(1, total + 1) if at is None else at
-    return [lr * scale((t - 1) // steps + 1) * schedule_factor(schedule, t - 1, total, warmup) for t in points]
+    return [lr * scale((t - 1) // steps + 1) * phased_factor(schedule, t - 1, steps, max(1, epochs), warmup_epochs,
+                                                             restarts) for t in points]
 
 
 def sample_steps(total: int, limit: int) -> list[int]:

@@ -21,7 +21,7 @@ from .errors import FreezeTUIError, TrainingError
 from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .schedule import (
-    SCHEDULES, describe, multiplier_at, param_groups, schedule_factor, unfreeze_warmup, warmup_steps,
+    SCHEDULES, describe, multiplier_at, param_groups, phased_factor, unfreeze_warmup, warmup_steps,
 )
 from .split import find_cut, split, trace
 
@@ -562,8 +562,8 @@ class _Run:
         """Every group's rate for 1-based ``step`` of ``epoch``: the schedule's factor × the
         stage's scale × the group's multiplier × its own warmup after it was unfrozen."""
         t = (epoch - 1) * self.steps + step - 1
-        base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * schedule_factor(
-            self.config.schedule, t, self.total_steps, self.warmup)
+        base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * phased_factor(
+            self.config.schedule, t, self.steps, self.config.epochs, self.config.warmup_epochs, self.plan.restarts())
         for g in self.optimizer.param_groups:
             mult = multiplier_at(g["lr_mults"], epoch) if g.get("lr_mults") else g["lr_mult"]
             g["lr"] = base * mult * unfreeze_warmup(t, self.steps, g["first_epoch"])

@@ -374,7 +374,8 @@ class Workspace:
 
         for st in trial.stages:  # what earlier calls set for this subtree or parts of it goes
             st.unfreeze = [g for g in st.unfreeze if g != glob and not within(g)]
-            if st.unfreeze or st.freeze or st.batchnorm is not None or st.lr_scale is not None or st.lr_mult:
+            if st.unfreeze or st.freeze or st.batchnorm is not None or st.lr_scale is not None or st.lr_mult \
+                    or st.restart:
                 kept.append(st)
         trial.stages = kept
         trial.set_frozen(names, epoch > 1)
@@ -387,7 +388,7 @@ class Workspace:
                 kept.append(Stage(epoch, [glob]))
         trial.stages = []
         for st in sorted(kept, key=lambda x: x.epoch):
-            trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale, st.lr_mult)
+            trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale, st.lr_mult, st.restart)
         if not trial.trainable:
             raise PlanError(f"nothing would train in epoch 1 (the first epoch always trains something); "
                             f"leave a part trainable, e.g. the head (H), before unfreezing {name or 'the model'} "

@@ -87,7 +87,7 @@ async def test_recipe_layer_decay_and_clear(tmp_path):
         assert ws.plan.trainable == ["stem.1.weight", "stem.1.bias", "block1.1.weight", "block1.1.bias",
                                      "block2.1.weight", "block2.1.bias", "fc.weight", "fc.bias"]  # train_bn
         assert [s.to_dict() for s in ws.plan.stages] == [{"epoch": 2, "unfreeze": ["*"], "lr_scale": 0.5,
-                                                          "lr_mult": [["*", 0.01], ["fc", 1.0]]}]
+                                                          "lr_mult": [["*", 0.01], ["fc", 1.0]], "restart": True}]
         assert ws.plan.train_bn and "fine-tune recipe" in app.query_one("#tree-box").border_title
         assert "@1–2" in tree_line(tree, "stem") and "×.01–.1" in tree_line(tree, "stem")
 
