@@ -88,3 +88,26 @@ def test_plan_show_json_lists_every_parameter_and_the_lints(tmp_path, capsys):
     assert d["lints"] and all(set(x) == {"level", "code", "message", "modules", "fix"} for x in d["lints"])
     bn = next(x for x in d["lints"] if x["modules"] == ["stem.1"])
     assert bn["level"] == "warning" and bn["fix"] == {"kind": "batchnorm", "value": "freeze"}
+
+
+def test_a_failure_after_the_first_step_is_not_called_a_first_batch():
+    from torch import nn
+
+    class FailsLater(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("boom")
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    data = load_data("shapes", shapes_train=64, shapes_val=16)
+    model = FailsLater()
+    model.fc = nn.Linear(4, data.num_classes)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(model, FreezePlan.from_model(model), data, TrainConfig(epochs=1, batch_size=16, augment=False))

@@ -412,7 +412,7 @@ def train(
     except FreezeTUIError:
         raise
     except Exception as e:
-        if run.images_total or getattr(run, "transform", None) is None:
+        if run.steps_done or getattr(run, "transform", None) is None:
             raise
         name = plan.model.get("name") or type(model).__name__  # a model raising on its first batch: one sentence
         run.result.error = first_batch_failure(name, (run.bs, 3, run.transform.size, run.transform.size), e, model)
@@ -440,6 +440,7 @@ class _Run:
         self.active: FreezePlan | None = None  # the plan in force this epoch (stages applied)
         self.drifted: list[str] = []  # parameters that changed before the stage that unfroze them
         self.images_total, self.train_seconds = 0, 0.0
+        self.steps_done = 0  # training steps finished in this call: a failure before the first is the model's
         self.t_run = time.perf_counter()
         # Duck-typed callbacks may lack on_checkpoint; skip the state copy when nobody wants it.
         self.checkpointers = [cb for cb in callbacks if getattr(type(cb), "on_checkpoint", Callback.on_checkpoint)
@@ -720,6 +721,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.steps_done += 1
         return loss.detach()
 
     def end_epoch(self, ev: EpochEnd) -> None:
