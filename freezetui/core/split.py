@@ -3,10 +3,13 @@ from attribute order.
 
 The graph is traced so that it is the same in train and in eval mode: a module whose forward
 branches on ``self.training`` stays one opaque call that reads its own flag at run time, so the
-traced halves behave like the model in both modes. The prefix runs under ``no_grad`` (no
-activations kept); when nothing in it is random or depends on the mode its output can be
-computed once and cached. Both halves share the model's own modules, so training the rest
-trains the model.
+traced halves behave like the model in both modes. So does a module whose Python changes its
+own state (a counter, timm's ``BatchNormAct2d`` counting batches): fx would run that code once,
+at trace time, and leave it out of the graph; tracing puts such changes back, so it never alters
+the model. The prefix runs under ``no_grad`` (no activations kept); when nothing in it is
+random or depends on the mode its output can be computed once and cached. Both halves share the
+model's own modules, so training the rest trains the model, and read its tensors wherever it
+has moved.
 """
 
 from __future__ import annotations
