@@ -134,12 +134,12 @@ def module_table(model, plan, depth: int = 1) -> list[tuple[str, str, int, int, 
 
 def cmd_plan_show(args) -> int:
     from .core.lints import check
-    from .core.models import model_info
+    from .core.models import default_input_size, first_batch_failure, model_info
     from .core.plan import FreezePlan
     from .core.runner import model_for_plan
 
-    from .core.cost import describe, estimate, human_bytes, human_flops, profile_model
-    from .core.schedule import module_rates
+    from .core.cost import PROFILE_BATCHES, describe, estimate, human_bytes, human_flops, profile_model
+    from .core.schedule import module_rates, parameter_rows
     from .core.split import frozen_prefix, trace
 
     plan = FreezePlan.load(args.plan)
@@ -148,14 +148,22 @@ def cmd_plan_show(args) -> int:
     info = model_info(model)
     traced = trace(model)
     prefix = frozen_prefix(traced, set(plan.frozen), [n for n, _ in model.named_parameters()])
-    size = args.image_size or info.input_size or 224
-    est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer, prefix=prefix)
+    size = args.image_size or default_input_size(info)  # the plan's own size: 32 px for a small-input plan
+    est, failure = None, None
+    try:
+        est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer, prefix=prefix)
+    except Exception as e:  # noqa: BLE001 - the price is one part of the answer; the rest still shows
+        failure = first_batch_failure(plan.model["name"], (PROFILE_BATCHES[0], 3, size, size), e, model)
+    lints = check(plan, model, image_size=size)
     if args.json:
         import dataclasses
         import json
 
-        print(json.dumps({"counts": plan.counts, "frozen_prefix": dataclasses.asdict(prefix) if prefix else None,
-                          "estimate": est}, indent=2))
+        print(json.dumps({"counts": plan.counts, "image_size": size,
+                          "frozen_prefix": dataclasses.asdict(prefix) if prefix else None,
+                          "estimate": est, "estimate_note": failure,
+                          "parameters": parameter_rows(plan, model, traced.param_order if traced else None),
+                          "lints": [lint.to_dict() for lint in lints]}, indent=2))
         return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
@@ -181,13 +189,16 @@ def cmd_plan_show(args) -> int:
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
     for line in describe_schedule(plan):
         print(f"  {line}")
-    print(f"cost at batch {args.batch_size}, {size} px, {args.optimizer}: {describe(est)}")
-    print(f"  weights {human_bytes(est['param_bytes'])}, gradients {human_bytes(est['grad_bytes'])}, "
-          f"optimizer state {human_bytes(est['optimizer_bytes'])}, activations {human_bytes(est['activation_bytes'])} "
-          f"(full fine-tuning: {human_bytes(est['full_activation_bytes'])})")
-    print(f"  {human_flops(est['flops_per_image'])} per image (forward {human_flops(est['forward_flops_per_image'])}), "
-          f"full fine-tuning {human_flops(est['full_flops_per_image'])}")
-    print_lints(check(plan, model, image_size=args.image_size or info.input_size))
+    if est is None:
+        print(f"note: no cost estimate at {size} px: {failure}")
+    else:
+        print(f"cost at batch {args.batch_size}, {size} px, {args.optimizer}: {describe(est)}")
+        print(f"  weights {human_bytes(est['param_bytes'])}, gradients {human_bytes(est['grad_bytes'])}, "
+              f"optimizer state {human_bytes(est['optimizer_bytes'])}, activations "
+              f"{human_bytes(est['activation_bytes'])} (full fine-tuning: {human_bytes(est['full_activation_bytes'])})")
+        print(f"  {human_flops(est['flops_per_image'])} per image (forward "
+              f"{human_flops(est['forward_flops_per_image'])}), full fine-tuning {human_flops(est['full_flops_per_image'])}")
+    print_lints(lints)
     return 0
 
 

@@ -124,9 +124,13 @@ def add_schedule_plan_options(p: argparse.ArgumentParser) -> None:
                    help="parameters matching GLOB train at F × the rate (repeatable, later wins)")
     p.add_argument("--layer-decay", type=decay_arg, metavar="F",
                    help="rates F, F², … over the blocks before the head (instead of --lr-mult)")
+    p.add_argument("--train-bn", action="store_true",
+                   help="norm layers' parameters train even where frozen, BatchNorm in train mode (fastai's train_bn)")
     p.add_argument("--recipe", choices=("fine-tune",),
-                   help="fine-tune: the head alone for 1 epoch, then everything at half the rate, "
-                        "rates spread 100x over the blocks (fastai's fine_tune)")
+                   help="fine-tune: the head (and, train_bn, the norm layers) alone for 1 epoch, then everything "
+                        "at half the rate spread 100x over fastai's parameter groups, the schedule restarted "
+                        "(fastai's fine_tune; the one-cycle's pct_start/div are freezetui's, not fastai's "
+                        "0.99/25 then 0.3/5)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -155,7 +159,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="learning-rate schedule over the run (default: %(default)s)")
     p.add_argument("--warmup-epochs", type=non_negative_float, default=d.warmup_epochs,
                    help="linear warmup at the start, in epochs (default: %(default)s; onecycle has its own)")
-    p.add_argument("--decay-all", action="store_true", help="weight decay on biases and norm layers too")
+    p.add_argument("--decay-all", action="store_true", help="weight decay on biases and norm layers too (never on what the model's own no_weight_decay() names)")
 
 
 def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -194,7 +198,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                       help="batch size of the cost estimate (default: %(default)s)")
     show.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig().optimizer,
                       help="optimizer of the cost estimate (default: %(default)s)")
-    show.add_argument("--json", action="store_true", help="print counts and the cost estimate as JSON")
+    show.add_argument("--json", action="store_true", help="print counts, the cost estimate, every parameter (trainable, epoch, lr_mult, "
+                           "weight_decay) and the lints as JSON")
 
     train = sub.add_parser("train", help="train headless with a plan (or --model and rules) and write a run folder")
     train.add_argument("--plan", help="the freeze plan (JSON)")
@@ -235,7 +240,7 @@ def model_spec_from_args(args) -> ModelSpec | None:
     return ModelSpec(args.model, args.weights, args.num_classes, args.small_input)
 
 
-SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe")
+SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe", "train_bn")
 
 
 def schedule_spec_from_args(args) -> ScheduleSpec | None:
@@ -243,7 +248,7 @@ def schedule_spec_from_args(args) -> ScheduleSpec | None:
     if not any(getattr(args, k, None) for k in SCHEDULE_FLAGS):
         return None
     return ScheduleSpec(stages=list(args.stage or []), lr_mult=list(args.lr_mult or []),
-                        layer_decay=args.layer_decay, recipe=args.recipe)
+                        layer_decay=args.layer_decay, recipe=args.recipe, train_bn=args.train_bn)
 
 
 def given_schedule_flags(args) -> list[str]:

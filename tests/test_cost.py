@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from freezetui import FreezePlan
 from freezetui.core.cost import describe, estimate, measure_saved_bytes, profile_model
 from freezetui.core.models import build_model, find_heads
 from freezetui.core.runner import plan_from_rules
@@ -118,3 +119,27 @@ def test_workspace_cost_line_follows_the_plan():
     head = cost_line(ws.cost(32, "adamw"))
     assert "fewer FLOPs" not in full and "fewer FLOPs" in head
     assert full.split(" of ")[0] != head.split(" of ")[0]  # fewer activations saved
+
+
+@pytest.mark.parametrize("frozen", [(), ("conv1", "bn1", "layer1", "layer2", "layer3"), ("layer4.0",),
+                                    ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")])
+def test_backward_flops_equal_torchs_count_of_a_real_backward(frozen):
+    """A trainable layer reading the frozen prefix's output, and a second reader of it (resnet18
+    conv1–layer3 frozen: layer4.0.downsample.0), compute no input gradient: the estimate once
+    counted one for the downsample (1,048,576 FLOPs per image too many at 64 px)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18()
+    plan = FreezePlan.from_model(model)
+    for g in frozen:
+        plan.freeze(g)
+    plan.apply(model)
+    est = estimate(profile_model(model, 64), plan, 4)
+    model.train()
+    out = model(torch.randn(4, 3, 64, 64))
+    with FlopCounterMode(display=False) as counted:
+        out.sum().backward()
+    assert est["backward_flops_per_image"] == counted.get_total_flops() / 4

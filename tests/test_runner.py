@@ -36,11 +36,13 @@ def test_a_plan_naming_code_needs_the_same_model_on_the_command_line(tmp_path, c
     assert main(["plan", "make", "--model", "tiny:tiny_cnn", "-o", str(plan)]) == 0
     capsys.readouterr()
     for argv in (["plan", "show", str(plan)],
-                 ["train", "--plan", str(plan), "--out", str(tmp_path / "r")],
-                 ["train", "--plan", str(plan), "--model", "tiny:nan_cnn", "--out", str(tmp_path / "r")]):
+                 ["train", "--plan", str(plan), "--out", str(tmp_path / "r")]):
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert "runs code named in a plan only when you also pass --model tiny:tiny_cnn" in err, err
+    # another model beside the plan is refused, never silently ignored
+    assert main(["train", "--plan", str(plan), "--model", "tiny:nan_cnn", "--out", str(tmp_path / "r")]) == 1
+    assert "the plan is for tiny:tiny_cnn, but --model names tiny:nan_cnn" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
     assert main(["plan", "show", str(plan), "--model", "tiny:tiny_cnn"]) == 0
 

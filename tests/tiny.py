@@ -30,3 +30,37 @@ def nan_cnn() -> nn.Module:
     with torch.no_grad():
         m.fc.bias.fill_(float("nan"))
     return m
+
+
+def vit64(num_classes: int = 10) -> nn.Module:
+    """A small torchvision ViT built for 64 px input: any other size fails in its forward."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=64, patch_size=16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64,
+                             num_classes=num_classes)
+
+
+def only32(num_classes: int = 10) -> nn.Module:
+    """A CNN whose Linear head fits 32 px input only, and says so nowhere."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 16 * 16, num_classes))
+
+
+class _Counting(nn.Module):
+    """Counts its train-mode calls in a buffer, in Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", __import__("torch").zeros((), dtype=__import__("torch").long))
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        return x
+
+
+def counting_cnn(num_classes: int = 10) -> nn.Module:
+    """tiny_cnn with a counter of train-mode calls after block2 (trainable, past any frozen prefix)."""
+    m = _Tiny(num_classes)
+    m.block2.append(_Counting())
+    return m

@@ -53,6 +53,7 @@ class _Pass:
     use_param: np.ndarray  # int32
     ev_call: np.ndarray  # int32: (call, stored tensor) pairs, a call saving a tensor for backward
     ev_store: np.ndarray  # int32
+    reads: list[list[int]] = field(default_factory=list)  # per call: the earlier calls whose results it reads
 
 
 @dataclass
@@ -112,6 +113,8 @@ class _Recorder:
         self.saved: dict[tuple, int] = {}  # identity -> bytes (unique storages)
         self.events: list[tuple[int, tuple]] = []  # (call, identity)
         self.first_use: dict[int, int] = {}
+        self.writer: dict[int, int] = {}  # storage -> the call that last wrote it
+        self.reads: list[list[int]] = []  # per call: the calls whose results it reads
         self.busy = False
 
     def tick(self) -> None:
@@ -131,6 +134,8 @@ class _Recorder:
             for i in self.param_ptrs.get(p, ()):
                 self.uses.append((cid, i))
                 self.first_use.setdefault(i, key)
+        writer = self.writer
+        self.reads.append(sorted({writer[p] for p in ptrs if p in writer}))
         self.current = cid
         self.unknown_in_call = 0
         return ptrs
@@ -138,6 +143,8 @@ class _Recorder:
     def end_call(self, out, inputs: set[int]) -> None:
         for t in _tensors(out, []):
             p = _ptr(t)
+            if p and p not in self.param_ptrs:
+                self.writer[p] = self.current  # a view or an in-place result: it now depends on this call
             if p and p not in inputs and p not in self.producer:
                 self.producer[p] = ("out", self.segment, self.fresh_in_segment)
                 self.fresh_in_segment += 1
@@ -334,7 +341,7 @@ def profile_model(model: nn.Module, image_size: int, device: str | torch.device 
         ev = np.array(events, dtype=np.int32).reshape(-1, 2)
         passes[pid] = _Pass(np.array(r1.call_key, dtype=np.int64), np.maximum(f2 - f1, 0) / (b2 - b1),
                             np.array(r1.call_module, dtype=np.int32), uses[:, 0].copy(), uses[:, 1].copy(),
-                            ev[:, 0].copy(), ev[:, 1].copy())
+                            ev[:, 0].copy(), ev[:, 1].copy(), r1.reads)
     first = recs[b1, PASS_TRAINABLE].first_use
     return ModelProfile(
         image_size=image_size, device=str(device), dtype="bfloat16" if amp else "float32",
@@ -362,19 +369,32 @@ def _activations(profile: ModelProfile, trainable: np.ndarray, t0: int, frozen_p
     return float(profile.store_per_image[counted].sum() * batch_size + profile.store_fixed[counted].sum())
 
 
+def needs_input_grad(reads: list[list[int]], uses_trainable: np.ndarray) -> np.ndarray:
+    """Per call: whether a result it reads needs a gradient (it came, through any chain of
+    calls, from one using a trainable parameter). Only such a call computes its input's gradient:
+    a trainable layer reading the frozen prefix's output (and a second reader of it, such as
+    ResNet's ``downsample``) computes its weight's gradient alone."""
+    grad_out = uses_trainable.tolist()
+    grad_in = [False] * len(grad_out)
+    for c, srcs in enumerate(reads):
+        if any(grad_out[s] for s in srcs):
+            grad_in[c] = grad_out[c] = True
+    return np.array(grad_in, dtype=bool)
+
+
 def _flops(profile: ModelProfile, trainable: np.ndarray, t0: int) -> tuple[float, float]:
     """(forward, backward) FLOPs per image. Backward: a call with a trainable weight computes the
-    weight's gradient and its input's (twice its forward), the first such call only the weight's;
-    one with frozen weights only its input's (once); one without weights (attention's products)
-    the gradients of both operands (twice); nothing before the first trainable call."""
+    weight's gradient (once its forward); one reading a result that needs a gradient computes its
+    input's (once more; twice for a call without weights, attention's products: both operands);
+    nothing before the first trainable call."""
     p = profile.passes[PASS_TRAINABLE]
     fwd = float(p.call_flops.sum())
     if t0 == NEVER:
         return fwd, 0.0
     uses_trainable = np.bincount(p.use_call, weights=trainable[p.use_param], minlength=len(p.call_key)) > 0
-    factor = np.where(uses_trainable | ~profile._has_params, 2.0, 1.0)
+    grad_in = needs_input_grad(p.reads, uses_trainable)
+    factor = np.where(profile._has_params, uses_trainable + grad_in.astype(np.float64), 2.0 * grad_in)
     factor[p.call_key < t0] = 0.0
-    factor[(p.call_key == t0) & uses_trainable] = 1.0
     return fwd, float((factor * p.call_flops).sum())
 
 

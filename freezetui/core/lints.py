@@ -30,6 +30,12 @@ class Lint:
     def __str__(self) -> str:
         return f"{self.severity}: {self.message}"
 
+    def to_dict(self) -> dict:
+        """For scripts (``plan show --json``): the fix as data, never as flags."""
+        return {"level": self.severity, "code": self.code, "message": self.message,
+                "modules": [self.module] if self.module else [],
+                "fix": None if self.fix is None else {"kind": self.fix[0], "value": self.fix[1]}}
+
 
 def _params_of(plan: FreezePlan, module: str) -> list[str]:
     return [n for n in plan.params if module in module_prefixes(n)]

@@ -671,6 +671,9 @@ def build_model(
         input_fields = _timm_input(model)
         if image_size is not None and input_fields.get("fixed_size"):
             built_size = input_fields["input_size"] = image_size
+    declared = declared_input_size(model)
+    if declared is not None and not small_input:  # what the model says wins over names and configs
+        input_fields["fixed_size"], input_fields["input_size"] = True, declared
     min_size = (1, 1)
     enum = None if ":" in name else _weights_enum(name)
     if enum is not None and not small_input:
@@ -691,6 +694,51 @@ def build_model(
     )
     object.__setattr__(model, INFO_ATTR, info)
     return model
+
+
+def declared_input_size(model: nn.Module) -> int | None:
+    """The one input size ``model`` works at, read from the model itself: a torchvision ViT's
+    ``image_size``, a MaxViT's first grid (a quarter of the input), a timm patch embedding with a
+    strict ``img_size``, or a timm ``pretrained_cfg`` marked ``fixed_input_size``. None when the
+    model declares none (it may still take any size)."""
+    from torchvision.models import MaxVit, VisionTransformer
+
+    if isinstance(model, VisionTransformer):
+        return int(model.image_size)
+    if isinstance(model, MaxVit) and len(model.blocks):
+        return 4 * int(model.blocks[0].grid_size[0])
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is not None and getattr(embed, "strict_img_size", False):
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("fixed_input_size") and cfg.get("input_size"):
+        return int(cfg["input_size"][-1])
+    return None
+
+
+SMALL_INPUT_SIZE = 32  # what a --small-input model is for (CIFAR's, MNIST's size)
+
+
+def default_input_size(info: ModelInfo | None) -> int:
+    """The size a model is used at when nobody says: its own (weights' crop, a fixed size), 32 px
+    for a small-input stem, else 224."""
+    if info is not None and info.input_size:
+        return int(info.input_size)
+    return SMALL_INPUT_SIZE if info is not None and info.small_input else 224
+
+
+def first_batch_failure(name: str, shape: tuple, error: BaseException, model: nn.Module | None = None) -> str:
+    """One sentence for a model that raised on its first batch: which model, the input shape it
+    got, and the likely fix (the size the model declares, else 224 px)."""
+    size = declared_input_size(model) if model is not None else None
+    info = model_info(model) if model is not None else None
+    size = size or (info.input_size if info is not None else None) or 224
+    got = "×".join(str(int(d)) for d in shape)
+    why = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:160]}" if str(error).strip() else \
+        type(error).__name__
+    return (f"{name} failed on its first batch of shape {got} ({why}); "
+            f"it likely needs {size} px input: use --image-size {size}")
 
 
 def _replace_heads(model: nn.Module, name: str, num_classes: int | None) -> list[str]:

@@ -25,10 +25,14 @@ from .models import model_info
 
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
-KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages"}
-STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale"}
+KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages",
+              "train_bn"}
+STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult", "restart"}
 _BN_HOOK = "_freezetui_bn_hook"
 NEVER = 2**63 - 1  # "never": later than any epoch or step, and still an int64 (numpy views use it)
+# fastai's norm_types (fastai/torch_core.py): the layers whose parameters train_bn keeps training
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+              nn.InstanceNorm3d, nn.LayerNorm)
 
 
 def module_prefixes(param: str) -> list[str]:
@@ -56,13 +60,17 @@ def _short_list(names: Iterable[str], limit: int = 4) -> str:
 @dataclass
 class Stage:
     """What changes at the start of a (1-based) epoch: globs to unfreeze and to freeze, then
-    optionally the BatchNorm policy and a scale on every rate from then on."""
+    optionally the BatchNorm policy, a scale on every rate from then on, and rate rules
+    (``lr_mult``, [glob, multiplier], the last match wins) that replace the multipliers of the
+    parameters they match from then on (Lightning's ``BackboneFinetuning``: 0.1, 0.2, 0.4, …)."""
 
     epoch: int
     unfreeze: list[str] = field(default_factory=list)
     freeze: list[str] = field(default_factory=list)
     batchnorm: str | None = None  # None: unchanged
     lr_scale: float | None = None  # None: unchanged
+    lr_mult: list[tuple[str, float]] = field(default_factory=list)  # empty: multipliers unchanged
+    restart: bool = False  # the run's schedule (one-cycle, cosine) starts afresh here, as fastai's phases
 
     def to_dict(self) -> dict:
         d: dict = {"epoch": self.epoch}
@@ -74,6 +82,10 @@ class Stage:
             d["batchnorm"] = self.batchnorm
         if self.lr_scale is not None:
             d["lr_scale"] = self.lr_scale
+        if self.lr_mult:
+            d["lr_mult"] = [[g, m] for g, m in self.lr_mult]
+        if self.restart:
+            d["restart"] = True
         return d
 
 
@@ -94,6 +106,8 @@ class FreezePlan:
     lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), the last match wins
     layer_decay: float | None = None  # rates d, d², … over the blocks before the head
     stages: list[Stage] = field(default_factory=list)  # in increasing epoch order
+    train_bn: bool = False  # norm layers' parameters train in every epoch, BatchNorm in train mode (fastai's)
+    norm_params: list[str] = field(default_factory=list)  # not in the file: read from the model (norm_parameters)
 
     # ------------------------------------------------------------------ construction
 
@@ -110,7 +124,8 @@ class FreezePlan:
         for name, p in model.named_parameters():
             params[name] = not p.requires_grad
             numels[name] = p.numel()
-        return cls(model=copy.deepcopy(spec), params=params, batchnorm=batchnorm, numels=numels)
+        return cls(model=copy.deepcopy(spec), params=params, batchnorm=batchnorm, numels=numels,
+                   norm_params=norm_parameters(model))
 
     # ------------------------------------------------------------------ views
 
@@ -184,9 +199,11 @@ class FreezePlan:
     # ------------------------------------------------------------------ the schedule
 
     def add_stage(self, epoch: int, unfreeze: Iterable[str] = (), freeze: Iterable[str] = (),
-                  batchnorm: str | None = None, lr_scale: float | None = None) -> Stage:
+                  batchnorm: str | None = None, lr_scale: float | None = None,
+                  lr_mult: Iterable[tuple[str, float]] = (), restart: bool = False) -> Stage:
         """Append a stage (after the last one); its globs must match something."""
-        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale)
+        stage = Stage(epoch, list(unfreeze), list(freeze), batchnorm, lr_scale, [(g, m) for g, m in lr_mult],
+                      restart)
         self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, "plan")
         self.stages.append(stage)
         return stage
@@ -205,6 +222,14 @@ class FreezePlan:
             raise PlanError("a plan has either lr_mult rules or layer_decay, not both")
         self.layer_decay = None if decay is None else float(decay)
 
+    def set_train_bn(self, on: bool) -> None:
+        """fastai's ``train_bn``: the parameters of norm layers train in every epoch, frozen or not,
+        and BatchNorm stays in train mode. Needs the model's norm layers (``norm_params``)."""
+        self.train_bn = bool(on)
+        if on:
+            self.params.update({n: False for n in self.norm_params if n in self.params})
+            self.batchnorm = "train"
+
     def lr_multiplier(self, param: str) -> float:
         """The multiplier of the last ``lr_mult`` rule matching ``param`` (1.0 if none). With
         ``layer_decay`` the rate depends on the model's blocks: see
@@ -213,6 +238,21 @@ class FreezePlan:
             if glob_matches(pattern, param):
                 return mult
         return 1.0
+
+    def stage_multiplier(self, param: str, epoch: int) -> float | None:
+        """The multiplier the stages started by ``epoch`` set for ``param`` (the last matching
+        rule of the latest stage wins), None when no stage rule matches it."""
+        for s in reversed(self.stages):
+            if s.epoch > epoch:
+                continue
+            for pattern, mult in reversed(s.lr_mult):
+                if glob_matches(pattern, param):
+                    return mult
+        return None
+
+    def restarts(self) -> list[int]:
+        """The epochs where the run's schedule starts afresh (besides epoch 1)."""
+        return [s.epoch for s in self.stages if s.restart]
 
     def stage_index(self, epoch: int) -> int:
         """1 for the plan's own frozen/trainable, k + 1 once the k-th stage has started."""
@@ -232,6 +272,8 @@ class FreezePlan:
                 plan._set(pattern, True)
             if s.batchnorm is not None:
                 plan.batchnorm = s.batchnorm
+        if self.train_bn:
+            plan.set_train_bn(True)
         return plan
 
     def lr_scale_at(self, epoch: int) -> float:
@@ -284,7 +326,15 @@ class FreezePlan:
                             f"use \"train\" or \"freeze\"")
         if s.lr_scale is not None and not _positive_number(s.lr_scale):
             raise PlanError(f"{source}: the stage at epoch {s.epoch} needs a positive lr_scale, got {s.lr_scale!r}")
-        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale):
+        if not isinstance(s.lr_mult, list) or not all(isinstance(r, (list, tuple)) and len(r) == 2 for r in s.lr_mult):
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} needs \"lr_mult\" as a list of "
+                            f"[glob, multiplier] pairs")
+        for pattern, mult in s.lr_mult:
+            self._check_lr_rule(pattern, mult, f"{source}: the stage at epoch {s.epoch}")
+        s.lr_mult = [(g, float(m)) for g, m in s.lr_mult]
+        if not isinstance(s.restart, bool):
+            raise PlanError(f"{source}: the stage at epoch {s.epoch} has restart {s.restart!r}; use true or false")
+        if not (s.unfreeze or s.freeze or s.batchnorm or s.lr_scale or s.lr_mult or s.restart):
             raise PlanError(f"{source}: the stage at epoch {s.epoch} changes nothing")
         trial = copy.copy(self)
         trial.stages = [*self.stages, s]
@@ -305,7 +355,11 @@ class FreezePlan:
     # ------------------------------------------------------------------ the model
 
     def check_fits(self, model: nn.Module) -> None:
+        """Check the plan names exactly the model's parameters; learn its norm layers (``train_bn``)."""
         self._fitting_parameters(model)
+        self.norm_params = norm_parameters(model)
+        if self.train_bn:
+            self.set_train_bn(True)
 
     def _fitting_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The model's named parameters, after checking that they are exactly the plan's."""
@@ -353,6 +407,8 @@ class FreezePlan:
             "counts": self.counts,
             **self.schedule_dict(),
         }
+        if self.train_bn:
+            d["train_bn"] = True
         for k, v in self.extra.items():
             d.setdefault(k, copy.deepcopy(v))
         return d
@@ -405,6 +461,10 @@ class FreezePlan:
         extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in KNOWN_KEYS}
         plan = cls(model=copy.deepcopy(model), params=params, batchnorm=batchnorm, extra=extra,
                    file_counts=copy.deepcopy(counts))
+        train_bn = d.get("train_bn", False)
+        if not isinstance(train_bn, bool):
+            raise PlanError(f"{source}: \"train_bn\" must be true or false, not {train_bn!r}")
+        plan.train_bn = train_bn
         plan._read_schedule(d, source)
         return plan
 
@@ -434,7 +494,7 @@ class FreezePlan:
                 raise PlanError(f"{source}: a stage has unknown key(s) {', '.join(unknown)}; "
                                 f"use {', '.join(sorted(STAGE_KEYS))}")
             stage = Stage(raw.get("epoch"), raw.get("unfreeze", []), raw.get("freeze", []), raw.get("batchnorm"),
-                          raw.get("lr_scale"))
+                          raw.get("lr_scale"), raw.get("lr_mult", []), raw.get("restart", False))
             self._check_stage(stage, self.stages[-1].epoch if self.stages else 1, source)
             self.stages.append(stage)
 
@@ -467,6 +527,12 @@ class FreezePlan:
 
 def _keep_eval(module: nn.Module, args) -> None:
     module.training = False
+
+
+def norm_parameters(model: nn.Module) -> list[str]:
+    """The parameters of the model's norm layers, as fastai's ``norm_bias_params(m, with_bias=False)``."""
+    return [f"{mname}.{p}" if mname else p for mname, m in model.named_modules() if isinstance(m, NORM_TYPES)
+            for p, _ in m.named_parameters(recurse=False)]
 
 
 def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:

@@ -23,7 +23,7 @@ from . import distributed
 from .data import BatchTransform, Dataset, load_data
 from .errors import FreezeTUIError, PlanError, TrainingError
 from .lints import Lint, check
-from .models import build_model, check_factory_allowed, is_factory, model_info
+from .models import build_model, check_factory_allowed, first_batch_failure, is_factory, model_info
 from .plan import FreezePlan
 from .runs import RunWriter, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
@@ -77,8 +77,13 @@ def load_run_data(spec: RunSpec, reporter: Reporter) -> Dataset:
 
 def model_for_plan(plan: FreezePlan, weights: str | None = None, num_classes: int | None = None,
                    allowed_code: str | None = None) -> nn.Module:
-    """Build the model a plan describes and check that the plan fits it."""
+    """Build the model a plan describes and check that the plan fits it. ``allowed_code`` is the
+    model the command line names beside the plan: it must be the plan's own."""
     spec = plan.model
+    if allowed_code is not None and allowed_code != spec["name"]:
+        raise PlanError(f"the plan is for {spec['name']}, but --model names {allowed_code}; leave --model out "
+                        f"to use the plan's model, or make a plan for {allowed_code} with plan make --model "
+                        f"{allowed_code}")
     check_factory_allowed(spec["name"], allowed_code)
     model = build_model(
         spec["name"],
@@ -138,6 +143,8 @@ def add_schedule(plan: FreezePlan, model: nn.Module, schedule: ScheduleSpec) -> 
         plan.set_lr_mult(glob, f)
     if s.layer_decay:
         plan.set_layer_decay(s.layer_decay)
+    if s.train_bn:
+        plan.set_train_bn(True)
     return plan
 
 
@@ -201,14 +208,16 @@ def seen_size(model: nn.Module, data: Dataset, config: TrainConfig) -> int:
 def cost_profile(inputs: RunInputs, config: TrainConfig, reporter: Reporter):
     """The inputs' cost profile at the size this run sees, measured once and kept on them; None
     (with a note) for a model that cannot be profiled."""
-    from .cost import profile_model
+    from .cost import PROFILE_BATCHES, profile_model
 
     size = inputs.seen_size(config)
     if inputs.profile is None or getattr(inputs.profile, "image_size", None) != size:
         try:
             inputs.profile = profile_model(inputs.model, size)
         except Exception as e:  # noqa: BLE001 - an estimate is advice; the run goes on without it
-            reporter.note(f"no cost estimate for this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+            shape = (PROFILE_BATCHES[0], 3, size, size)
+            name = inputs.plan.model.get("name") or type(inputs.model).__name__
+            reporter.note(f"no cost estimate: {first_batch_failure(name, shape, e, inputs.model)}")
             return None
     return inputs.profile
 

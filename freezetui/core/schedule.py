@@ -9,19 +9,25 @@ start, and each step sets every group's rate from its own multiplier.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from dataclasses import dataclass
+from typing import Iterable
 
 from torch import nn
 
 from .models import find_heads
-from .plan import NEVER, FreezePlan, module_prefixes
+from .plan import NEVER, FreezePlan, escape_glob, module_prefixes, norm_parameters
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_RAMP = 0.3  # share of the run spent rising (as torch's OneCycleLR's pct_start)
 ONECYCLE_START = 1 / 25  # start at lr/25 …
 ONECYCLE_END = 1 / 25e4  # … and end at lr/25e4, as torch's OneCycleLR's defaults
-RECIPE_SPREAD = 100.0  # fastai's slice(lr/100, lr)
+RECIPE_SPREAD = 100.0  # fastai's fine_tune lr_mult: slice(lr/100, lr)
+FASTAI_SLICE_STOP_DIV = 10.0  # fastai's set_hyper: slice(lr) gives lr/10 to every group but the last
+FASTAI_FEATURE_SPLITS = {"VGG": 22, "AlexNet": 6, "DenseNet": 7, "SqueezeNet": 5}  # fastai's model_meta splits
+_MATCH_PREV_GROUP = 99999.0  # timm's MATCH_PREV_GROUP: a group key ending in it joins the group before
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -55,6 +61,23 @@ def schedule_factor(schedule: str, step: int, total: int, warmup: int = 0) -> fl
         t = (step - warmup) / max(1, total - warmup)
         return (1 + math.cos(math.pi * t)) / 2
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def phased_factor(schedule: str, step: int, steps_per_epoch: int, epochs: int, warmup_epochs: float,
+                  restarts=()) -> float:
+    """The schedule's factor at 0-based global ``step`` when it starts afresh at each epoch in
+    ``restarts`` (a stage with ``restart``): each phase, from its first epoch to the next
+    restart or the end, is a whole schedule of its own, warmup included — fastai's ``fine_tune``
+    runs one ``fit_one_cycle`` per phase. Without restarts, :func:`schedule_factor` over the run."""
+    spe = max(1, steps_per_epoch)
+    starts = [1, *sorted(e for e in set(restarts) if 1 < e <= epochs)]
+    epoch = step // spe + 1
+    first = max(e for e in starts if e <= epoch) if epoch >= 1 else 1
+    later = [e for e in starts if e > first]
+    end = later[0] if later else epochs + 1
+    length = max(1, (end - first) * spe)
+    local = step - (first - 1) * spe
+    return schedule_factor(schedule, local, length, warmup_steps(warmup_epochs, spe, length))
 
 
 def unfreeze_warmup(step: int, steps_per_epoch: int, first_epoch: int) -> float:
@@ -125,48 +148,176 @@ def param_blocks(params, block_names) -> dict[str, str]:
 
 
 def decay_ranks(model: nn.Module, order: list[str] | None = None) -> dict[str, int]:
-    """Each block's distance before the head's block (0 for the head and anything after it)."""
+    """Each block's distance before the head's block (0 for the head and anything after it).
+    Norms, embeddings and tensors the model holds itself (a ViT's ``cls_token``) are no depth
+    level of their own: they share the level of the block before them (the first block's when
+    they come first), as timm's group matchers put them with the stem or the last block."""
     names = blocks(model, order)
     heads = find_heads(model)
     head_block = block_of(heads[-1] + ".weight", names) if heads else None
-    head_at = names.index(head_block) if head_block is not None else len(names) - 1
-    return {b: max(0, head_at - i) for i, b in enumerate(names)}
+    levels, level, seen = [], 0, False
+    for b in names:
+        if not _levelless(model, b):
+            level += seen
+            seen = True
+        levels.append(level)
+    head_at = levels[names.index(head_block)] if head_block is not None else (levels[-1] if levels else 0)
+    return {b: max(0, head_at - lv) for b, lv in zip(names, levels)}
 
 
-def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> dict[str, float]:
-    """Every parameter's rate multiplier: ``lr_mult``'s last matching rule, or ``layer_decay``
-    to the power of its block's distance before the head."""
-    if plan.layer_decay is None:
-        return {n: plan.lr_multiplier(n) for n in plan.params}
+def _levelless(model: nn.Module, block: str) -> bool:
+    """A norm or an embedding, or a tensor held directly by a module: no depth level of its own."""
+    try:
+        m = model.get_submodule(block)
+    except AttributeError:
+        return True  # a parameter name, not a module
+    return isinstance(m, (*NORMS, nn.Embedding))
+
+
+def matcher_levels(names: list[str], matcher) -> dict[str, int]:
+    """Each parameter's group under a timm ``group_matcher`` (a dict of regexes or a function),
+    numbered from 0 in the order timm's ``group_with_matcher(reverse=True)`` numbers them:
+    unmatched parameters (the head) last, a group ending in 99999 merged into the one before."""
+    if isinstance(matcher, dict):
+        compiled = []
+        for ordinal, spec in enumerate(matcher.values()):
+            if spec is None:
+                continue
+            for regex, suffix in (spec if isinstance(spec, (tuple, list)) else [(spec, None)]):
+                compiled.append((re.compile(regex), (ordinal,), suffix))
+
+        def key(name: str) -> tuple:
+            for regex, prefix, suffix in compiled:
+                r = regex.match(name)
+                if r:
+                    return tuple(float(x) for part in (prefix, r.groups(), suffix) if part for x in part)
+            return (float("inf"),)
+    else:
+        def key(name: str) -> tuple:
+            k = matcher(name)
+            return tuple(k) if isinstance(k, (tuple, list)) else (k,)
+
+    keys = {n: key(n) for n in names}
+    ids, lid = {}, -1
+    for k in sorted(set(keys.values())):
+        if lid < 0 or k[-1] != _MATCH_PREV_GROUP:
+            lid += 1
+        ids[k] = lid
+    return {n: ids[k] for n, k in keys.items()}
+
+
+def param_depths(model: nn.Module, order: list[str] | None = None) -> dict[str, int]:
+    """Each parameter's distance before the head in depth levels: the model's own
+    ``group_matcher(coarse=False)`` groups when it has one (timm's models, as timm's
+    ``param_groups_layer_decay`` reads them), else the blocks of :func:`decay_ranks`."""
+    names = [n for n, _ in model.named_parameters()]
+    matcher = getattr(model, "group_matcher", None)
+    if callable(matcher):
+        try:
+            levels = matcher_levels(names, matcher(coarse=False))
+        except Exception:  # noqa: BLE001 - a matcher we cannot read: fall back to the blocks
+            levels = None
+        if levels:
+            top = max(levels.values())
+            return {n: top - lv for n, lv in levels.items()}
     ranks = decay_ranks(model, order)
-    held = param_blocks(plan.params, ranks)
-    return {n: plan.layer_decay ** ranks[held[n]] if n in held else 1.0 for n in plan.params}
+    held = param_blocks(names, ranks)
+    return {n: ranks[held[n]] if n in held else 0 for n in names}
 
 
-def recipe_decay(model: nn.Module, order: list[str] | None = None, spread: float = RECIPE_SPREAD) -> float:
-    """The layer decay that spaces rates geometrically from lr/spread (the first block) to lr (the head)."""
-    depth = max(decay_ranks(model, order).values(), default=0)
-    return (1 / spread) ** (1 / depth) if depth else 1.0
+def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None,
+                      epoch: int = 1) -> dict[str, float]:
+    """Every parameter's rate multiplier during ``epoch``: the ``lr_mult`` rule of the latest
+    stage begun that matches it, else the plan's own ``lr_mult``'s last matching rule, or
+    ``layer_decay`` to the power of its depth before the head (:func:`param_depths`)."""
+    if plan.layer_decay is None:
+        base = {n: plan.lr_multiplier(n) for n in plan.params}
+    else:
+        depths = param_depths(model, order)
+        base = {n: plan.layer_decay ** depths.get(n, 0) for n in plan.params}
+    if any(s.lr_mult and s.epoch <= epoch for s in plan.stages):
+        for n in base:
+            m = plan.stage_multiplier(n, epoch)
+            base[n] = base[n] if m is None else m
+    return base
+
+
+def first_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> dict[str, float]:
+    """Every parameter's multiplier in the first epoch it trains (epoch 1 for one never trained):
+    what a view of the plan shows as its rate."""
+    epochs = sorted({s.epoch for s in plan.stages if s.lr_mult})
+    at = {e: param_multipliers(plan, model, order, e) for e in [1, *epochs]}
+    out = {}
+    for n in plan.params:
+        first = plan.stage_of(n) or 1
+        out[n] = at[max((e for e in at if e <= first), default=1)][n]
+    return out
+
+
+def multiplier_at(changes, epoch: int) -> float:
+    """The multiplier in force during ``epoch`` from ``(first epoch, multiplier)`` changes."""
+    return next((m for e, m in reversed(changes) if e <= epoch), changes[0][1])
+
+
+def fastai_groups(model: nn.Module, heads: Iterable[str]) -> list[list[str]]:
+    """fastai's parameter groups for ``model`` as module globs, body first, the head last:
+    ``_resnet_split`` for torchvision's ResNets (``conv1``…``layer2`` | ``layer3``, ``layer4``),
+    the ``features[:k]`` splits for torchvision's VGG-BN (22), AlexNet (6), DenseNet (7) and
+    SqueezeNet (5), else ``default_split`` (body | head) — fastai/vision/learner.py."""
+    heads = [escape_glob(h) for h in heads]
+    kind = type(model).__name__
+    tv = type(model).__module__.startswith("torchvision")
+    later: list[str] | None = None
+    if tv and kind == "ResNet":
+        later = ["layer3", "layer4"]
+    elif tv and kind in FASTAI_FEATURE_SPLITS and isinstance(getattr(model, "features", None), nn.Sequential):
+        if kind != "VGG" or any(isinstance(m, nn.BatchNorm2d) for m in model.features):
+            k = FASTAI_FEATURE_SPLITS[kind]
+            later = [f"features.{n}" for n, m in list(model.features.named_children())[k:]
+                     if any(True for _ in m.parameters())]
+            later += [n for n, m in model.named_children() if n != "features" and any(True for _ in m.parameters())]
+    if later is None:
+        return [["*"], heads]
+    return [["*"], later, heads]
 
 
 def fine_tune_recipe(plan: FreezePlan, model: nn.Module, order: list[str] | None = None) -> FreezePlan:
-    """fastai's ``fine_tune``: the head alone for one epoch, then everything at half the rate
-    with rates spread 100× over the blocks (``slice(lr/100, lr)``)."""
-    heads = set(find_heads(model)) | set(plan.new_modules)
+    """fastai's ``fine_tune(epochs, base_lr, freeze_epochs=1, lr_mult=100)`` with ``train_bn``:
+    epoch 1 trains the head at the rate and the norm layers at ``slice(base_lr)``'s lr/10; from
+    epoch 2 everything at half the rate, ``slice(lr/100, lr)`` spread evenly (geometrically) over
+    fastai's parameter groups (:func:`fastai_groups`): 0.01, 0.1, 1 for three groups."""
+    heads = sorted(set(find_heads(model)) | set(plan.new_modules))
     for n in plan.params:
         plan.params[n] = not any(m in heads for m in module_prefixes(n))
     if not plan.trainable:
         plan.params.update({n: False for n in plan.params})
-    plan.lr_mult = []
+    plan.norm_params = plan.norm_params or norm_parameters(model)
+    plan.set_train_bn(True)
+    plan.layer_decay = None
     plan.stages = []
-    plan.set_layer_decay(recipe_decay(model, order))
-    plan.add_stage(2, unfreeze=["*"], lr_scale=0.5)
+    groups = fastai_groups(model, heads)
+    plan.lr_mult = []
+    for g in groups[0]:  # slice(base_lr): lr/10 for every group but the last
+        plan.set_lr_mult(g, 1 / FASTAI_SLICE_STOP_DIV)
+    for g in groups[-1]:
+        plan.set_lr_mult(g, 1.0)
+    spread = []
+    for i, globs in enumerate(groups):  # fastai's even_mults(lr/lr_mult, lr, n)
+        mult = (1 / RECIPE_SPREAD) ** ((len(groups) - 1 - i) / (len(groups) - 1))
+        spread += [(g, mult) for g in globs]
+    plan.add_stage(2, unfreeze=["*"], lr_scale=0.5, lr_mult=spread, restart=True)
     return plan
 
 
-def no_decay(model: nn.Module) -> set[str]:
-    """Biases and the parameters of normalisation layers: no weight decay by default."""
-    out = set()
+def no_decay(model: nn.Module, decay_all: bool = False) -> set[str]:
+    """The parameters that get no weight decay: those the model names in its own
+    ``no_weight_decay()`` (timm's ViT: ``pos_embed``, ``cls_token``; globs as timm reads them),
+    and, unless ``decay_all``, biases and the parameters of normalisation layers."""
+    named = model.named_parameters()
+    listed = model_no_weight_decay(model)
+    out = {n for n, _ in named if any(fnmatch.fnmatchcase(n, g) for g in listed)} if listed else set()
+    if decay_all:
+        return out
     for mname, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False):
             if p.ndim <= 1 or isinstance(m, NORMS):
@@ -174,33 +325,66 @@ def no_decay(model: nn.Module) -> set[str]:
     return out
 
 
+def model_no_weight_decay(model: nn.Module) -> set[str]:
+    """The names (or globs) the model's own ``no_weight_decay()`` returns; empty without one."""
+    fn = getattr(model, "no_weight_decay", None)
+    if not callable(fn):
+        return set()
+    try:
+        return {str(n) for n in fn()}
+    except Exception:  # noqa: BLE001 - a method of another meaning: nothing listed
+        return set()
+
+
 @dataclass
 class Group:
-    """Parameters sharing a rate multiplier, a first epoch and weight decay."""
+    """Parameters sharing their rate multipliers over the run, a first epoch and weight decay."""
 
-    mult: float
+    mults: tuple[tuple[int, float], ...]  # (from epoch, multiplier), from epoch 1; stages' lr_mult add more
     first_epoch: int  # the epoch it starts training (a never-trained group: after the run)
     decay: bool
     names: list[str]
+
+    @property
+    def mult(self) -> float:
+        """The multiplier in epoch 1."""
+        return self.mults[0][1]
 
 
 def param_groups(plan: FreezePlan, model: nn.Module, order: list[str] | None = None,
                  decay_all: bool = False) -> list[Group]:
     """Every parameter, frozen or not, in one group per (multiplier, first epoch, decay), in
     the model's parameter order; the same plan and model always give the same groups."""
-    mults = param_multipliers(plan, model, order)
-    skip = set() if decay_all else no_decay(model)
+    epochs = [1, *sorted({s.epoch for s in plan.stages if s.lr_mult})]
+    at = [param_multipliers(plan, model, order, e) for e in epochs]
+    skip = no_decay(model, decay_all)
     groups: dict[tuple, Group] = {}
     for n in plan.params:
         first = plan.stage_of(n) or NEVER
-        key = (mults[n], first, n not in skip)
+        changes = [(1, at[0][n])]
+        for e, mults in zip(epochs[1:], at[1:]):
+            if mults[n] != changes[-1][1]:
+                changes.append((e, mults[n]))
+        key = (tuple(changes), first, n not in skip)
         groups.setdefault(key, Group(*key, [])).names.append(n)
     return list(groups.values())
 
 
+def parameter_rows(plan: FreezePlan, model: nn.Module, order: list[str] | None = None,
+                   decay_all: bool = False) -> list[dict]:
+    """One row per parameter, in the model's order, as scripts read a plan: ``trainable`` in
+    epoch 1, the first ``epoch`` it trains (None: never), its ``lr_mult`` from then, and whether
+    it gets ``weight_decay``."""
+    mults = first_multipliers(plan, model, order)
+    skip = no_decay(model, decay_all)
+    return [{"name": n, "trainable": not frozen, "epoch": plan.stage_of(n), "lr_mult": mults[n],
+             "weight_decay": n not in skip} for n, frozen in plan.params.items()]
+
+
 def module_rates(plan: FreezePlan, model: nn.Module, depth: int = 1, order: list[str] | None = None) -> dict[str, str]:
-    """The multiplier of each module at ``depth`` as text ("0.1", or "0.01–0.1" when mixed)."""
-    mults = param_multipliers(plan, model, order)
+    """The multiplier of each module at ``depth`` as text ("0.1", or "0.01–0.1" when mixed), each
+    parameter's from the epoch it starts training."""
+    mults = first_multipliers(plan, model, order)
     spans: dict[str, list[float]] = {}
     for n, m in mults.items():
         prefixes = module_prefixes(n)
@@ -224,6 +408,10 @@ def describe(plan: FreezePlan) -> list[str]:
             parts.append(f"batchnorm {s.batchnorm}")
         if s.lr_scale is not None:
             parts.append(f"rates ×{s.lr_scale:g}")
+        if s.lr_mult:
+            parts.append("rates " + ", ".join(f"{g} ×{m:g}" for g, m in s.lr_mult))
+        if s.restart:
+            parts.append("schedule restarts")
         now = plan.at_epoch(s.epoch)
         lines.append(f"stage {i} from epoch {s.epoch}: {'; '.join(parts)} "
                      f"({len(now.trainable)} trainable tensors)")
@@ -241,14 +429,15 @@ def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: in
     ``stages`` as the plan file holds them. The TUI draws it before and during a run."""
     steps = max(1, steps_per_epoch)
     total = max(1, epochs) * steps
-    warmup = warmup_steps(warmup_epochs, steps, total)
+    restarts = [s["epoch"] for s in stages if s.get("restart")]
     scales = sorted((s["epoch"], s["lr_scale"]) for s in stages if s.get("lr_scale") is not None)
 
     def scale(epoch: int) -> float:
         return next((v for e, v in reversed(scales) if e <= epoch), 1.0)
 
     points = range(1, total + 1) if at is None else at
-    return [lr * scale((t - 1) // steps + 1) * schedule_factor(schedule, t - 1, total, warmup) for t in points]
+    return [lr * scale((t - 1) // steps + 1) * phased_factor(schedule, t - 1, steps, max(1, epochs), warmup_epochs,
+                                                             restarts) for t in points]
 
 
 def sample_steps(total: int, limit: int) -> list[int]:

@@ -29,6 +29,7 @@ class ScheduleSpec:
     lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), later wins
     layer_decay: float | None = None
     recipe: str | None = None  # "fine-tune"
+    train_bn: bool = False  # norm layers train even where frozen (the recipe sets it itself)
 
 
 @dataclass

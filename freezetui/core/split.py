@@ -3,10 +3,13 @@ from attribute order.
 
 The graph is traced so that it is the same in train and in eval mode: a module whose forward
 branches on ``self.training`` stays one opaque call that reads its own flag at run time, so the
-traced halves behave like the model in both modes. The prefix runs under ``no_grad`` (no
-activations kept); when nothing in it is random or depends on the mode its output can be
-computed once and cached. Both halves share the model's own modules, so training the rest
-trains the model.
+traced halves behave like the model in both modes. So does a module whose Python changes its
+own state (a counter, timm's ``BatchNormAct2d`` counting batches): fx would run that code once,
+at trace time, and leave it out of the graph; tracing puts such changes back, so it never alters
+the model. The prefix runs under ``no_grad`` (no activations kept); when nothing in it is
+random or depends on the mode its output can be computed once and cached. Both halves share the
+model's own modules, so training the rest trains the model, and read its tensors wherever it
+has moved.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ class Traced:
     stacks: list[tuple[str, ...]] = field(default_factory=list)  # modules each node runs inside, outermost first
     volatile: list[str] = field(default_factory=list)  # per node: what makes it random or mode-dependent, "" if nothing
     batchnorm: list[bool] = field(default_factory=list)  # per node: runs a BatchNorm a freeze plan keeps in eval mode
-    opaque: frozenset[str] = frozenset()  # modules kept whole because their forward depends on the mode
+    opaque: frozenset[str] = frozenset()  # modules kept whole: their forward depends on the mode or changes their state
     refused: str | None = None  # why this model is never split, None when it may be
+    model: nn.Module | None = None  # the live model: the halves read its tensors, wherever it has moved
 
 
 @dataclass
@@ -105,12 +109,19 @@ def _defaults(model: nn.Module) -> dict | None:
             if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD} or None
 
 
-def _graph_in_mode(model: nn.Module, opaque: frozenset[str], training: bool) -> fx.Graph | None:
+def _graph_in_mode(model: nn.Module, opaque: frozenset[str],
+                   training: bool) -> tuple[fx.Graph | None, set[nn.Module]]:
+    """The graph in one mode (None: untraceable), and the modules whose state the trace changed
+    (put back already)."""
     model.train(training)
+    state = _state(model)
     try:
-        return _Tracer(opaque).trace(model, concrete_args=_defaults(model))
+        graph = _Tracer(opaque).trace(model, concrete_args=_defaults(model))
     except Exception:  # noqa: BLE001 - untraceable models simply get no split
-        return None
+        graph = None
+    finally:
+        touched = _put_back(state)
+    return graph, touched
 
 
 def _stack(n: fx.Node) -> tuple[str, ...]:
@@ -191,14 +202,15 @@ def trace(model: nn.Module) -> Traced | None:
     """Trace ``model`` so that the graph is right in train and in eval mode; None when it cannot
     be traced at all (custom control flow, say). A model whose own forward differs between the
     modes (GoogLeNet's auxiliary heads) gets a ``Traced`` with ``refused`` set: its parameter
-    order is known but it is never split."""
+    order is known but it is never split. Tracing leaves the model as it was (its buffers and
+    plain attributes put back)."""
     flags = [(m, m.training) for m in model.modules()]
     attrs = set(vars(model))
     opaque: frozenset[str] = frozenset()
     refused = None
     try:
-        train_g = _graph_in_mode(model, opaque, True)
-        eval_g = _graph_in_mode(model, opaque, False)
+        (train_g, touched_t), (eval_g, touched_e) = (_graph_in_mode(model, opaque, True),
+                                                     _graph_in_mode(model, opaque, False))
         if train_g is None or eval_g is None:
             if train_g is None and eval_g is None:
                 return None
@@ -209,11 +221,16 @@ def trace(model: nn.Module) -> Traced | None:
             more = _modes_differ(model, opaque, list(train_g.nodes), list(eval_g.nodes))
             if more is None:
                 refused = "its own forward differs between train and eval mode"
+                break
+            more |= _side_effect_modules(model, opaque, touched_t | touched_e)
+            if "" in more:
+                refused = "its own forward changes its buffers or attributes in Python"
             elif not more:
                 break
             else:
                 opaque = opaque | more
-                a, b = _graph_in_mode(model, opaque, True), _graph_in_mode(model, opaque, False)
+                (a, touched_t), (b, touched_e) = (_graph_in_mode(model, opaque, True),
+                                                  _graph_in_mode(model, opaque, False))
                 if a is None or b is None:
                     refused = f"it cannot be traced with {', '.join(sorted(more))} kept whole"
                 else:
@@ -228,10 +245,63 @@ def trace(model: nn.Module) -> Traced | None:
         for name in set(vars(model)) - attrs:  # constants the tracer parked on the model; gm has its own
             if name.startswith("_tensor_constant"):
                 delattr(model, name)
-    return _index(gm, opaque, refused)
+    return _index(gm, opaque, refused, model)
 
 
-def _index(gm: fx.GraphModule, opaque: frozenset[str], refused: str | None) -> Traced:
+# ----------------------------------------------------------------------------- side effects
+
+
+def _state(model: nn.Module) -> list[tuple]:
+    """What a forward may change in Python, for :func:`_put_back`: every buffer (the tensor, its
+    version counter, a copy) and every plain number or flag a module holds."""
+    out = []
+    for m in model.modules():
+        for name, t in m._buffers.items():
+            if t is not None:
+                out.append((m, name, t, t._version, t.detach().clone()))
+        for name, v in vars(m).items():
+            if name != "training" and isinstance(v, (bool, int, float)):
+                out.append((m, name, None, None, v))
+    return out
+
+
+def _put_back(state: list[tuple]) -> set[nn.Module]:
+    """Undo what ran since :func:`_state`; the modules whose buffers or numbers changed."""
+    changed = set()
+    for m, name, t, version, kept in state:
+        if t is None:
+            if vars(m).get(name, kept) != kept:
+                changed.add(m)
+                vars(m)[name] = kept
+        elif m._buffers.get(name) is not t or t._version != version:
+            changed.add(m)
+            m._buffers[name] = t
+            with torch.no_grad():
+                t.copy_(kept)
+    return changed
+
+
+def _side_effect_modules(model: nn.Module, opaque: frozenset[str], touched: set[nn.Module]) -> set[str]:
+    """The modules to keep whole because tracing ran Python that changed their state (timm's
+    ``BatchNormAct2d`` counting ``num_batches_tracked``, a counter, an EMA): fx runs such code
+    once, at trace time, and leaves it out of the graph; kept whole, the module runs it at every
+    call. A change made to a leaf module's state is its parent's doing. "" for the root."""
+    names = {m: n for n, m in model.named_modules()}
+    tracer = _Tracer(opaque)
+    out = set()
+    for m in touched:
+        name = names.get(m)
+        if name is None:
+            continue
+        while name and (name in opaque or tracer.is_leaf_module(model.get_submodule(name), name)):
+            name = name.rpartition(".")[0]
+        if name in opaque:
+            continue
+        out.add(name)
+    return out
+
+
+def _index(gm: fx.GraphModule, opaque: frozenset[str], refused: str | None, model: nn.Module) -> Traced:
     nodes = list(gm.graph.nodes)
     index = {n: i for i, n in enumerate(nodes)}
     node_params: list[list[str]] = []
@@ -267,7 +337,7 @@ def _index(gm: fx.GraphModule, opaque: frozenset[str], refused: str | None) -> T
                 order.append(p)
     return Traced(gm, nodes, node_params, live_after, last_use, kinds, order,
                   stacks=[_stack(n) for n in nodes], volatile=volatile, batchnorm=batchnorm,
-                  opaque=opaque, refused=refused)
+                  opaque=opaque, refused=refused, model=model)
 
 
 def _attr(root: nn.Module, target: str):
@@ -472,7 +542,41 @@ def _subgraph(traced: Traced, start: int, stop: int, source: fx.Node | None) -> 
         last = env[n] = graph.node_copy(n, lambda a: env[a])
     if last is not None:
         graph.output(last)
-    return fx.GraphModule(traced.gm, graph)
+    half = fx.GraphModule(traced.gm, graph)
+    if traced.model is not None:
+        _bind(half, traced.model, traced.gm)
+    return half
+
+
+def _bind(half: fx.GraphModule, model: nn.Module, gm: fx.GraphModule) -> None:
+    """Point every tensor ``half`` reads (``get_attr``) at the model's own, as it is now: the
+    graph module copied the references it had when traced, and ``model.to(device)`` replaces
+    them (Swin's attention mask and position index stayed on the CPU). Constants the trace made
+    follow the model's device."""
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), None)
+    for n in half.graph.nodes:
+        if n.op != "get_attr":
+            continue
+        try:
+            live = _attr(model, n.target)
+        except AttributeError:  # a constant of the trace's own
+            live = _attr(gm, n.target)
+            if isinstance(live, torch.Tensor) and device is not None and live.device != device:
+                live = live.to(device)
+                _set_attr(gm, n.target, live)
+        if _attr(half, n.target) is not live:
+            _set_attr(half, n.target, live)
+
+
+def _set_attr(root: nn.Module, target: str, value) -> None:
+    path, _, field = target.rpartition(".")
+    owner = root.get_submodule(path) if path else root
+    if field in owner._buffers:
+        owner._buffers[field] = value
+    elif field in owner._parameters and isinstance(value, nn.Parameter):
+        owner._parameters[field] = value
+    else:
+        setattr(owner, field, value)
 
 
 def split(traced: Traced, cut: Cut) -> tuple[fx.GraphModule, fx.GraphModule]:

@@ -18,12 +18,14 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
-from .errors import TrainingError
+from .errors import FreezeTUIError, TrainingError
 from .imagecache import available_ram
-from .models import find_heads, model_info
+from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .precision import Deterministic, run_precision
-from .schedule import SCHEDULES, describe, param_groups, schedule_factor, unfreeze_warmup, warmup_steps
+from .schedule import (
+    SCHEDULES, describe, multiplier_at, param_groups, phased_factor, unfreeze_warmup, warmup_steps,
+)
 from .split import Prefix, find_cut, frozen_prefix, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -279,7 +281,8 @@ def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, or
     the group for :meth:`_Run.set_rates`."""
     params = dict(model.named_parameters())
     return [{"params": [params[n] for n in g.names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
-             "first_epoch": g.first_epoch, "weight_decay": config.weight_decay if g.decay else 0.0}
+             "lr_mults": [list(c) for c in g.mults], "first_epoch": g.first_epoch,
+             "weight_decay": config.weight_decay if g.decay else 0.0}
             for g in param_groups(plan, model, order, config.decay_all)]
 
 
@@ -461,6 +464,14 @@ def train(
         # step's frames and activations) is gone before finish() releases memory, and it is no
         # __context__ of the sentence either
         run.result.error = out_of_memory = run.out_of_memory_message()
+    except FreezeTUIError:
+        raise
+    except Exception as e:
+        if run.steps_done or getattr(run, "transform", None) is None:
+            raise
+        name = plan.model.get("name") or type(model).__name__  # a model raising on its first batch: one sentence
+        run.result.error = first_batch_failure(name, (run.bs, 3, run.transform.size, run.transform.size), e, model)
+        raise TrainingError(run.result.error) from e
     finally:
         run.finish()
     if out_of_memory:
@@ -486,6 +497,7 @@ class _Run:
         self.active: FreezePlan | None = None  # the plan in force this epoch (stages applied)
         self.drifted: list[str] = []  # parameters that changed before the stage that unfroze them
         self.images_total, self.train_seconds = 0, 0.0
+        self.steps_done = 0  # training steps finished in this call: a failure before the first is the model's
         self.t_run = time.perf_counter()
         self.notes: list[str] = []  # for RunStart
         self.failed: str | None = None  # out of memory in a step on this process, told to the others at a sync
@@ -623,10 +635,11 @@ class _Run:
         """Every group's rate for 1-based ``step`` of ``epoch``: the schedule's factor × the
         stage's scale × the group's multiplier × its own warmup after it was unfrozen."""
         t = (epoch - 1) * self.steps + step - 1
-        base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * schedule_factor(
-            self.config.schedule, t, self.total_steps, self.warmup)
+        base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * phased_factor(
+            self.config.schedule, t, self.steps, self.config.epochs, self.config.warmup_epochs, self.plan.restarts())
         for g in self.optimizer.param_groups:
-            g["lr"] = base * g["lr_mult"] * unfreeze_warmup(t, self.steps, g["first_epoch"])
+            mult = multiplier_at(g["lr_mults"], epoch) if g.get("lr_mults") else g["lr_mult"]
+            g["lr"] = base * mult * unfreeze_warmup(t, self.steps, g["first_epoch"])
 
     def restore(self, resume: dict | None) -> None:
         """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
@@ -820,6 +833,7 @@ class _Run:
         loss.backward()
         self.reduced = True  # under DDP the gradients are averaged across processes by now
         self.optimizer.step()
+        self.steps_done += 1
         return loss.detach()
 
     def end_epoch(self, ev: EpochEnd) -> None:

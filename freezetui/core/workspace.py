@@ -9,6 +9,7 @@ models with tens of thousands of parameter tensors.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 from .data import BatchTransform, Dataset
 from .errors import PlanError
 from .lints import Lint, check
-from .models import ModelInfo, find_heads, model_info
+from .models import ModelInfo, find_heads, is_factory, model_info
 from .plan import BATCHNORM_MODES, NEVER, FreezePlan, Stage, escape_glob, glob_matches
 from .runner import RunInputs
 from .specs import ModelSpec
@@ -100,8 +101,11 @@ class Workspace:
         model = model or ModelSpec()
         config = config or TrainConfig()
         loaded = FreezePlan.load(plan) if isinstance(plan, (str, Path)) else plan
-        if loaded is not None and model.weights not in ("auto", None):
-            loaded.model["weights"] = model.weights  # --weights beside a plan: the user's file wins
+        if loaded is not None:
+            if model.weights not in ("auto", None):
+                loaded.model["weights"] = model.weights  # --weights beside a plan: the user's file wins
+            if not is_factory(loaded.model["name"]):  # the plan's model wins over the default --model;
+                model = dataclasses.replace(model, name=loaded.model["name"])  # code runs only if named
         reporter = Reporter()
         if progress is not None:
             reporter.progress = progress
@@ -291,7 +295,8 @@ class Workspace:
 
         for st in trial.stages:  # what earlier calls set for this subtree or parts of it goes
             st.unfreeze = [g for g in st.unfreeze if g != glob and not within(g)]
-            if st.unfreeze or st.freeze or st.batchnorm is not None or st.lr_scale is not None:
+            if st.unfreeze or st.freeze or st.batchnorm is not None or st.lr_scale is not None or st.lr_mult \
+                    or st.restart:
                 kept.append(st)
         trial.stages = kept
         trial.set_frozen(names, epoch > 1)
@@ -304,7 +309,7 @@ class Workspace:
                 kept.append(Stage(epoch, [glob]))
         trial.stages = []
         for st in sorted(kept, key=lambda x: x.epoch):
-            trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale)
+            trial.add_stage(st.epoch, st.unfreeze, st.freeze, st.batchnorm, st.lr_scale, st.lr_mult, st.restart)
         if not trial.trainable:
             raise PlanError(f"nothing would train in epoch 1 (the first epoch always trains something); "
                             f"leave a part trainable, e.g. the head, before unfreezing {name or 'the model'} "
@@ -340,14 +345,16 @@ class Workspace:
         self._schedule_edited()
 
     def apply_recipe(self) -> None:
-        """fastai's fine-tune recipe: the head alone for an epoch, then everything at half the
-        rate, rates spread 100× over the blocks (see :func:`schedule.fine_tune_recipe`)."""
+        """fastai's fine-tune recipe: the head (and the norm layers, train_bn) alone for an epoch,
+        then everything at half the rate, spread 100× over fastai's parameter groups (see
+        :func:`schedule.fine_tune_recipe`)."""
         from .schedule import fine_tune_recipe
 
         self._check_unlocked()
         trial = fine_tune_recipe(self.plan.copy(), self.model, self.order)
         self.plan.params, self.plan.stages = trial.params, trial.stages
         self.plan.lr_mult, self.plan.layer_decay = trial.lr_mult, trial.layer_decay
+        self.plan.train_bn, self.plan.batchnorm = trial.train_bn, trial.batchnorm
         self._changed()
         self.plan.extra["recipe"] = "fine-tune"  # after _changed, which forgets how a plan was made
 
@@ -355,6 +362,7 @@ class Workspace:
         """No stages and no rate rules; what trains in epoch 1 stays as it is."""
         self._check_unlocked()
         self.plan.stages, self.plan.lr_mult, self.plan.layer_decay = [], [], None
+        self.plan.train_bn = False
         self._schedule_edited()
 
     def _glob_index(self, glob: str) -> np.ndarray:
@@ -389,7 +397,14 @@ class Workspace:
                 for g, m in plan.lr_mult:  # later rules win
                     mult[self._glob_index(g)] = m
                 self._mult, self._rates_key = mult, rates
-            self._sched = (first, self._mult)
+            mult = self._mult
+            if any(st.lr_mult for st in plan.stages):  # a stage's rules, from the epoch it starts training
+                mult = mult.copy()
+                for st in plan.stages:
+                    for g, m in st.lr_mult:
+                        idx = self._glob_index(g)
+                        mult[idx[first[idx] >= st.epoch]] = m
+            self._sched = (first, mult)
             self._sched_key = self.version
         return self._sched
 
@@ -446,6 +461,7 @@ class Workspace:
         self.plan.lr_mult = copy.deepcopy(plan.lr_mult)
         self.plan.layer_decay = plan.layer_decay
         self.plan.stages = copy.deepcopy(plan.stages)
+        self.plan.train_bn = plan.train_bn
         self._changed(edited=False)
 
     def load_plan(self, path: str | Path) -> FreezePlan:

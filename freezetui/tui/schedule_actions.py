@@ -77,8 +77,8 @@ class ScheduleActions:
         if self.workspace is None or self._read_only():
             return
         if self.edit_plan(self.workspace.apply_recipe):
-            self.notify("Fine-tune recipe: the head alone in epoch 1, then everything at half the rate, "
-                        "rates spread 100× from the first block to the head (fastai's fine_tune).", timeout=8)
+            self.notify("Fine-tune recipe: the head and the norm layers alone in epoch 1, then everything at "
+                        "half the rate, spread 100× over fastai's parameter groups (fastai's fine_tune).", timeout=8)
 
     def action_layer_decay(self) -> None:
         if self.workspace is None or self._read_only():

@@ -84,20 +84,22 @@ async def test_recipe_layer_decay_and_clear(tmp_path):
         ws, tree = app.workspace, app.query_one(ModuleTree)
         await pilot.press("R")
         await pilot.pause()
-        assert ws.plan.trainable == ["fc.weight", "fc.bias"]
-        assert [s.to_dict() for s in ws.plan.stages] == [{"epoch": 2, "unfreeze": ["*"], "lr_scale": 0.5}]
-        assert ws.plan.layer_decay is not None and "fine-tune recipe" in app.query_one("#tree-box").border_title
-        assert "@2" in tree_line(tree, "stem") and "×0.01" in tree_line(tree, "stem")
+        assert ws.plan.trainable == ["stem.1.weight", "stem.1.bias", "block1.1.weight", "block1.1.bias",
+                                     "block2.1.weight", "block2.1.bias", "fc.weight", "fc.bias"]  # train_bn
+        assert [s.to_dict() for s in ws.plan.stages] == [{"epoch": 2, "unfreeze": ["*"], "lr_scale": 0.5,
+                                                          "lr_mult": [["*", 0.01], ["fc", 1.0]], "restart": True}]
+        assert ws.plan.train_bn and "fine-tune recipe" in app.query_one("#tree-box").border_title
+        assert "@1–2" in tree_line(tree, "stem") and "×.01–.1" in tree_line(tree, "stem")
 
+        await pilot.press("L")
+        await type_value(pilot, "0.5")
+        assert ws.plan.layer_decay == 0.5 and "layer decay 0.5" in app.query_one("#tree-box").border_title
         await pilot.press("x")  # per-module rates while layer decay is on: refused with a reason
         await type_value(pilot, "0.5")
         assert "layer decay" in str(app.screen.query_one("#error").render())
-        await pilot.press("escape", "L")
-        await type_value(pilot, "0.5")
-        assert ws.plan.layer_decay == 0.5 and "layer decay 0.5" in app.query_one("#tree-box").border_title
-        await pilot.press("X")
+        await pilot.press("escape", "X")
         await pilot.pause()
-        assert not ws.has_schedule() and ws.plan.trainable == ["fc.weight", "fc.bias"]
+        assert not ws.has_schedule() and not ws.plan.train_bn and "fc.weight" in ws.plan.trainable
         assert "from" not in str(app.query_one("#tree-header").render())
 
 
