@@ -159,7 +159,7 @@ def cmd_plan_show(args) -> int:
         return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
-    scheduled = bool(plan.stages or plan.lr_mult or plan.layer_decay is not None)
+    scheduled = bool(plan.stages or plan.lr_mult or plan.layer_decay is not None or plan.auto_rgn)
     rates, starts = {}, {}
     if scheduled:
         rates = module_rates(plan, model, args.depth, traced.param_order if traced else None)
@@ -174,6 +174,8 @@ def cmd_plan_show(args) -> int:
         state = "frozen" if trainable == 0 else "mixed" if frozen else ""
         mark = " (new)" if name in new or any(n.startswith(name + ".") for n in new) else ""
         sched = f"  {rates.get(name, ''):>13}  {starts.get(name, ''):>11}" if scheduled else ""
+        if plan.auto_rgn and trainable:  # the multiplier, then × the tensor's signal each step
+            sched = f"  {(rates.get(name, '') + '·rgn'):>13}  {starts.get(name, ''):>11}"
         print(f"  {name:<{width}}  {kind:<{kind_w}}  {total:>12,}  {trainable:>12,}  {frozen:>12,}{sched}  "
               f"{state}{mark}".rstrip())
     c = plan.counts

@@ -124,6 +124,9 @@ def add_schedule_plan_options(p: argparse.ArgumentParser) -> None:
                    help="parameters matching GLOB train at F × the rate (repeatable, later wins)")
     p.add_argument("--layer-decay", type=decay_arg, metavar="F",
                    help="rates F, F², … over the blocks before the head (instead of --lr-mult)")
+    p.add_argument("--auto-rgn", action="store_true",
+                   help="Auto-RGN: every step, each trainable tensor's rate × its relative gradient norm "
+                        "‖g‖/‖w‖ over the largest (Lee et al., ICLR 2023)")
     p.add_argument("--recipe", choices=("fine-tune",),
                    help="fine-tune: the head alone for 1 epoch, then everything at half the rate, "
                         "rates spread 100x over the blocks (fastai's fine_tune)")
@@ -263,15 +266,15 @@ def model_spec_from_args(args) -> ModelSpec | None:
     return ModelSpec(args.model, args.weights, args.num_classes, args.small_input)
 
 
-SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe")
+SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe", "auto_rgn")
 
 
 def schedule_spec_from_args(args) -> ScheduleSpec | None:
-    """``--stage``, ``--lr-mult``, ``--layer-decay`` and ``--recipe``; None when none is given."""
+    """``--stage``, ``--lr-mult``, ``--layer-decay``, ``--recipe`` and ``--auto-rgn``; None when none is given."""
     if not any(getattr(args, k, None) for k in SCHEDULE_FLAGS):
         return None
     return ScheduleSpec(stages=list(args.stage or []), lr_mult=list(args.lr_mult or []),
-                        layer_decay=args.layer_decay, recipe=args.recipe)
+                        layer_decay=args.layer_decay, recipe=args.recipe, auto_rgn=bool(args.auto_rgn))
 
 
 def given_schedule_flags(args) -> list[str]:

@@ -2,8 +2,10 @@
 
 A plan is plain data (it round-trips through JSON exactly); :meth:`FreezePlan.apply` puts it
 on a model and :meth:`FreezePlan.freeze` / :meth:`FreezePlan.unfreeze` edit it with globs.
-Optional schedule keys: ``lr_mult`` (per-glob rate multipliers), ``layer_decay`` and
-``stages`` (unfreeze/freeze at later epochs); ``frozen``/``trainable`` describe epoch 1.
+Optional schedule keys: ``lr_mult`` (per-glob rate multipliers), ``layer_decay``, ``stages``
+(unfreeze/freeze at later epochs) and ``auto_rgn`` (each trainable tensor's rate also scaled, every
+step, by its normalised relative gradient norm: :mod:`freezetui.core.rgn`); ``frozen``/``trainable``
+describe epoch 1.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .models import model_info
 
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
-KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages"}
+KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages",
+              "auto_rgn"}
 STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale"}
 _BN_HOOK = "_freezetui_bn_hook"
 
@@ -93,6 +96,7 @@ class FreezePlan:
     lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), the last match wins
     layer_decay: float | None = None  # rates d, d², … over the blocks before the head
     stages: list[Stage] = field(default_factory=list)  # in increasing epoch order
+    auto_rgn: bool = False  # rates × each tensor's normalised ‖g‖/‖w‖, every step (rgn.AutoRGN)
 
     # ------------------------------------------------------------------ construction
 
@@ -298,6 +302,8 @@ class FreezePlan:
             d["layer_decay"] = self.layer_decay
         if self.stages:
             d["stages"] = [s.to_dict() for s in self.stages]
+        if self.auto_rgn:
+            d["auto_rgn"] = True
         return d
 
     # ------------------------------------------------------------------ the model
@@ -421,6 +427,10 @@ class FreezePlan:
             if not (_positive_number(decay) and decay <= 1):
                 raise PlanError(f"{source}: \"layer_decay\" must be a number in (0, 1], got {decay!r}")
             self.layer_decay = float(decay)
+        auto = d.get("auto_rgn", False)
+        if not isinstance(auto, bool):
+            raise PlanError(f"{source}: \"auto_rgn\" must be true or false, not {auto!r}")
+        self.auto_rgn = auto
         stages = d.get("stages")
         if stages is None:
             return

@@ -289,7 +289,7 @@ class Workspace:
 
     def has_schedule(self) -> bool:
         p = self.plan
-        return bool(p.stages or p.lr_mult or p.layer_decay is not None)
+        return bool(p.stages or p.lr_mult or p.layer_decay is not None or p.auto_rgn)
 
     def _schedule_edited(self) -> None:
         self._changed()
@@ -380,6 +380,13 @@ class Workspace:
         """No stages and no rate rules; what trains in epoch 1 stays as it is."""
         self._check_unlocked()
         self.plan.stages, self.plan.lr_mult, self.plan.layer_decay = [], [], None
+        self.plan.auto_rgn = False
+        self._schedule_edited()
+
+    def set_auto_rgn(self, on: bool) -> None:
+        """Auto-RGN rates on or off (see :mod:`freezetui.core.rgn`)."""
+        self._check_unlocked()
+        self.plan.auto_rgn = bool(on)
         self._schedule_edited()
 
     def _glob_index(self, glob: str) -> np.ndarray:
@@ -436,6 +443,8 @@ class Workspace:
             lo, hi = float(m.min()), float(m.max())
             if lo != 1.0 or hi != 1.0:
                 rate = f"×{lo:.2g}" if lo == hi else f"×{_short(lo)}–{_short(hi)}"
+            if self.plan.auto_rgn:  # and × the tensor's signal, every step
+                rate = f"{rate}·rgn" if rate else "×rgn"
         return when, rate
 
     def schedule_lines(self) -> list[str]:
@@ -479,6 +488,7 @@ class Workspace:
         self.plan.lr_mult = copy.deepcopy(plan.lr_mult)
         self.plan.layer_decay = plan.layer_decay
         self.plan.stages = copy.deepcopy(plan.stages)
+        self.plan.auto_rgn = plan.auto_rgn
         self._changed(edited=False)
 
     def load_plan(self, path: str | Path) -> FreezePlan:
