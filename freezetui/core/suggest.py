@@ -69,7 +69,9 @@ class Signal:
 
     def rgn(self, names: list[str]) -> float | None:
         """‖g‖/‖w‖ of these tensors together, averaged over the batches; None when their weights are zero."""
-        index = {n: i for i, n in enumerate(self.names)}
+        index = self.__dict__.get("_index")
+        if index is None or len(index) != len(self.names):
+            index = self.__dict__["_index"] = {n: i for i, n in enumerate(self.names)}
         cols = [index[n] for n in names if n in index]
         w = float(np.sqrt(self.weight_sq[cols].sum())) if cols else 0.0
         if w < 1e-12:
