@@ -13,9 +13,11 @@ As in the paper every strategy starts from the whole source model, its head incl
 space is the same). Strategies: each single block alone (surgical: ``stem`` … ``block3``, and
 ``head`` = the last layer), full fine-tuning, ``suggest``'s plan (measured on the target's
 training set) and Auto-RGN (everything trainable, rates × normalised ‖g‖/‖w‖ every step). Same
-epochs, optimizer, rate and seeds for all; mean ± sd over seeds. Then: the best single block per
-shift, Spearman's rank correlation between suggest's block signals and the single-block
-accuracies, and suggest's time against the sweep's (``freezetui sweep``'s ladder on the target).
+epochs and optimizer for all; as in the paper each strategy gets its own learning rate, the one of
+``--lrs`` with the best mean accuracy on a held-out selection set, and is reported on a separate
+test set (mean ± sd over seeds). Then: the best single block per shift, Spearman's rank
+correlation between suggest's block signals and the single-block accuracies, and suggest's time
+against the sweep's (``freezetui sweep``'s ladder on the target, one rate).
 
     python benchmarks/surgical.py [--seeds 3] [--epochs 8] [--per-class 30] [--svg assets/surgical.svg]
 """
@@ -90,11 +92,12 @@ def corrupt(images: torch.Tensor, seed: int) -> torch.Tensor:
     return out.clamp(0, 255).to(torch.uint8)
 
 
-def task(shift: str | None, n_train: int, n_val: int, seed: int = 0) -> Dataset:
-    """The source task (shift None) or a target, ``n_train``/``n_val`` images."""
+def task(shift: str | None, n_train: int, n_val: int, seed: int = 0, n_test: int = 0) -> tuple[Dataset, Split]:
+    """The source task (shift None) or a target: ``n_train`` training images, ``n_val`` to
+    validate on (the selection set), and a test split of ``n_test``."""
     names = [CLASSES[c] for c in SOURCE]
     splits = []
-    for k, n in enumerate((n_train, n_val)):
+    for k, n in enumerate((n_train, n_val, n_test)):
         s = 1000 * seed + 10 * k + 7
         if shift == "feature":
             x, y = draw(n, s, outline=True, r_range=(5.0, 8.0))
@@ -107,7 +110,7 @@ def task(shift: str | None, n_train: int, n_val: int, seed: int = 0) -> Dataset:
         splits.append(Split(x, y))
     if shift == "output":
         names = names[1:] + names[:1]
-    return Dataset(f"shapes-{shift or 'source'}", names, *splits)
+    return Dataset(f"shapes-{shift or 'source'}", names, *splits[:2]), splits[2]
 
 
 # ----------------------------------------------------------------------------- the strategies
@@ -147,13 +150,15 @@ def source_model(weights: dict) -> SmallCNN:
     return model
 
 
-def run(weights: dict, data: Dataset, strategy: str, seed: int, args, suggested: FreezePlan | None) -> float:
+def run(weights: dict, data: Dataset, test: Split, strategy: str, seed: int, args,
+        suggested: FreezePlan | None) -> tuple[float, float]:
+    """(accuracy on the selection set, on the test set) after training."""
     torch.manual_seed(seed)
     model = source_model(weights)
     plan = plan_for(strategy, model, suggested)
     result = train(model, plan, data, config(args, seed))
     assert result.frozen_unchanged, result.changed
-    return result.val_acc
+    return result.val_acc, accuracy(model, test)
 
 
 def measure(weights: dict, data: Dataset, args, seed: int):
@@ -256,8 +261,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--pretrain-epochs", type=int, default=4)
     ap.add_argument("--per-class", type=int, default=30, help="labelled training images per class in each target")
-    ap.add_argument("--val-per-class", type=int, default=60)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--val-per-class", type=int, default=40, help="selection-set images per class (choose the rate)")
+    ap.add_argument("--test-per-class", type=int, default=100, help="test images per class (reported)")
+    ap.add_argument("--lrs", default="0.001,0.003,0.01,0.03", help="rates tried for every strategy")
+    ap.add_argument("--lr", type=float, default=3e-3, help="the sweep's rate (timing only)")
     ap.add_argument("--batches", type=int, default=8, help="suggest's batches")
     ap.add_argument("--threshold", type=float, default=0.5, help="suggest's threshold")
     ap.add_argument("--svg", default="assets/surgical.svg")
@@ -265,33 +272,42 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    weights = pretrain(task(None, 3000, 500), args.pretrain_epochs)
+    weights = pretrain(task(None, 3000, 500)[0], args.pretrain_epochs)
     n_train, n_val = args.per_class * len(SOURCE), args.val_per_class * len(SOURCE)
+    lrs = [float(x) for x in args.lrs.split(",")]
     results: dict = {}
     for shift in SHIFTS:
-        data = task(shift, n_train, n_val, seed=1)
-        zero_shot = _zero_shot(weights, data)
-        accs = {s: [] for s in STRATEGIES}
-        signals, chosen, rhos, suggest_s = [], [], [], []
+        data, test = task(shift, n_train, n_val, seed=1, n_test=args.test_per_class * len(SOURCE))
+        zero_shot = accuracy(source_model(weights), test)
+        # (strategy, lr) -> per seed (selection acc, test acc)
+        raw = {(s, lr): [] for s in STRATEGIES for lr in lrs}
+        signals, chosen, suggest_s = [], [], []
         for seed in range(args.seeds):
             sig = measure(weights, data, args, seed)
             suggest_s.append(sig.signal.seconds)
             signals.append(block_signals(sig.signal))
             chosen.append(sig.blocks)
             for s in STRATEGIES:
-                accs[s].append(run(weights, data, s, seed, args, sig.plan))
-            body = [b for b in BLOCKS if b != "head"]
-            rhos.append(spearman([signals[-1][b] for b in body], [accs[b][-1] for b in body]))
-            print(f"{shift} seed {seed}: " + ", ".join(f"{s} {100 * accs[s][-1]:.1f}" for s in STRATEGIES)
-                  + f" | suggested {'+'.join(sig.blocks)} | signal "
-                  + " ".join(f"{b} {signals[-1][b]:.2f}" for b in body) + f" | rho {rhos[-1]}", flush=True)
+                for lr in lrs:
+                    raw[s, lr].append(run(weights, data, test, s, seed, argparse.Namespace(**{**vars(args), "lr": lr}),
+                                          sig.plan))
+            print(f"{shift} seed {seed}: " + ", ".join(
+                f"{s} " + "/".join(f"{100 * raw[s, lr][-1][1]:.0f}" for lr in lrs) for s in STRATEGIES)
+                + f" | suggested {'+'.join(sig.blocks) or 'head alone'} | signal "
+                + " ".join(f"{b} {signals[-1][b]:.2f}" for b in BLOCKS), flush=True)
+        best_lr = {s: max(lrs, key=lambda lr: statistics.mean(a for a, _ in raw[s, lr])) for s in STRATEGIES}
+        accs = {s: [t for _, t in raw[s, best_lr[s]]] for s in STRATEGIES}
+        body = [b for b in BLOCKS if b != "head"]
+        rhos = [spearman([signals[k][b] for b in body], [accs[b][k] for b in body]) for k in range(args.seeds)]
         sweep_s = sweep_seconds(weights, data, args)
-        results[shift] = {"accuracy": {s: mean_sd(v) for s, v in accs.items()}, "runs": accs,
+        results[shift] = {"accuracy": {s: mean_sd(v) for s, v in accs.items()}, "runs": accs, "lr": best_lr,
+                          "all": {f"{s}@{lr:g}": v for (s, lr), v in raw.items()},
                           "zero_shot": zero_shot, "signals": signals, "suggested": chosen, "spearman": rhos,
                           "suggest_seconds": suggest_s, "sweep_seconds": sweep_s}
 
-    print(f"\n{n_train} labelled training images per target, {n_val} validation; {args.epochs} epochs, AdamW "
-          f"lr {args.lr:g}, cosine, batch 32, {args.seeds} seeds; suggest: {args.batches} batches of 32, "
+    print(f"\n{n_train} labelled training images per target, {n_val} to choose the rate, "
+          f"{args.test_per_class * len(SOURCE)} to test; {args.epochs} epochs, AdamW, cosine, batch 32, rate per "
+          f"strategy from {args.lrs}, {args.seeds} seeds; suggest: {args.batches} batches of 32, "
           f"threshold {args.threshold:g}\n")
     print("| strategy | " + " | ".join(f"{s}-level" for s in SHIFTS) + " |")
     print("|---|" + "---|" * len(SHIFTS))
@@ -300,7 +316,7 @@ def main() -> None:
         cells = []
         for s in SHIFTS:
             m, sd = results[s]["accuracy"][st]
-            cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
+            cells.append(f"{100 * m:.1f} ± {100 * sd:.1f} (lr {results[s]['lr'][st]:g})")
         print(f"| {st} | " + " | ".join(cells) + " |")
     print()
     for s in SHIFTS:
@@ -308,9 +324,9 @@ def main() -> None:
         best = max(BLOCKS, key=lambda b: acc[b][0])
         rho = [r for r in results[s]["spearman"] if r is not None]
         sig = {b: statistics.mean(x[b] for x in results[s]["signals"]) for b in BLOCKS}
-        print(f"{s}-level: best single block {best}; suggest's mean signal "
+        print(f"{s}-level: best single block {best}; suggest's mean signal (blocks over the largest body block) "
               + ", ".join(f"{b} {v:.2f}" for b, v in sig.items())
-              + f"; suggested {', '.join('+'.join(c) for c in results[s]['suggested'])}; "
+              + f"; suggested {', '.join('+'.join(c) or 'head alone' for c in results[s]['suggested'])}; "
               f"Spearman(signal, single-block acc) {statistics.mean(rho) if rho else float('nan'):+.2f} "
               f"(per seed {', '.join(f'{r:+.2f}' for r in rho)}); suggest {statistics.mean(results[s]['suggest_seconds']):.2f}s "
               f"vs sweep {results[s]['sweep_seconds']:.1f}s")
@@ -321,13 +337,11 @@ def main() -> None:
 
 
 @torch.no_grad()
-def _zero_shot(weights: dict, data: Dataset) -> float:
-    """The source model's accuracy on the target's validation set, untouched."""
+def accuracy(model, split: Split) -> float:
     from freezetui.core.data import BatchTransform
     from freezetui.core.train import evaluate
 
-    model = source_model(weights)
-    return evaluate(model, data.val, BatchTransform(SIZE), 256, torch.device("cpu"), False)[1]
+    return evaluate(model, split, BatchTransform(SIZE), 256, torch.device("cpu"), False)[1]
 
 
 if __name__ == "__main__":

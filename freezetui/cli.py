@@ -377,8 +377,9 @@ def suggest_text(report) -> str:
         lines.append(f"  {b.name:<{width}}  {b.params:>11,}  {rgn:>9}  {b.signal or 0.0:5.2f} {bar:<20}"
                      f"{'  ← suggested' if b.name in chosen else ''}")
     h = s.head
-    lines.append(f"  {'head':<{width}}  {h.params:>11,}  {'n/a' if h.rgn is None else f'{h.rgn:.3g}':>9}  "
-                 f"(always trains)")
+    share = "(re-initialised; always trains)" if h.signal is None else \
+        f"{h.signal:5.2f} {'█' * round(20 * h.signal):<20}  (always trains)"
+    lines.append(f"  {'head':<{width}}  {h.params:>11,}  {'n/a' if h.rgn is None else f'{h.rgn:.3g}':>9}  {share}")
     c = report.plan.counts
     lines.append(f"suggested: the head + {', '.join(report.blocks) or 'nothing else'} (blocks with signal ≥ "
                  f"{report.threshold:g}, contiguous around the strongest): {c['trainable']:,} of {c['total']:,} "

@@ -75,7 +75,8 @@ def test_suggest_leaves_a_planned_model_bit_identical_and_measures_every_block(t
     s = suggest(inputs, TrainConfig(batch_size=8), batches=3)
     _same(before, _fingerprint(model))
     assert [b.name for b in s.signal.blocks] == ["stem", "block1", "block2"]
-    assert max(b.signal for b in s.signal.blocks) == 1.0 and all(0 <= b.signal <= 1 for b in s.signal.blocks)
+    shares = [b.signal for b in s.signal.blocks] + [s.signal.head.signal or 0.0]
+    assert max(shares) == 1.0 and all(0 <= v <= 1 for v in shares)
     rgn = {t.name: t.rgn for t in s.signal.tensors}
     assert rgn["stem.0.weight"] > 0 and rgn["stem.1.weight"] > 0  # frozen by the plan, measured all the same
     # BatchNorm in train mode (the plan's eval hook off): a conv bias before it gets (nearly) no gradient
@@ -87,10 +88,10 @@ def test_suggest_leaves_a_planned_model_bit_identical_and_measures_every_block(t
     assert [b.rgn for b in again.signal.blocks] == [b.rgn for b in s.signal.blocks]
 
 
-def _signal(values):
+def _signal(values, head=None):
     rows = [Row(f"b{i}", 1, v, v) for i, v in enumerate(values)]
-    return Signal("m", 1, 1, 0.0, [], Row("head", 1, 1.0, None), rows, np.zeros((1, 0)), np.zeros(0), [],
-                  {"head": [], **{r.name: [] for r in rows}})
+    return Signal("m", 1, 1, 0.0, [], Row("head", 1, 1.0, head), rows, np.zeros((1, 0)), np.zeros(0), [],
+                  {"head": [], **{r.name: [] for r in rows}}, head_new=head is None)
 
 
 def test_the_suggestion_is_the_contiguous_run_around_the_strongest_block():
@@ -99,6 +100,10 @@ def test_the_suggestion_is_the_contiguous_run_around_the_strongest_block():
     assert chosen_blocks(s, 1.0) == ["b3"]
     assert chosen_blocks(s, 0.0) == [f"b{i}" for i in range(7)]
     assert chosen_blocks(_signal([]), 0.5) == []
+    # a head kept from the weights competes as the last block
+    assert chosen_blocks(_signal([0.3, 0.4, 0.9], head=1.0), 0.5) == ["b2"]
+    assert chosen_blocks(_signal([0.3, 0.9, 0.4], head=1.0), 0.5) == []  # the head alone
+    assert chosen_blocks(_signal([0.3, 1.0, 0.4], head=0.8), 0.5) == ["b1"]
     with pytest.raises(PlanError, match=r"\[0, 1\]"):
         chosen_blocks(s, 1.5)
 
@@ -132,7 +137,7 @@ def test_suggest_command_prints_json_and_writes_the_plan(tmp_path, capsys):
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert [b["name"] for b in report["blocks"]] == ["stem", "block1", "block2"]
-    assert len(report["suggested_blocks"]) == 1 and report["threshold"] == 1.0
+    assert len(report["suggested_blocks"]) <= 1 and report["threshold"] == 1.0  # the strongest (or the head) alone
     assert {"name", "params", "rgn", "signal"} <= set(report["tensors"][0])
     plan = FreezePlan.load(out)
     assert plan.to_dict()["trainable"] == report["plan"]["trainable"]

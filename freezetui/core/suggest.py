@@ -2,7 +2,8 @@
 every parameter trainable and no optimizer step, give each tensor's relative gradient norm
 ‖g‖/‖w‖ (:mod:`freezetui.core.rgn`); blocks whose signal is high are the ones the data pulls on
 (Lee et al., ICLR 2023). The suggestion is the head plus the contiguous run of the sweep's
-stages around the strongest one whose signal clears a threshold.
+stages around the strongest one whose signal clears a threshold; a head kept from the weights
+(not re-initialised) competes as the last block, so "the head alone" can be the answer.
 
 The model is left as it was found, bit for bit: weights, buffers (BatchNorm's running
 statistics and ``num_batches_tracked``), gradients, ``requires_grad``, each module's
@@ -46,14 +47,15 @@ class Row:
     name: str
     params: int
     rgn: float | None  # None: its weights are all zero
-    signal: float | None  # None for the head (it always trains; see Signal.blocks)
+    signal: float | None  # None for a re-initialised head (it always trains; see Signal.blocks)
 
 
 @dataclass
 class Signal:
     """What :func:`measure` found. ``tensors``' signal is over every tensor (Auto-RGN's factors
-    at the first step); ``blocks``' over the stages alone (a freshly initialised head's ratio
-    dwarfs everything, and the head trains anyway); ``head`` is the head's row."""
+    at the first step); ``blocks``' over the stages and, when it was kept from the weights, the
+    head (``head_new`` False): a freshly initialised head's ratio dwarfs everything and says
+    nothing about the body; ``head`` is the head's row."""
 
     model: str
     batches: int
@@ -66,6 +68,7 @@ class Signal:
     weight_sq: np.ndarray = field(repr=False)  # (tensors,): ‖w‖² per tensor
     names: list[str] = field(repr=False)
     block_params: dict[str, list[str]] = field(repr=False)  # stage name -> its tensors ("head" too)
+    head_new: bool = True  # the head was re-initialised (ModelInfo.new_modules)
 
     def rgn(self, names: list[str]) -> float | None:
         """‖g‖/‖w‖ of these tensors together, averaged over the batches; None when their weights are zero."""
@@ -93,7 +96,7 @@ class Signal:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "batches": self.batches, "batch_size": self.batch_size,
-                "seconds": round(self.seconds, 3), "head": asdict(self.head),
+                "seconds": round(self.seconds, 3), "head": {**asdict(self.head), "new": self.head_new},
                 "blocks": [asdict(b) for b in self.blocks], "tensors": [asdict(t) for t in self.tensors]}
 
 
@@ -191,26 +194,31 @@ def measure(inputs: RunInputs, config: TrainConfig | None = None, batches: int =
             p.grad = None
     seconds = time.perf_counter() - t0
     return summarise(model, inputs.traced, grad_sq.double().numpy(), weight_sq.double().numpy(), names,
-                     batches, bs, seconds)
+                     batches, bs, seconds, new_modules=set(inputs.plan.new_modules))
 
 
 def summarise(model: nn.Module, traced, grad_sq: np.ndarray, weight_sq: np.ndarray, names: list[str],
-              batches: int, batch_size: int, seconds: float) -> Signal:
+              batches: int, batch_size: int, seconds: float, new_modules: set[str] = frozenset()) -> Signal:
     """The rows of a measurement: per tensor, per stage of the sweep, and the head."""
     head, parts = stages(model, traced)
+    info = model_info(model)
+    new = set(new_modules) | set(info.new_modules if info is not None else ())
+    head_new = any(m in new for n in head for m in module_prefixes(n))
     numel = {n: p.numel() for n, p in model.named_parameters()}
     blank = Signal(model_name(model), batches, batch_size, seconds, [], Row("head", 0, None, None), [],
-                   grad_sq, weight_sq, names, {"head": head, **{k: v for k, v in parts}})
+                   grad_sq, weight_sq, names, {"head": head, **{k: v for k, v in parts}}, head_new)
     per_tensor = [blank.rgn([n]) for n in names]
     finite = [v for v in per_tensor if v is not None]
     top = max(finite, default=0.0)
     blank.tensors = [Row(n, numel[n], v, (v / top if top > 0 else 0.0) if v is not None else 1.0)
                      for n, v in zip(names, per_tensor)]
     block_rgn = [blank.rgn(held) for _, held in parts]
-    top = max([v for v in block_rgn if v is not None], default=0.0)
-    blank.blocks = [Row(name, sum(numel[n] for n in held), v, (v / top if top > 0 else 0.0) if v is not None else 0.0)
-                    for (name, held), v in zip(parts, block_rgn)]
-    blank.head = Row("head", sum(numel[n] for n in head), blank.rgn(head), None)
+    head_rgn = blank.rgn(head)
+    compared = block_rgn + ([] if head_new else [head_rgn])
+    top = max([v for v in compared if v is not None], default=0.0)
+    share = (lambda v: (v / top if top > 0 else 0.0) if v is not None else 0.0)  # noqa: E731
+    blank.blocks = [Row(name, sum(numel[n] for n in held), v, share(v)) for (name, held), v in zip(parts, block_rgn)]
+    blank.head = Row("head", sum(numel[n] for n in head), head_rgn, None if head_new else share(head_rgn))
     return blank
 
 
@@ -224,10 +232,14 @@ def model_name(model: nn.Module) -> str:
 
 def chosen_blocks(signal: Signal, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
     """The strongest stage and its neighbours on either side, contiguously, while their signal
-    is at least ``threshold`` (in [0, 1]); in forward order. Empty when the model has no stages."""
+    is at least ``threshold`` (in [0, 1]); in forward order. A head kept from the weights is the
+    last of the row: when it is the strongest, the run starts there (empty: the head alone).
+    Empty when the model has no stages."""
     if not (0.0 <= threshold <= 1.0):
         raise PlanError(f"the threshold is a share of the strongest block's signal, in [0, 1]; got {threshold}")
     values = [b.signal or 0.0 for b in signal.blocks]
+    if signal.head.signal is not None and values:
+        values.append(signal.head.signal)
     if not values:
         return []
     best = int(np.argmax(values))
@@ -236,7 +248,7 @@ def chosen_blocks(signal: Signal, threshold: float = DEFAULT_THRESHOLD) -> list[
         lo -= 1
     while hi < len(values) - 1 and values[hi + 1] >= threshold:
         hi += 1
-    return [b.name for b in signal.blocks[lo:hi + 1]]
+    return [b.name for b in signal.blocks[lo:hi + 1]]  # the head, at len(blocks), is not a stage
 
 
 def suggested_plan(inputs: RunInputs, signal: Signal, threshold: float = DEFAULT_THRESHOLD,
