@@ -230,13 +230,17 @@ def model_name(model: nn.Module) -> str:
 # ----------------------------------------------------------------------------- the suggestion
 
 
+def check_threshold(threshold: float) -> None:
+    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        raise PlanError(f"the threshold is a share of the strongest block's signal, in [0, 1]; got {threshold}")
+
+
 def chosen_blocks(signal: Signal, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
     """The strongest stage and its neighbours on either side, contiguously, while their signal
     is at least ``threshold`` (in [0, 1]); in forward order. A head kept from the weights is the
     last of the row: when it is the strongest, the run starts there (empty: the head alone).
     Empty when the model has no stages."""
-    if not (0.0 <= threshold <= 1.0):
-        raise PlanError(f"the threshold is a share of the strongest block's signal, in [0, 1]; got {threshold}")
+    check_threshold(threshold)
     values = [b.signal or 0.0 for b in signal.blocks]
     if signal.head.signal is not None and values:
         values.append(signal.head.signal)
@@ -282,8 +286,7 @@ def suggest(inputs: RunInputs, config: TrainConfig | None = None, batches: int =
             threshold: float = DEFAULT_THRESHOLD, batchnorm: str = "freeze", stop: threading.Event | None = None,
             progress: Callable[[int, int], None] | None = None) -> Suggestion:
     """:func:`measure` on prepared inputs, then the plan it suggests."""
-    chosen_blocks(Signal("", 0, 0, 0.0, [], Row("head", 0, None, None), [], np.zeros((0, 0)), np.zeros(0), [], {}),
-                  threshold)  # a bad threshold is one sentence before any batch runs
+    check_threshold(threshold)  # one sentence before any batch runs
     signal = measure(inputs, config, batches, stop, progress)
     return Suggestion(signal, chosen_blocks(signal, threshold), threshold,
                       suggested_plan(inputs, signal, threshold, batchnorm))
