@@ -223,8 +223,8 @@ def svg(table: dict, path: Path) -> Path:
     y = lambda acc: top + (h - top - bottom) * (1 - acc)  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
              f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="13">Surgical fine-tuning on shapes: val '
-             f'accuracy (mean ± sd over seeds) per strategy and shift</text>']
+             f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="13">Surgical fine-tuning on shapes: test '
+             f'accuracy (mean ± sd over seeds, each strategy at its selected rate)</text>']
     for t in range(0, 11, 2):
         yy = y(t / 10)
         parts.append(f'<line x1="{left}" x2="{w - 20}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>'
