@@ -276,13 +276,6 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, SuggestA
         if self.main(Charts).show_lr:
             self.main(Charts).dirty = True  # the next run's rates follow the plan
 
-    def on_worker_state_changed(self, event) -> None:
-        """Workers' ends, by group: the signal measurement's, else a run's or a sweep's."""
-        if event.worker.group == "signal":
-            self.signal_worker_changed(event)
-        else:
-            RunActions.on_worker_state_changed(self, event)
-
     @on(ModuleTree.NodeHighlighted)
     def on_node_highlighted(self, event: ModuleTree.NodeHighlighted) -> None:
         if self.workspace is not None and event.node.data is not None:

@@ -72,8 +72,9 @@ class SuggestActions:
         bar = "█" * (10 * m.done // max(1, m.total))
         self.main("#tree-box").border_subtitle = f"measuring ‖g‖/‖w‖ {bar:░<10} batch {m.done}/{m.total} · m stops"
 
-    def signal_worker_changed(self, event: Worker.StateChanged) -> None:
-        """The measurement's end (the app routes the "signal" group's state changes here)."""
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The measurement's end. Textual calls this handler of every class in the app's MRO, so
+        RunActions' (the "train" group's) runs too; each looks at its own group only."""
         worker, state = event.worker, event.state
         if worker.group != "signal" or state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
             return
