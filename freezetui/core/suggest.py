@@ -83,7 +83,7 @@ class Signal:
 
     def module_signal(self) -> dict[str, float]:
         """Each module's (and tensor's) ratio over the largest among those outside the head, in
-        [0, 1] (the head's modules clipped to 1): the TUI's heat column."""
+        [0, 1] (the head's modules clipped to 1): a heat map over the module tree."""
         head = set(self.block_params.get("head", []))
         members: dict[str, list[str]] = {}
         for n in self.names:
@@ -154,7 +154,7 @@ def measure(inputs: RunInputs, config: TrainConfig | None = None, batches: int =
     gets (done, total) after each batch; ``stop`` ends the measurement (TrainingError)."""
     config = config or TrainConfig()
     if not isinstance(batches, int) or batches < 1:
-        raise PlanError(f"suggest needs at least one batch, got --batches {batches}")
+        raise PlanError(f"measuring needs at least one batch, got {batches}")
     model, data, device = inputs.model, inputs.data, inputs.device
     if data is None or len(data.train) == 0:
         raise PlanError("suggest needs training images; the data has none")
