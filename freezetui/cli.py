@@ -167,7 +167,7 @@ def cmd_plan_show(args) -> int:
         return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
-    scheduled = bool(plan.stages or plan.lr_mult or plan.layer_decay is not None)
+    scheduled = bool(plan.stages or plan.lr_mult or plan.layer_decay is not None or plan.auto_rgn)
     rates, starts = {}, {}
     if scheduled:
         rates = module_rates(plan, model, args.depth, traced.param_order if traced else None)
@@ -182,6 +182,8 @@ def cmd_plan_show(args) -> int:
         state = "frozen" if trainable == 0 else "mixed" if frozen else ""
         mark = " (new)" if name in new or any(n.startswith(name + ".") for n in new) else ""
         sched = f"  {rates.get(name, ''):>13}  {starts.get(name, ''):>11}" if scheduled else ""
+        if plan.auto_rgn and trainable:  # the multiplier, then × the tensor's signal each step
+            sched = f"  {(rates.get(name, '') + '·rgn'):>13}  {starts.get(name, ''):>11}"
         print(f"  {name:<{width}}  {kind:<{kind_w}}  {total:>12,}  {trainable:>12,}  {frozen:>12,}{sched}  "
               f"{state}{mark}".rstrip())
     c = plan.counts
@@ -353,6 +355,54 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_suggest(args) -> int:
+    from .core.specs import RunSpec
+    from .core.suggest import suggest_from_spec
+
+    if not args.model:
+        raise PlanError("suggest needs --model NAME")
+    if args.output and Path(args.output).is_dir():
+        raise PlanError(f"-o {args.output} is a folder; give the plan's file name, e.g. {Path(args.output) / 'plan.json'}")
+    spec = RunSpec(data=args.data, config=config_from_args(args), out=None, model=model_spec_from_args(args),
+                   batchnorm=args.bn)
+    report = suggest_from_spec(spec, args.batches, args.threshold, ConsoleReporter())
+    if args.output:
+        report.plan.save(args.output)
+    if args.json:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(suggest_text(report))
+    if args.output:
+        print(f"wrote {args.output}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def suggest_text(report) -> str:
+    """The measurement as printed: the blocks with a bar each, the head, the suggestion."""
+    s = report.signal
+    width = max([len(b.name) for b in s.blocks] + [4])
+    lines = [f"{s.model}: relative gradient norm ‖g‖/‖w‖ over {s.batches} batch(es) of {s.batch_size} "
+             f"in {s.seconds:.1f}s, normalised to the strongest block",
+             f"  {'block':<{width}}  {'params':>11}  {'‖g‖/‖w‖':>9}  signal"]
+    chosen = set(report.blocks)
+    for b in s.blocks:
+        bar = "█" * round(20 * (b.signal or 0.0))
+        rgn = "n/a" if b.rgn is None else f"{b.rgn:.3g}"
+        lines.append(f"  {b.name:<{width}}  {b.params:>11,}  {rgn:>9}  {b.signal or 0.0:5.2f} {bar:<20}"
+                     f"{'  ← suggested' if b.name in chosen else ''}")
+    h = s.head
+    share = "(re-initialised; always trains)" if h.signal is None else \
+        f"{h.signal:5.2f} {'█' * round(20 * h.signal):<20}  (always trains)"
+    lines.append(f"  {'head':<{width}}  {h.params:>11,}  {'n/a' if h.rgn is None else f'{h.rgn:.3g}':>9}  {share}")
+    c = report.plan.counts
+    lines.append(f"suggested: the head + {', '.join(report.blocks) or 'nothing else'} (blocks with signal ≥ "
+                 f"{report.threshold:g}, contiguous around the strongest): {c['trainable']:,} of {c['total']:,} "
+                 f"parameters trainable")
+    return "\n".join(lines)
+
+
 def cmd_tui(args) -> int:
     try:
         from .tui.app import run_app
@@ -377,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_plan_make(args) if args.plan_command == "make" else cmd_plan_show(args)
             if args.command == "sweep":
                 return cmd_sweep(args)
+            if args.command == "suggest":
+                return cmd_suggest(args)
             return cmd_train(args, main_parser)
         return cmd_tui(tui_parser.parse_args(argv))
     except FreezeTUIError as e:

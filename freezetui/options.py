@@ -12,7 +12,7 @@ from .core.schedule import SCHEDULES
 from .core.specs import ModelSpec, ScheduleSpec
 from .core.train import OPTIMIZERS, TrainConfig
 
-SUBCOMMANDS = ("models", "plan", "train", "sweep")
+SUBCOMMANDS = ("models", "plan", "train", "sweep", "suggest")
 # `train --resume DIR` continues a run with its own settings; only these may change.
 RESUME_OVERRIDES = ("device", "epochs")
 
@@ -126,6 +126,9 @@ def add_schedule_plan_options(p: argparse.ArgumentParser) -> None:
                    help="rates F, F², … over the blocks before the head (instead of --lr-mult)")
     p.add_argument("--train-bn", action="store_true",
                    help="norm layers' parameters train even where frozen, BatchNorm in train mode (fastai's train_bn)")
+    p.add_argument("--auto-rgn", action="store_true",
+                   help="Auto-RGN: every step, each trainable tensor's rate × its relative gradient norm "
+                        "‖g‖/‖w‖ over the largest (Lee et al., ICLR 2023)")
     p.add_argument("--recipe", choices=("fine-tune",),
                    help="fine-tune: the head (and, train_bn, the norm layers) alone for 1 epoch, then everything "
                         "at half the rate spread 100x over fastai's parameter groups, the schedule restarted "
@@ -219,7 +222,36 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sweep.add_argument("--rungs", type=positive_int, help="at most N rungs: the first N-1 and the all-trainable one")
     sweep.add_argument("--out", required=True, help="sweep folder: sweep.json and one run folder per rung")
     sweep.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
+    add_suggest_parser(sub)
     return main, tui
+
+
+def unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def add_suggest_parser(sub) -> None:
+    from .core.suggest import DEFAULT_BATCHES, DEFAULT_THRESHOLD
+
+    p = sub.add_parser("suggest", help="measure which blocks the data pulls on (relative gradient norms) "
+                                       "and suggest a plan")
+    add_model_options(p, model_default=None)
+    p.add_argument("--bn", choices=("train", "freeze"), default="freeze",
+                   help="the suggested plan's frozen BatchNorm layers keep (freeze) or update (train) statistics")
+    add_train_options(p)
+    p.add_argument("--batches", type=positive_int, default=DEFAULT_BATCHES,
+                   help="batches of forward and backward to measure on (default: %(default)s)")
+    p.add_argument("--threshold", type=unit_float, default=DEFAULT_THRESHOLD,
+                   help="a block joins the suggestion when its signal is at least this share of the strongest "
+                        "block's, contiguously (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the blocks, the tensors and the plan as JSON")
+    p.add_argument("-o", "--output", help="write the suggested plan here (JSON)")
 
 
 def config_from_args(args) -> TrainConfig:
@@ -240,15 +272,16 @@ def model_spec_from_args(args) -> ModelSpec | None:
     return ModelSpec(args.model, args.weights, args.num_classes, args.small_input)
 
 
-SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe", "train_bn")
+SCHEDULE_FLAGS = ("stage", "lr_mult", "layer_decay", "recipe", "train_bn", "auto_rgn")
 
 
 def schedule_spec_from_args(args) -> ScheduleSpec | None:
-    """``--stage``, ``--lr-mult``, ``--layer-decay`` and ``--recipe``; None when none is given."""
+    """``--stage``, ``--lr-mult``, ``--layer-decay``, ``--recipe`` and ``--auto-rgn``; None when none is given."""
     if not any(getattr(args, k, None) for k in SCHEDULE_FLAGS):
         return None
     return ScheduleSpec(stages=list(args.stage or []), lr_mult=list(args.lr_mult or []),
-                        layer_decay=args.layer_decay, recipe=args.recipe, train_bn=args.train_bn)
+                        layer_decay=args.layer_decay, recipe=args.recipe, train_bn=args.train_bn,
+                        auto_rgn=bool(args.auto_rgn))
 
 
 def given_schedule_flags(args) -> list[str]:

@@ -77,6 +77,8 @@ COMMANDS = {
                "--resume", "--out", "--stage", "--lr-mult", "--layer-decay", "--recipe"], FLAGS),
     "sweep": (["--model", "--weights", "--data", "--epochs", "--batch-size", "--lr", "--optimizer", "--image-size",
                "--device", "--seed", "--rungs", "--bn", "--out"], FLAGS),
+    "suggest": (["--model", "--weights", "--num-classes", "--data", "--batch-size", "--image-size", "--device",
+                 "--seed", "-o"], ["--small-input", "--no-amp", "--json-not-an-option"]),
 }
 
 
@@ -99,6 +101,8 @@ def command_lines(draw, root):
         argv += ["--out", draw(values["--out"]), "--data", str(root / "imgs")]
         argv += draw(st.sampled_from([["--plan", str(root / "tiny.json"), "--model", "tiny:tiny_cnn"],
                                       ["--model", "tiny:tiny_cnn"], []]))
+    if command == "suggest":
+        argv += ["--data", str(root / "imgs"), "--model", "tiny:tiny_cnn", "--batches", "1"]
     for opt in draw(st.lists(st.sampled_from(options), max_size=6)) if options else []:
         argv += [opt, draw(values[opt])]
     argv += draw(st.lists(st.sampled_from(flags), max_size=2, unique=True)) if flags else []

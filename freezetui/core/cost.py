@@ -27,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from .plan import NEVER, FreezePlan, _keep_eval
+from .rgn import flops_per_step
 
 PROFILE_BATCHES = (2, 4)  # two sizes give each saved tensor a per-image part and a fixed part
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1}  # state tensors per trainable parameter
@@ -445,6 +446,8 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
         "backward_stop": backward_stop,
         "profiled": f"{profile.device} {profile.dtype}",
     }
+    # Auto-RGN's two norms per trainable tensor per step; it holds nothing between steps
+    result["auto_rgn_flops_per_step"] = flops_per_step(result["trainable_params"]) if plan.auto_rgn else 0
     result["total_bytes"] = total_bytes + trainable_bytes * (1 + states) + result["activation_bytes"]
     result["full_total_bytes"] = total_bytes * (2 + states) + result["full_activation_bytes"]
     result["activation_ratio"] = full_act / act if act else None
@@ -483,6 +486,8 @@ def describe(est: dict) -> str:
                  f"{human_bytes(est['full_activation_bytes'])} full")
     if est["flops_ratio"] and est["flops_ratio"] > 1.005:
         parts.append(f"{est['flops_ratio']:.1f}× fewer FLOPs")
+    if est.get("auto_rgn_flops_per_step"):
+        parts.append(f"Auto-RGN +{human_flops(est['auto_rgn_flops_per_step'])}/step, no memory")
     return " · ".join(parts)
 
 

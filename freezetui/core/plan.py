@@ -2,8 +2,10 @@
 
 A plan is plain data (it round-trips through JSON exactly); :meth:`FreezePlan.apply` puts it
 on a model and :meth:`FreezePlan.freeze` / :meth:`FreezePlan.unfreeze` edit it with globs.
-Optional schedule keys: ``lr_mult`` (per-glob rate multipliers), ``layer_decay`` and
-``stages`` (unfreeze/freeze at later epochs); ``frozen``/``trainable`` describe epoch 1.
+Optional schedule keys: ``lr_mult`` (per-glob rate multipliers), ``layer_decay``, ``stages``
+(unfreeze/freeze at later epochs) and ``auto_rgn`` (each trainable tensor's rate also scaled, every
+step, by its normalised relative gradient norm: :mod:`freezetui.core.rgn`); ``frozen``/``trainable``
+describe epoch 1.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .models import model_info
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
 KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages",
-              "train_bn"}
+              "train_bn", "auto_rgn"}
 STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult", "restart"}
 _BN_HOOK = "_freezetui_bn_hook"
 NEVER = 2**63 - 1  # "never": later than any epoch or step, and still an int64 (numpy views use it)
@@ -108,6 +110,7 @@ class FreezePlan:
     stages: list[Stage] = field(default_factory=list)  # in increasing epoch order
     train_bn: bool = False  # norm layers' parameters train in every epoch, BatchNorm in train mode (fastai's)
     norm_params: list[str] = field(default_factory=list)  # not in the file: read from the model (norm_parameters)
+    auto_rgn: bool = False  # rates × each tensor's normalised ‖g‖/‖w‖, every step (rgn.AutoRGN)
 
     # ------------------------------------------------------------------ construction
 
@@ -350,6 +353,8 @@ class FreezePlan:
             d["layer_decay"] = self.layer_decay
         if self.stages:
             d["stages"] = [s.to_dict() for s in self.stages]
+        if self.auto_rgn:
+            d["auto_rgn"] = True
         return d
 
     # ------------------------------------------------------------------ the model
@@ -483,6 +488,10 @@ class FreezePlan:
             if not (_positive_number(decay) and decay <= 1):
                 raise PlanError(f"{source}: \"layer_decay\" must be a number in (0, 1], got {decay!r}")
             self.layer_decay = float(decay)
+        auto = d.get("auto_rgn", False)
+        if not isinstance(auto, bool):
+            raise PlanError(f"{source}: \"auto_rgn\" must be true or false, not {auto!r}")
+        self.auto_rgn = auto
         stages = d.get("stages")
         if stages is None:
             return

@@ -129,6 +129,7 @@ def add_schedule(plan: FreezePlan, model: nn.Module, schedule: ScheduleSpec) -> 
                         f"--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
     if s.lr_mult and s.layer_decay:
         raise PlanError("give either --lr-mult or --layer-decay, not both")
+    plan.auto_rgn = bool(s.auto_rgn)
     if s.recipe:
         traced = trace(model)
         fine_tune_recipe(plan, model, traced.param_order if traced else None)

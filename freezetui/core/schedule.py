@@ -395,7 +395,7 @@ def module_rates(plan: FreezePlan, model: nn.Module, depth: int = 1, order: list
 
 def describe(plan: FreezePlan) -> list[str]:
     """The schedule in words, one line per stage; empty for a static plan."""
-    if not plan.stages and not plan.lr_mult and plan.layer_decay is None:
+    if not plan.stages and not plan.lr_mult and plan.layer_decay is None and not plan.auto_rgn:
         return []
     lines = [f"epoch 1: {len(plan.trainable)} trainable tensors, batchnorm {plan.batchnorm}"]
     for i, s in enumerate(plan.stages, start=2):
@@ -419,7 +419,13 @@ def describe(plan: FreezePlan) -> list[str]:
         lines.append("rates: " + ", ".join(f"{g} ×{m:g}" for g, m in plan.lr_mult) + " (later rules win)")
     if plan.layer_decay is not None:
         lines.append(f"rates: layer decay {plan.layer_decay:.4g} per block before the head")
+    if plan.auto_rgn:
+        lines.append(AUTO_RGN_LINE)
     return lines
+
+
+AUTO_RGN_LINE = ("rates: Auto-RGN, each trainable tensor's rate × its relative gradient norm ‖g‖/‖w‖ over the "
+                 "largest, every step (no extra memory)")
 
 
 def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: int, epochs: int,
@@ -468,4 +474,6 @@ def short_name(plan: FreezePlan | dict | None) -> str:
         parts.append(f"layer decay {d['layer_decay']:.3g}")
     elif d.get("lr_mult"):
         parts.append(f"{len(d['lr_mult'])} rate rule{'s' if len(d['lr_mult']) > 1 else ''}")
+    if d.get("auto_rgn"):
+        parts.append("Auto-RGN")
     return " · ".join(parts) or "static"

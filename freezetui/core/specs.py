@@ -23,13 +23,14 @@ class ModelSpec:
 @dataclass
 class ScheduleSpec:
     """The schedule of a plan made from rules (``plan make``, ``train`` without a plan file):
-    ``--stage``, ``--lr-mult``, ``--layer-decay`` and ``--recipe``."""
+    ``--stage``, ``--lr-mult``, ``--layer-decay``, ``--recipe`` and ``--auto-rgn``."""
 
     stages: list[tuple[int, list[str]]] = field(default_factory=list)  # (epoch, globs to unfreeze)
     lr_mult: list[tuple[str, float]] = field(default_factory=list)  # (glob, multiplier), later wins
     layer_decay: float | None = None
     recipe: str | None = None  # "fine-tune"
     train_bn: bool = False  # norm layers train even where frozen (the recipe sets it itself)
+    auto_rgn: bool = False  # rates × each tensor's normalised ‖g‖/‖w‖ every step
 
 
 @dataclass

@@ -142,17 +142,24 @@ def ladder(model: nn.Module, traced=None, base: FreezePlan | None = None, rungs:
     out, unfrozen = [], []
     for name, held in steps:
         unfrozen = unfrozen + held
-        plan = base.copy()
-        plan.batchnorm = batchnorm
-        plan.set_frozen(list(plan.params), True)
-        plan.set_frozen(unfrozen, False)
-        plan.extra["rules"] = [{"action": "freeze", "glob": "*"}] + [
-            {"action": "unfreeze", "glob": escape_glob(n)} for n in unfrozen]
+        plan = only_these_train(base, unfrozen, batchnorm)
         plan.extra["sweep_rung"] = name
         out.append((name, plan))
     if rungs is not None and rungs < len(out):
         out = out[:rungs - 1] + out[-1:] if rungs > 1 else out[:1]
     return out
+
+
+def only_these_train(base: FreezePlan, names: list[str], batchnorm: str = "freeze") -> FreezePlan:
+    """A copy of ``base`` (its model block; no schedule) where ``names`` train and the rest is
+    frozen, with the rules that say so (a sweep's rungs, ``suggest``'s plan)."""
+    plan = base.copy()
+    plan.batchnorm = batchnorm
+    plan.set_frozen(list(plan.params), True)
+    plan.set_frozen(names, False)
+    plan.extra["rules"] = [{"action": "freeze", "glob": "*"}] + [
+        {"action": "unfreeze", "glob": escape_glob(n)} for n in names]
+    return plan
 
 
 def rung_folder(index: int, name: str) -> str:

@@ -26,6 +26,7 @@ from .precision import Deterministic, run_precision
 from .schedule import (
     SCHEDULES, describe, multiplier_at, param_groups, phased_factor, unfreeze_warmup, warmup_steps,
 )
+from .rgn import AutoRGN
 from .split import Prefix, find_cut, frozen_prefix, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -278,12 +279,14 @@ def frozen_snapshot(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tenso
 def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, order: list[str] | None = None) -> list[dict]:
     """Every parameter, frozen ones included (no gradient: no state, no decay), grouped by rate
     multiplier, first training epoch and weight decay; ``lr_mult`` and ``first_epoch`` ride in
-    the group for :meth:`_Run.set_rates`."""
+    the group for :meth:`_Run.set_rates`. Under Auto-RGN each tensor is a group of its own (its
+    rate is scaled alone every step)."""
     params = dict(model.named_parameters())
-    return [{"params": [params[n] for n in g.names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
+    return [{"params": [params[n] for n in names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
              "lr_mults": [list(c) for c in g.mults], "first_epoch": g.first_epoch,
              "weight_decay": config.weight_decay if g.decay else 0.0}
-            for g in param_groups(plan, model, order, config.decay_all)]
+            for g in param_groups(plan, model, order, config.decay_all)
+            for names in ([[n] for n in g.names] if plan.auto_rgn else [g.names])]
 
 
 def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
@@ -543,6 +546,7 @@ class _Run:
         self.aug_gen = torch.Generator(device=device).manual_seed(config.seed)
         self.transform = BatchTransform.for_data(model_info(model), self.data, config.image_size)
         self.optimizer = make_optimizer(optimizer_groups(model, self.plan, config, self.order), config, device)
+        self.auto_rgn = AutoRGN(self.optimizer) if self.plan.auto_rgn else None
         heads = find_heads(model)
         head = dict(model.named_parameters()).get(f"{heads[-1]}.weight") if heads else None
         self.head_group = next((i for i, g in enumerate(self.optimizer.param_groups)
@@ -832,6 +836,8 @@ class _Run:
             loss = F.cross_entropy(logits_of(self.step_fn(x)).float(), y)
         loss.backward()
         self.reduced = True  # under DDP the gradients are averaged across processes by now
+        if self.auto_rgn is not None:
+            self.auto_rgn.scale()  # this step's rates × each tensor's normalised ‖g‖/‖w‖
         self.optimizer.step()
         self.steps_done += 1
         return loss.detach()

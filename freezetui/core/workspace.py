@@ -35,6 +35,7 @@ class ScheduleSpan:
 
     epochs: tuple[int, int] | None
     rates: tuple[float, float] | None
+    auto_rgn: bool = False  # and each rate × the tensor's signal, every step
 
 
 @dataclass
@@ -268,7 +269,7 @@ class Workspace:
 
     def has_schedule(self) -> bool:
         p = self.plan
-        return bool(p.stages or p.lr_mult or p.layer_decay is not None)
+        return bool(p.stages or p.lr_mult or p.layer_decay is not None or p.auto_rgn)
 
     def _schedule_edited(self) -> None:
         self._changed()
@@ -363,6 +364,13 @@ class Workspace:
         self._check_unlocked()
         self.plan.stages, self.plan.lr_mult, self.plan.layer_decay = [], [], None
         self.plan.train_bn = False
+        self.plan.auto_rgn = False
+        self._schedule_edited()
+
+    def set_auto_rgn(self, on: bool) -> None:
+        """Auto-RGN rates on or off (see :mod:`freezetui.core.rgn`)."""
+        self._check_unlocked()
+        self.plan.auto_rgn = bool(on)
         self._schedule_edited()
 
     def _glob_index(self, glob: str) -> np.ndarray:
@@ -418,7 +426,8 @@ class Workspace:
         epochs, rates = first[sl][trains], mult[sl][trains]
         return ScheduleSpan(
             (int(epochs.min()), int(epochs.max())) if epochs.size else None,
-            (float(rates.min()), float(rates.max())) if rates.size else None)
+            (float(rates.min()), float(rates.max())) if rates.size else None,
+            self.plan.auto_rgn)
 
     def schedule_lines(self) -> list[str]:
         from .schedule import describe
@@ -462,6 +471,7 @@ class Workspace:
         self.plan.layer_decay = plan.layer_decay
         self.plan.stages = copy.deepcopy(plan.stages)
         self.plan.train_bn = plan.train_bn
+        self.plan.auto_rgn = plan.auto_rgn
         self._changed(edited=False)
 
     def load_plan(self, path: str | Path) -> FreezePlan:

@@ -31,6 +31,7 @@ from .plan_actions import PlanActions
 from .plan_watch import PlanFileWatch
 from .run_actions import RunActions
 from .schedule_actions import ScheduleActions
+from .suggest_actions import SuggestActions
 from .screens.confirm import ConfirmScreen
 from .screens.help import HelpScreen
 from .sweep_actions import SweepActions
@@ -68,7 +69,7 @@ def header_text(ws: Workspace) -> str:
     return f"{info.name}{small} · {w} · {ws.data_name} · {resolve_device(ws.device)}"
 
 
-class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
+class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, SuggestActions, App):
     CSS_PATH = "app.tcss"
     TITLE = "freezetui"
     # The footer shows what a new user needs first and fits 80 columns; every key is in the
@@ -89,6 +90,11 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         Binding("T", "torchrun", "torchrun command for several GPUs", id="torchrun", show=False),
         Binding("S", "sweep", "Sweep plans: head, +block, …, all", id="sweep", show=False),
         Binding("V", "sweep_results", "Sweep results", id="sweep_results", show=False),
+        Binding("m", "measure_signal", "Measure which layers the data pulls on (‖g‖/‖w‖)", id="measure_signal",
+                show=False),
+        Binding("M", "apply_suggestion", "Use the suggested plan (head + strongest blocks)", id="apply_suggestion",
+                show=False),
+        Binding("N", "toggle_auto_rgn", "Auto-RGN rates on/off", id="auto_rgn", show=False),
         Binding("question_mark", "help", "Keys", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -270,6 +276,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         tree = self.main(ModuleTree)
         tree.repaint()
         tree.show_header()  # the schedule columns come and go with the schedule
+        self.on_plan_changed_heat()
         self.refresh_plan()
         if self.main(Charts).show_lr:
             self.main(Charts).dirty = True  # the next run's rates follow the plan

@@ -106,4 +106,6 @@ def schedule_cells(span) -> tuple[str, str]:
     if span.rates is not None and span.rates != (1.0, 1.0):
         lo, hi = span.rates
         rate = f"×{lo:.2g}" if lo == hi else f"×{_short(lo)}–{_short(hi)}"
+    if span.auto_rgn and span.rates is not None:  # and × the tensor's signal, every step
+        rate = f"{rate}·rgn" if rate else "×rgn"
     return when, rate

@@ -36,6 +36,9 @@ class RunActions:
         if self.controller is None:
             self.notify("Still loading the model.", severity="warning")
             return
+        if self.measuring:
+            self.notify("Measuring the signal on the model (m stops it); train after it.", severity="warning")
+            return
         if self.training:
             def answered(yes: bool | None) -> None:
                 if yes:

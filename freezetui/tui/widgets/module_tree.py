@@ -19,18 +19,33 @@ PARAMS_WIDTH = 8  # "  148.0k"
 TRAINABLE_WIDTH = 10  # " trainable"
 WHEN_WIDTH, RATE_WIDTH = 7, 10  # " @10–12", " ×.025–.04"
 SCHEDULE_WIDTH = WHEN_WIDTH + RATE_WIDTH  # shown while the plan has a schedule
+HEAT_WIDTH = 7  # " ▇▇▇▇▆ ": the module's normalised ‖g‖/‖w‖, shown after m measured it
+HEAT_CELLS = HEAT_WIDTH - 2
+EIGHTHS = " ▏▎▍▌▋▊▉█"
 TYPE_MIN_ROOM = 56  # narrower trees leave the type to the details panel
 NAME_MIN = 8
 
 
-def columns(width: int, type_width: int, schedule: bool = False) -> tuple[int, int, bool]:
+def columns(width: int, type_width: int, schedule: bool = False, heat: bool = False) -> tuple[int, int, bool]:
     """(type column width, 0 when hidden; width of the columns after it; whether the params
-    column shows) for a tree ``width`` columns wide. The schedule takes the type's room
-    first, then, in a narrow tree, the params column's (trainable counts stay)."""
-    room = TYPE_MIN_ROOM + (SCHEDULE_WIDTH if schedule else 0)
-    params = not schedule or width >= TYPE_MIN_ROOM
-    counts = (PARAMS_WIDTH if params else 0) + TRAINABLE_WIDTH + (SCHEDULE_WIDTH if schedule else 0)
+    column shows) for a tree ``width`` columns wide. The schedule and the heat take the type's
+    room first, then, in a narrow tree, the params column's (trainable counts stay)."""
+    extra = (SCHEDULE_WIDTH if schedule else 0) + (HEAT_WIDTH if heat else 0)
+    room = TYPE_MIN_ROOM + extra
+    params = not extra or width >= TYPE_MIN_ROOM
+    counts = (PARAMS_WIDTH if params else 0) + TRAINABLE_WIDTH + extra
     return (type_width + 1 if width >= room else 0), counts, params
+
+
+def heat_bar(value: float) -> str:
+    """``value`` in [0, 1] as a bar of HEAT_CELLS cells in eighths."""
+    eighths = round(max(0.0, min(1.0, value)) * HEAT_CELLS * 8)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (EIGHTHS[part] if part else "")).ljust(HEAT_CELLS)
+
+
+def heat_style(value: float) -> str:
+    return "bold red" if value >= 0.75 else "red" if value >= 0.5 else "yellow" if value >= 0.25 else "dim"
 
 
 def fit(text: str, width: int) -> str:
@@ -61,6 +76,18 @@ class ModuleTree(Tree[str]):
         self.show_root = True
         self.auto_expand = False
         self.guide_depth = 3
+        self.heat: dict[str, float] | None = None  # module/tensor -> normalised ‖g‖/‖w‖ (core.suggest)
+        self.heat_version: int | None = None  # the plan version it was measured for
+
+    @property
+    def heat_shown(self) -> bool:
+        """The heat column shows while the plan is the one it was measured with."""
+        return self.heat is not None and self.workspace is not None and self.heat_version == self.workspace.version
+
+    def show_heat(self, heat: dict[str, float] | None, version: int | None) -> None:
+        self.heat, self.heat_version = heat, version
+        self.show_header()
+        self.repaint()
 
     # ------------------------------------------------------------------ content
 
@@ -106,11 +133,14 @@ class ModuleTree(Tree[str]):
         """The column titles, aligned with the rows' columns."""
         width = self.row_width
         sched = self.schedule_shown
-        type_w, counts_w, params = columns(width, self.type_width(), sched)
+        heat = self.heat_shown
+        type_w, counts_w, params = columns(width, self.type_width(), sched, heat)
         name_w = max(1, width - type_w - counts_w - 4)
         text = Text("    " + "module".ljust(name_w), "bold")
         if type_w:
             text.append("type".ljust(type_w), "bold")
+        if heat:
+            text.append(" signal".ljust(HEAT_WIDTH), "bold red")
         if sched:
             text.append("from".rjust(WHEN_WIDTH) + "×lr".rjust(RATE_WIDTH), "bold yellow")
         if params:
@@ -133,7 +163,8 @@ class ModuleTree(Tree[str]):
         depth = node.data.count(".") + 1 if node.data else 0
         width = max(NAME_MIN + 4, self.row_width - depth * self.guide_depth)  # the label's columns
         sched = self.schedule_shown
-        type_w, counts_w, params = columns(self.row_width, self.type_width(), sched)
+        heat = self.heat_shown
+        type_w, counts_w, params = columns(self.row_width, self.type_width(), sched, heat)
         name_w = max(NAME_MIN, width - 4 - type_w - counts_w)
         icon = (self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE) if node.allow_expand else "  "
         if info.name in ws.info.new_modules:
@@ -154,6 +185,12 @@ class ModuleTree(Tree[str]):
             if len(kind) > type_w - 1:
                 kind = kind[: type_w - 2] + "…"
             text.append(kind.ljust(type_w), "dim")
+        if heat:
+            value = self.heat.get(node.data)
+            if value is None:
+                text.append(" " * HEAT_WIDTH)
+            else:
+                text.append(" " + heat_bar(value) + " ", heat_style(value))
         if sched:
             when, rate = schedule_cells(ws.schedule_span(node.data))
             text.append(fit(when, WHEN_WIDTH - 1).rjust(WHEN_WIDTH), "bold yellow")
