@@ -469,3 +469,46 @@ def short_name(plan: FreezePlan | dict | None) -> str:
     elif d.get("lr_mult"):
         parts.append(f"{len(d['lr_mult'])} rate rule{'s' if len(d['lr_mult']) > 1 else ''}")
     return " · ".join(parts) or "static"
+
+
+# ----------------------------------------------------------------------------- a run's rates
+
+
+class PlanSchedule:
+    """Each parameter group's learning rate at each step of a run of ``epochs`` ×
+    ``steps_per_epoch`` optimizer steps under ``plan``: the schedule's factor (restarting at a
+    stage with ``restart``) × the stage's ``lr_scale`` × the group's multiplier in that epoch
+    (``lr_mult``, ``layer_decay``, a stage's ``lr_mult``) × its own warmup over the epoch a stage
+    unfreezes it. The groups are :meth:`FreezePlan.param_groups`'; ``freezetui train`` sets its
+    rates with :meth:`set_rates` too.
+
+    ``schedule``: constant, cosine or onecycle (:func:`schedule_factor`); ``warmup_epochs``: the
+    linear warmup at the start of the run (and of each restarted phase)."""
+
+    def __init__(self, plan: FreezePlan, lr: float, epochs: int, steps_per_epoch: int, schedule: str = "cosine",
+                 warmup_epochs: float = 0.5):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        self.plan, self.lr, self.epochs, self.schedule = plan, lr, epochs, schedule
+        self.steps_per_epoch, self.warmup_epochs = max(1, steps_per_epoch), warmup_epochs
+        self.restarts = plan.restarts()
+
+    def base_lr(self, epoch: int, step: int) -> float:
+        """The rate of a group of multiplier 1 (the head's) at 1-based ``step`` of 1-based ``epoch``."""
+        t = (epoch - 1) * self.steps_per_epoch + step - 1
+        return self.lr * self.plan.lr_scale_at(epoch) * phased_factor(
+            self.schedule, t, self.steps_per_epoch, self.epochs, self.warmup_epochs, self.restarts)
+
+    def group_lr(self, group: dict, epoch: int, step: int, base: float | None = None) -> float:
+        """One parameter group's rate (a dict of :meth:`FreezePlan.param_groups`)."""
+        t = (epoch - 1) * self.steps_per_epoch + step - 1
+        base = self.base_lr(epoch, step) if base is None else base
+        mult = multiplier_at(group["lr_mults"], epoch) if group.get("lr_mults") else group["lr_mult"]
+        return base * mult * unfreeze_warmup(t, self.steps_per_epoch, group["first_epoch"])
+
+    def set_rates(self, optimizer, epoch: int, step: int) -> None:
+        """Set every group's ``lr`` in ``optimizer`` for 1-based ``step`` of 1-based ``epoch``;
+        call it before each ``optimizer.step()``."""
+        base = self.base_lr(epoch, step)
+        for g in optimizer.param_groups:
+            g["lr"] = self.group_lr(g, epoch, step, base)
