@@ -423,12 +423,15 @@ class FreezePlan:
 
     def enter_epoch(self, model: nn.Module, epoch: int) -> "FreezePlan":
         """Put the plan in force during 1-based ``epoch`` on ``model`` (its stages up to then:
-        ``requires_grad`` both ways, the BatchNorm policy, ``train_bn``) and return it. Call it
-        at the start of every epoch; it is cheap, and frozen BatchNorm layers stay in eval mode
-        through ``model.train()``."""
+        ``requires_grad`` both ways, the BatchNorm policy, ``train_bn``), put ``model`` in train
+        mode, and return that plan. Call it at the start of every epoch. Frozen BatchNorm layers
+        under ``batchnorm: "freeze"`` stay in eval mode whatever ``model.train()`` says; train
+        mode here is what releases them when a stage switches BatchNorm to ``"train"`` (a loop
+        that never calls ``model.train()``, as Lightning's, would keep them in eval mode)."""
         self._learn_norms(model)
         active = self.at_epoch(epoch)
         active.apply(model)
+        model.train()
         return active
 
     def _learn_norms(self, model: nn.Module) -> None:

@@ -507,8 +507,10 @@ class PlanSchedule:
         return base * mult * unfreeze_warmup(t, self.steps_per_epoch, group["first_epoch"])
 
     def set_rates(self, optimizer, epoch: int, step: int) -> None:
-        """Set every group's ``lr`` in ``optimizer`` for 1-based ``step`` of 1-based ``epoch``;
-        call it before each ``optimizer.step()``."""
+        """Set the ``lr`` of every group :meth:`FreezePlan.param_groups` made in ``optimizer`` for
+        1-based ``step`` of 1-based ``epoch``; call it before each ``optimizer.step()``. Groups of
+        the caller's own (without ``first_epoch``) keep their rate."""
         base = self.base_lr(epoch, step)
         for g in optimizer.param_groups:
-            g["lr"] = self.group_lr(g, epoch, step, base)
+            if "first_epoch" in g:
+                g["lr"] = self.group_lr(g, epoch, step, base)
