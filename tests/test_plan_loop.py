@@ -188,3 +188,49 @@ def test_own_loop_lightning_and_freezetui_train_agree(name, data, monkeypatch):
         # closure; the hooks around it), but runs the same operations on the same tensors, with
         # no loss scaling in 32-true precision and no accumulation: nothing is rounded differently.
         assert torch.equal(sa[k], sb[k]), k
+
+
+def test_importing_freezetui_imports_no_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, freezetui, freezetui.cli; print([m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_plan_from_a_file_learns_the_model_s_norm_layers(data):
+    """train_bn in a file names no norm layers: param_groups and enter_epoch read them from the model."""
+    model, plan, _, _ = setup(recipe_plan, data)
+    assert plan.train_bn and not plan.norm_params
+    active = plan.enter_epoch(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "stem.1.weight" in trainable and "stem.0.weight" not in trainable and "fc.weight" in trainable
+    assert set(active.trainable) == trainable
+    assert plan.enter_epoch(model, 2).trainable == list(plan.params)  # the recipe's stage 2: everything
+
+
+def test_the_callback_refuses_an_optimizer_without_the_plan_s_groups(data):
+    L = pytest.importorskip("lightning")
+    from freezetui.core.errors import PlanError
+    from freezetui.lightning import FreezePlanCallback
+
+    model, plan, x, y = setup(layer_decay_plan, data)
+
+    class Classifier(L.LightningModule):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters())
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[FreezePlanCallback(plan, lr=LR)])
+    with pytest.raises(PlanError, match="plan_param_groups"):
+        trainer.fit(Classifier(model), loader)

@@ -29,6 +29,9 @@ FASTAI_SLICE_STOP_DIV = 10.0  # fastai's set_hyper: slice(lr) gives lr/10 to eve
 FASTAI_FEATURE_SPLITS = {"VGG": 22, "AlexNet": 6, "DenseNet": 7, "SqueezeNet": 5}  # fastai's model_meta splits
 _MATCH_PREV_GROUP = 99999.0  # timm's MATCH_PREV_GROUP: a group key ending in it joins the group before
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+# where a user's own script learns the three calls (README section of that title)
+OWN_LOOP = ("In your own training loop: plan.param_groups, PlanSchedule.set_rates, plan.enter_epoch "
+            "(or freezetui.lightning); see the README, \"The plan in your own training loop\".")
 
 
 # ----------------------------------------------------------------------------- over time
