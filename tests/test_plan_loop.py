@@ -234,3 +234,21 @@ def test_the_callback_refuses_an_optimizer_without_the_plan_s_groups(data):
                         callbacks=[FreezePlanCallback(plan, lr=LR)])
     with pytest.raises(PlanError, match="plan_param_groups"):
         trainer.fit(Classifier(model), loader)
+
+
+def test_the_readme_loop_runs_as_written(tmp_path, monkeypatch, data):
+    """The README's loop, verbatim, on a staged plan saved to plan.json."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index("## The plan in your own training loop"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
+    model, plan, x, y = setup(layer_decay_plan, data)
+    monkeypatch.chdir(tmp_path)
+    plan.save("plan.json")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loader = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(y), BATCH)]
+    exec(compile(code, "README.md", "exec"), {"model": model, "loader": loader})
+    after = dict(model.named_parameters())
+    assert torch.equal(after["stem.0.weight"], before["stem.0.weight"])  # frozen throughout
+    assert not torch.equal(after["block1.0.weight"], before["block1.0.weight"])  # unfrozen by the stage
