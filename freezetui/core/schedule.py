@@ -18,7 +18,7 @@ from typing import Iterable
 from torch import nn
 
 from .models import find_heads
-from .plan import NEVER, FreezePlan, escape_glob, module_prefixes, norm_parameters
+from .plan import NEVER, FreezePlan, Stage, escape_glob, module_prefixes, norm_parameters
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_RAMP = 0.3  # share of the run spent rising (as torch's OneCycleLR's pct_start)
@@ -431,16 +431,12 @@ def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: in
     as training sets it: the schedule's factor × the ``lr_scale`` of the stage in force.
     ``stages`` as the plan file holds them. The TUI draws it before and during a run."""
     steps = max(1, steps_per_epoch)
-    total = max(1, epochs) * steps
-    restarts = [s["epoch"] for s in stages if s.get("restart")]
-    scales = sorted((s["epoch"], s["lr_scale"]) for s in stages if s.get("lr_scale") is not None)
-
-    def scale(epoch: int) -> float:
-        return next((v for e, v in reversed(scales) if e <= epoch), 1.0)
-
-    points = range(1, total + 1) if at is None else at
-    return [lr * scale((t - 1) // steps + 1) * phased_factor(schedule, t - 1, steps, max(1, epochs), warmup_epochs,
-                                                             restarts) for t in points]
+    timed = sorted((Stage(s["epoch"], lr_scale=s.get("lr_scale"), restart=bool(s.get("restart"))) for s in stages),
+                   key=lambda s: s.epoch)
+    rates = PlanSchedule(FreezePlan(model={}, params={}, stages=timed), lr, max(1, epochs), steps, schedule,
+                         warmup_epochs)
+    points = range(1, max(1, epochs) * steps + 1) if at is None else at
+    return [rates.base_lr((t - 1) // steps + 1, (t - 1) % steps + 1) for t in points]
 
 
 def sample_steps(total: int, limit: int) -> list[int]:
