@@ -4,11 +4,12 @@ from .core.errors import FreezeTUIError, PlanError
 from .core.lints import Lint, check as lint
 from .core.models import ModelInfo, build_model, list_models, model_info
 from .core.plan import FreezePlan
+from .core.schedule import PlanSchedule
 from .core.train import Callback, TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Callback", "FreezePlan", "FreezeTUIError", "Lint", "ModelInfo", "PlanError", "TrainConfig",
+    "Callback", "FreezePlan", "FreezeTUIError", "Lint", "ModelInfo", "PlanError", "PlanSchedule", "TrainConfig",
     "TrainResult", "build_model", "lint", "list_models", "model_info", "train", "__version__",
 ]

@@ -139,7 +139,7 @@ def cmd_plan_show(args) -> int:
     from .core.runner import model_for_plan
 
     from .core.cost import PROFILE_BATCHES, describe, estimate, human_bytes, human_flops, profile_model
-    from .core.schedule import module_rates, parameter_rows
+    from .core.schedule import OWN_LOOP, module_rates, parameter_rows
     from .core.split import frozen_prefix, trace
 
     plan = FreezePlan.load(args.plan)
@@ -191,6 +191,7 @@ def cmd_plan_show(args) -> int:
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
     for line in describe_schedule(plan):
         print(f"  {line}")
+    print(OWN_LOOP)
     if est is None:
         print(f"note: no cost estimate at {size} px: {failure}")
     else:

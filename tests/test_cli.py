@@ -35,6 +35,7 @@ def test_plan_make_and_show_the_seed_scenario(tmp_path, capsys):
     features = next(l for l in lines if l.strip().startswith("features"))
     assert "frozen" in features and f"{d['counts']['frozen']:,}" in features
     assert "ERROR" in out and "features.0 is new" in out
+    assert '"The plan in your own training loop"' in out  # where a script of one's own learns the calls
 
 
 def test_train_headless_on_an_image_folder(tmp_path, capsys):

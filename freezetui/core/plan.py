@@ -400,6 +400,51 @@ class FreezePlan:
                 object.__setattr__(m, _BN_HOOK, m.register_forward_pre_hook(_keep_eval))
         return model
 
+    # ------------------------------------------------------------------ in a training loop
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float = 0.0, decay_all: bool = False,
+                     order: list[str] | None = None) -> list[dict]:
+        """The optimizer's parameter groups for ``model``, as ``torch.optim`` takes them: every
+        parameter, frozen ones included (without a gradient they get no update, no state and no
+        decay), one group per (rate multipliers over the run, first epoch it trains, weight decay).
+        Each group's ``lr`` is its epoch-1 rate; ``weight_decay`` is 0 for biases, norm layers and
+        the model's own ``no_weight_decay()`` (unless ``decay_all``: then only the last).
+        ``lr_mult``, ``lr_mults`` and ``first_epoch`` ride in the group for
+        :meth:`PlanSchedule.set_rates <freezetui.core.schedule.PlanSchedule.set_rates>`.
+        ``order``: the forward order of parameters (traced from ``model`` when None), which
+        ``layer_decay`` counts blocks by."""
+        from .schedule import param_groups
+        from .split import trace
+
+        self._learn_norms(model)
+        if order is None and self.layer_decay is not None:
+            traced = trace(model)
+            order = traced.param_order if traced is not None else None
+        params = dict(model.named_parameters())
+        return [{"params": [params[n] for n in names], "lr": lr * g.mult, "lr_mult": g.mult,
+                 "lr_mults": [list(c) for c in g.mults], "first_epoch": g.first_epoch,
+                 "weight_decay": weight_decay if g.decay else 0.0}
+                for g in param_groups(self, model, order, decay_all)
+                for names in ([[n] for n in g.names] if self.auto_rgn else [g.names])]  # Auto-RGN: one a tensor
+
+    def enter_epoch(self, model: nn.Module, epoch: int) -> "FreezePlan":
+        """Put the plan in force during 1-based ``epoch`` on ``model`` (its stages up to then:
+        ``requires_grad`` both ways, the BatchNorm policy, ``train_bn``), put ``model`` in train
+        mode, and return that plan. Call it at the start of every epoch. Frozen BatchNorm layers
+        under ``batchnorm: "freeze"`` stay in eval mode whatever ``model.train()`` says; train
+        mode here is what releases them when a stage switches BatchNorm to ``"train"`` (a loop
+        that never calls ``model.train()``, as Lightning's, would keep them in eval mode)."""
+        self._learn_norms(model)
+        active = self.at_epoch(epoch)
+        active.apply(model)
+        model.train()
+        return active
+
+    def _learn_norms(self, model: nn.Module) -> None:
+        """``train_bn`` needs the model's norm layers, which a plan read from a file lacks."""
+        if self.train_bn and not self.norm_params:
+            self.check_fits(model)
+
     # ------------------------------------------------------------------ files
 
     def to_dict(self) -> dict:

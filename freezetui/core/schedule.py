@@ -18,7 +18,7 @@ from typing import Iterable
 from torch import nn
 
 from .models import find_heads
-from .plan import NEVER, FreezePlan, escape_glob, module_prefixes, norm_parameters
+from .plan import NEVER, FreezePlan, Stage, escape_glob, module_prefixes, norm_parameters
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_RAMP = 0.3  # share of the run spent rising (as torch's OneCycleLR's pct_start)
@@ -29,6 +29,9 @@ FASTAI_SLICE_STOP_DIV = 10.0  # fastai's set_hyper: slice(lr) gives lr/10 to eve
 FASTAI_FEATURE_SPLITS = {"VGG": 22, "AlexNet": 6, "DenseNet": 7, "SqueezeNet": 5}  # fastai's model_meta splits
 _MATCH_PREV_GROUP = 99999.0  # timm's MATCH_PREV_GROUP: a group key ending in it joins the group before
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+# where a user's own script learns the three calls (README section of that title)
+OWN_LOOP = ("In your own training loop: plan.param_groups, PlanSchedule.set_rates, plan.enter_epoch "
+            "(or freezetui.lightning); see the README, \"The plan in your own training loop\".")
 
 
 # ----------------------------------------------------------------------------- over time
@@ -434,16 +437,12 @@ def head_rates(stages: list[dict], schedule: str, lr: float, steps_per_epoch: in
     as training sets it: the schedule's factor × the ``lr_scale`` of the stage in force.
     ``stages`` as the plan file holds them. The TUI draws it before and during a run."""
     steps = max(1, steps_per_epoch)
-    total = max(1, epochs) * steps
-    restarts = [s["epoch"] for s in stages if s.get("restart")]
-    scales = sorted((s["epoch"], s["lr_scale"]) for s in stages if s.get("lr_scale") is not None)
-
-    def scale(epoch: int) -> float:
-        return next((v for e, v in reversed(scales) if e <= epoch), 1.0)
-
-    points = range(1, total + 1) if at is None else at
-    return [lr * scale((t - 1) // steps + 1) * phased_factor(schedule, t - 1, steps, max(1, epochs), warmup_epochs,
-                                                             restarts) for t in points]
+    timed = sorted((Stage(s["epoch"], lr_scale=s.get("lr_scale"), restart=bool(s.get("restart"))) for s in stages),
+                   key=lambda s: s.epoch)
+    rates = PlanSchedule(FreezePlan(model={}, params={}, stages=timed), lr, max(1, epochs), steps, schedule,
+                         warmup_epochs)
+    points = range(1, max(1, epochs) * steps + 1) if at is None else at
+    return [rates.base_lr((t - 1) // steps + 1, (t - 1) % steps + 1) for t in points]
 
 
 def sample_steps(total: int, limit: int) -> list[int]:
@@ -477,3 +476,48 @@ def short_name(plan: FreezePlan | dict | None) -> str:
     if d.get("auto_rgn"):
         parts.append("Auto-RGN")
     return " · ".join(parts) or "static"
+
+
+# ----------------------------------------------------------------------------- a run's rates
+
+
+class PlanSchedule:
+    """Each parameter group's learning rate at each step of a run of ``epochs`` ×
+    ``steps_per_epoch`` optimizer steps under ``plan``: the schedule's factor (restarting at a
+    stage with ``restart``) × the stage's ``lr_scale`` × the group's multiplier in that epoch
+    (``lr_mult``, ``layer_decay``, a stage's ``lr_mult``) × its own warmup over the epoch a stage
+    unfreezes it. The groups are :meth:`FreezePlan.param_groups`'; ``freezetui train`` sets its
+    rates with :meth:`set_rates` too.
+
+    ``schedule``: constant, cosine or onecycle (:func:`schedule_factor`); ``warmup_epochs``: the
+    linear warmup at the start of the run (and of each restarted phase)."""
+
+    def __init__(self, plan: FreezePlan, lr: float, epochs: int, steps_per_epoch: int, schedule: str = "cosine",
+                 warmup_epochs: float = 0.5):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        self.plan, self.lr, self.epochs, self.schedule = plan, lr, epochs, schedule
+        self.steps_per_epoch, self.warmup_epochs = max(1, steps_per_epoch), warmup_epochs
+        self.restarts = plan.restarts()
+
+    def base_lr(self, epoch: int, step: int) -> float:
+        """The rate of a group of multiplier 1 (the head's) at 1-based ``step`` of 1-based ``epoch``."""
+        t = (epoch - 1) * self.steps_per_epoch + step - 1
+        return self.lr * self.plan.lr_scale_at(epoch) * phased_factor(
+            self.schedule, t, self.steps_per_epoch, self.epochs, self.warmup_epochs, self.restarts)
+
+    def group_lr(self, group: dict, epoch: int, step: int, base: float | None = None) -> float:
+        """One parameter group's rate (a dict of :meth:`FreezePlan.param_groups`)."""
+        t = (epoch - 1) * self.steps_per_epoch + step - 1
+        base = self.base_lr(epoch, step) if base is None else base
+        mult = multiplier_at(group["lr_mults"], epoch) if group.get("lr_mults") else group["lr_mult"]
+        return base * mult * unfreeze_warmup(t, self.steps_per_epoch, group["first_epoch"])
+
+    def set_rates(self, optimizer, epoch: int, step: int) -> None:
+        """Set the ``lr`` of every group :meth:`FreezePlan.param_groups` made in ``optimizer`` for
+        1-based ``step`` of 1-based ``epoch``; call it before each ``optimizer.step()``. Groups of
+        the caller's own (without ``first_epoch``) keep their rate."""
+        base = self.base_lr(epoch, step)
+        for g in optimizer.param_groups:
+            if "first_epoch" in g:
+                g["lr"] = self.group_lr(g, epoch, step, base)

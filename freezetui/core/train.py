@@ -23,10 +23,8 @@ from .imagecache import available_ram
 from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .precision import Deterministic, run_precision
-from .schedule import (
-    SCHEDULES, describe, multiplier_at, param_groups, phased_factor, unfreeze_warmup, warmup_steps,
-)
 from .rgn import AutoRGN
+from .schedule import SCHEDULES, PlanSchedule, describe, warmup_steps
 from .split import Prefix, find_cut, frozen_prefix, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -277,16 +275,9 @@ def frozen_snapshot(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tenso
 
 
 def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, order: list[str] | None = None) -> list[dict]:
-    """Every parameter, frozen ones included (no gradient: no state, no decay), grouped by rate
-    multiplier, first training epoch and weight decay; ``lr_mult`` and ``first_epoch`` ride in
-    the group for :meth:`_Run.set_rates`. Under Auto-RGN each tensor is a group of its own (its
-    rate is scaled alone every step)."""
-    params = dict(model.named_parameters())
-    return [{"params": [params[n] for n in names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
-             "lr_mults": [list(c) for c in g.mults], "first_epoch": g.first_epoch,
-             "weight_decay": config.weight_decay if g.decay else 0.0}
-            for g in param_groups(plan, model, order, config.decay_all)
-            for names in ([[n] for n in g.names] if plan.auto_rgn else [g.names])]
+    """The run's parameter groups: :meth:`FreezePlan.param_groups` at the config's rate and decay
+    (under Auto-RGN each tensor is a group of its own: its rate is scaled alone every step)."""
+    return plan.param_groups(model, config.effective_lr, config.weight_decay, config.decay_all, order)
 
 
 def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
@@ -525,8 +516,7 @@ class _Run:
                 f"the model's head has {n_out} outputs but {self.data.name} has {self.data.num_classes} classes; "
                 f"make the plan with --num-classes {self.data.num_classes}"
             )
-        self.active = self.plan.at_epoch(1)
-        self.active.apply(model)
+        self.active = self.plan.enter_epoch(model, 1)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
@@ -567,6 +557,8 @@ class _Run:
         self.steps = share // self.bs if share >= self.bs else 1
         self.total_steps = config.epochs * self.steps
         self.warmup = warmup_steps(config.warmup_epochs, self.steps, self.total_steps)
+        self.rates = PlanSchedule(self.plan, config.effective_lr, config.epochs, self.steps, config.schedule,
+                                  config.warmup_epochs)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.deterministic
             torch.backends.cudnn.deterministic = config.deterministic
@@ -611,12 +603,13 @@ class _Run:
         self.result.frozen_prefix = self.prefix_now.module if self.prefix_now else None
         return cut
 
-    def switch_plan(self, plan: FreezePlan, check: bool = True) -> None:
-        """Put a stage's plan on the model: ``requires_grad`` and the BatchNorm policy, the
+    def switch_plan(self, epoch: int, check: bool = True) -> None:
+        """Put the plan in force during ``epoch`` on the model (:meth:`FreezePlan.enter_epoch`:
+        ``requires_grad`` and the BatchNorm policy), the
         frozen-drift reference (a parameter released now must not have changed while frozen,
         when ``check``), the frozen prefix and its wrapping. Features are re-cached by the caller."""
         self.stage = "changing the trainable set"
-        plan.apply(self.model)
+        plan = self.plan.enter_epoch(self.model, epoch)
         now = frozen_snapshot(self.model, plan)
         for name in [n for n in self.snap if n not in now]:
             if check and changed_since(self.model, {name: self.snap[name]}):
@@ -632,18 +625,12 @@ class _Run:
         plan = self.plan.at_epoch(epoch)
         if plan.params == self.active.params and plan.batchnorm == self.active.batchnorm:
             return
-        self.switch_plan(plan)
+        self.switch_plan(epoch)
         self.agreed(self.cache_features)
 
     def set_rates(self, epoch: int, step: int) -> None:
-        """Every group's rate for 1-based ``step`` of ``epoch``: the schedule's factor × the
-        stage's scale × the group's multiplier × its own warmup after it was unfrozen."""
-        t = (epoch - 1) * self.steps + step - 1
-        base = self.config.effective_lr * self.plan.lr_scale_at(epoch) * phased_factor(
-            self.config.schedule, t, self.steps, self.config.epochs, self.config.warmup_epochs, self.plan.restarts())
-        for g in self.optimizer.param_groups:
-            mult = multiplier_at(g["lr_mults"], epoch) if g.get("lr_mults") else g["lr_mult"]
-            g["lr"] = base * mult * unfreeze_warmup(t, self.steps, g["first_epoch"])
+        """Every group's rate for 1-based ``step`` of ``epoch`` (:meth:`PlanSchedule.set_rates`)."""
+        self.rates.set_rates(self.optimizer, epoch, step)
 
     def restore(self, resume: dict | None) -> None:
         """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
@@ -675,7 +662,7 @@ class _Run:
                                 f"has stage {self.plan.stage_index(resume['epoch'])} there; resume with its own plan")
         before = self.plan.at_epoch(resume["epoch"])
         if before.params != self.active.params or before.batchnorm != self.active.batchnorm:
-            self.switch_plan(before, check=False)  # the run that passed those boundaries checked them
+            self.switch_plan(resume["epoch"], check=False)  # the run that passed those boundaries checked them
 
     def cache_features(self) -> None:
         """The frozen prefix's outputs, computed once where that gives the same result."""

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from ...core.models import is_factory
+from ...core.schedule import OWN_LOOP
 
 
 def next_torchrun_dir(runs_dir: str, model: str) -> Path:
@@ -94,6 +95,7 @@ class TorchrunScreen(ModalScreen[None]):
             yield Label(self.note, classes="dialog-help")
             if self.gpu_note:
                 yield Label(self.gpu_note, classes="dialog-help")
+            yield Label(OWN_LOOP, classes="dialog-help")
             yield Label("The batch size is per process; see the README on torchrun.  e: export the plan  "
                         "Esc / q: close", classes="dialog-help")
 
