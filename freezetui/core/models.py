@@ -578,6 +578,21 @@ def _torchvision_input(name: str, member, small_input: bool, vit_size: int | Non
     return out
 
 
+@dataclass
+class _Built:
+    """What a source's builder hands on: the architecture (with any published weights loaded),
+    and what the rest of :func:`build_model` needs to know about it."""
+
+    model: nn.Module
+    label: str | None = None  # the weights, as ModelInfo names them
+    path: str | None = None  # a state_dict file still to load (the head sized first)
+    note: str = ""
+    member: object = None  # torchvision's weights enum member, when those weights were loaded
+    vit_size: int | None = None  # the size a torchvision ViT was built for
+    built_size: int | None = None  # the image_size the architecture was built for, recorded in the spec
+    input_fields: dict = field(default_factory=dict)  # ModelInfo's input_size / fixed_size / transforms
+
+
 def build_model(
     name: str,
     weights: str | None = "auto",
@@ -597,8 +612,18 @@ def build_model(
     for that size (interpolating pretrained position embeddings).
     The returned model carries a :class:`ModelInfo` (see :func:`model_info`).
     """
-    import torchvision.models as tvm
+    _check_build_arguments(name, num_classes, image_size, small_input)
+    if is_timm(name):
+        built = _from_timm(name, weights, num_classes, image_size)
+    elif is_factory(name):
+        built = _from_factory(name, weights, allow_code)
+    else:
+        built = _from_torchvision(name, weights, image_size, small_input)
+    new_modules, num_classes = _fit_for_task(built, name, num_classes, small_input)
+    return _with_info(built, name, num_classes, small_input, new_modules, image_size)
 
+
+def _check_build_arguments(name, num_classes: int | None, image_size: int | None, small_input: bool) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ModelError("--model needs a model name")
     if num_classes is not None and num_classes < 1:
@@ -607,91 +632,99 @@ def build_model(
         raise ModelError(f"--image-size must be positive, got {image_size}")
     if small_input and not supports_small_input(name):
         raise ModelError(f"--small-input supports {SMALL_INPUT_FAMILIES}, not {name}; use --image-size instead")
-    member, path, note, state, label = None, None, "", None, None
-    vit_size = None  # the size a torchvision ViT is built for
-    built_size = None  # the image_size the architecture was built for, recorded in the spec
-    input_fields: dict = {}
-    if is_timm(name):
-        model, label, path, note = _build_timm(name, weights, num_classes, image_size)
-    elif is_factory(name):
-        if not allow_code:
-            check_factory_allowed(name, None)
-        _check_factory_name(name)
-        if weights not in (None, "none", "auto"):
-            path = str(weights)
-            if not Path(path).is_file():
-                raise ModelError(f"weights file {path!r} does not exist")
-        model = _load_factory(name)
-    else:
-        if name not in list_models():
-            raise ModelError(unknown_model_message(name))
-        member, path, note, state = _resolve_weights(name, weights)
-        kwargs = pretrained_kwargs(name, member)
-        if name.startswith("vit_"):
-            vit_size = image_size or kwargs.get("image_size") or 224
-            if vit_size % _vit_patch(name):
-                raise ModelError(f"{name} needs an image size divisible by its patch size {_vit_patch(name)}, "
-                                 f"not {vit_size}")
-            kwargs["image_size"] = vit_size
-            built_size = image_size
-        elif name in FIXED_SIZE and image_size not in (None, FIXED_SIZE[name]):
-            raise ModelError(f"{name} works only at {FIXED_SIZE[name]} px, not {image_size}")
-        if name in ("googlenet", "inception_v3"):
-            kwargs.setdefault("init_weights", True)  # the same init, without torchvision's warning
-        model = tvm.get_model(name, weights=None, **kwargs)
-        if state is not None:
-            state = _modernise_keys(name, state)
-            if vit_size is not None:
-                state = _vit_fit_positions(name, vit_size, state)
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as e:
-                raise ModelError(f"weights {member} do not fit {name}: {str(e).strip().splitlines()[0]}") from None
-            state = None
-        drop_aux_heads(model)
-        label = member.name if member is not None else None
-        input_fields = _torchvision_input(name, member, small_input, vit_size)
 
-    added = adapt_small_input(model, name) if small_input else []
-    if path is not None:
-        file_state = _load_state(path)
+
+def _from_timm(name: str, weights, num_classes: int | None, image_size: int | None) -> _Built:
+    model, label, path, note = _build_timm(name, weights, num_classes, image_size)
+    return _Built(model, label, path, note)
+
+
+def _from_factory(name: str, weights, allow_code: bool) -> _Built:
+    if not allow_code:
+        check_factory_allowed(name, None)
+    _check_factory_name(name)
+    path = None
+    if weights not in (None, "none", "auto"):
+        path = str(weights)
+        if not Path(path).is_file():
+            raise ModelError(f"weights file {path!r} does not exist")
+    return _Built(_load_factory(name), path=path)
+
+
+def _from_torchvision(name: str, weights, image_size: int | None, small_input: bool) -> _Built:
+    import torchvision.models as tvm
+
+    if name not in list_models():
+        raise ModelError(unknown_model_message(name))
+    member, path, note, state = _resolve_weights(name, weights)
+    kwargs = pretrained_kwargs(name, member)
+    vit_size = built_size = None
+    if name.startswith("vit_"):
+        vit_size = image_size or kwargs.get("image_size") or 224
+        if vit_size % _vit_patch(name):
+            raise ModelError(f"{name} needs an image size divisible by its patch size {_vit_patch(name)}, "
+                             f"not {vit_size}")
+        kwargs["image_size"] = vit_size
+        built_size = image_size
+    elif name in FIXED_SIZE and image_size not in (None, FIXED_SIZE[name]):
+        raise ModelError(f"{name} works only at {FIXED_SIZE[name]} px, not {image_size}")
+    if name in ("googlenet", "inception_v3"):
+        kwargs.setdefault("init_weights", True)  # the same init, without torchvision's warning
+    model = tvm.get_model(name, weights=None, **kwargs)
+    if state is not None:
+        state = _modernise_keys(name, state)
         if vit_size is not None:
-            file_state = _vit_fit_positions(name, vit_size, file_state)
-        if num_classes is None:
-            num_classes = _size_heads_from_state(model, file_state)
-        heads = _replace_heads(model, name, num_classes)
-        new_modules, load_note = load_fitting(model, file_state, path, name)
-        if load_note and heads and all(h in new_modules for h in heads) and num_classes is not None:
-            load_note += f" (new head of {num_classes})"
-        note = "; ".join(x for x in (note, load_note) if x)
-        label = path
-    else:
-        new_modules = added + _replace_heads(model, name, num_classes)
+            state = _vit_fit_positions(name, vit_size, state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ModelError(f"weights {member} do not fit {name}: {str(e).strip().splitlines()[0]}") from None
+    drop_aux_heads(model)
+    return _Built(model, member.name if member is not None else None, path, note, member, vit_size, built_size,
+                  _torchvision_input(name, member, small_input, vit_size))
+
+
+def _fit_for_task(built: _Built, name: str, num_classes: int | None, small_input: bool) -> tuple[list[str], int | None]:
+    """The small-input stem, the new head and a weights file's tensors that fit: the modules
+    made new (to be trained), and the head's size (read from the file when not given)."""
+    model = built.model
+    added = adapt_small_input(model, name) if small_input else []
+    if built.path is None:
+        return added + _replace_heads(model, name, num_classes), num_classes
+    file_state = _load_state(built.path)
+    if built.vit_size is not None:
+        file_state = _vit_fit_positions(name, built.vit_size, file_state)
+    if num_classes is None:
+        num_classes = _size_heads_from_state(model, file_state)
+    heads = _replace_heads(model, name, num_classes)
+    new_modules, load_note = load_fitting(model, file_state, built.path, name)
+    if load_note and heads and all(h in new_modules for h in heads) and num_classes is not None:
+        load_note += f" (new head of {num_classes})"
+    built.note = "; ".join(x for x in (built.note, load_note) if x)
+    built.label = built.path
+    return new_modules, num_classes
+
+
+def _with_info(built: _Built, name: str, num_classes: int | None, small_input: bool, new_modules: list[str],
+               image_size: int | None) -> nn.Module:
+    """The model with its :class:`ModelInfo`: sizes read from the model itself where it declares them."""
+    model, fields = built.model, built.input_fields
     if is_timm(name):
-        input_fields = _timm_input(model)
-        if image_size is not None and input_fields.get("fixed_size"):
-            built_size = input_fields["input_size"] = image_size
+        fields = _timm_input(model)
+        if image_size is not None and fields.get("fixed_size"):
+            built.built_size = fields["input_size"] = image_size
     declared = declared_input_size(model)
     if declared is not None and not small_input:  # what the model says wins over names and configs
-        input_fields["fixed_size"], input_fields["input_size"] = True, declared
+        fields["fixed_size"], fields["input_size"] = True, declared
     min_size = (1, 1)
     enum = None if ":" in name else _weights_enum(name)
     if enum is not None and not small_input:
         min_size = tuple(enum.DEFAULT.meta.get("min_size", (1, 1)))
-    if vit_size is not None:
-        min_size = (vit_size, vit_size)
-    info = ModelInfo(
-        name=name,
-        weights=label,
-        num_classes=num_classes,
-        small_input=small_input,
-        new_modules=new_modules,
-        note=note,
-        min_size=min_size,
-        weights_enum=member,
-        image_size=built_size,
-        **input_fields,
-    )
+    if built.vit_size is not None:
+        min_size = (built.vit_size, built.vit_size)
+    info = ModelInfo(name=name, weights=built.label, num_classes=num_classes, small_input=small_input,
+                     new_modules=new_modules, note=built.note, min_size=min_size, weights_enum=built.member,
+                     image_size=built.built_size, **fields)
     object.__setattr__(model, INFO_ATTR, info)
     return model
 
