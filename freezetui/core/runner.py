@@ -21,14 +21,15 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, load_data
-from .errors import FreezeTUIError, PlanError, TrainingError
+from .errors import FreezeTUIError, PlanError
 from .lints import Lint, check
 from .models import build_model, check_factory_allowed, first_batch_failure, is_factory, model_info
 from .plan import FreezePlan
 from .runs import RunWriter, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
 from .split import Prefix, Traced, frozen_prefix, trace
-from .train import Callback, TrainConfig, TrainResult, output_classes, resolve_device, train
+from .train import (Callback, TrainConfig, TrainResult, check_trainable, head_mismatch, output_classes, resolve_device,
+                    train)
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -167,26 +168,14 @@ def check_rules_early(spec: RunSpec) -> None:
         return
 
 
-def head_mismatch(outputs: int | None, data: Dataset) -> PlanError | None:
-    if outputs is not None and outputs != data.num_classes:
-        return PlanError(f"the plan's head has {outputs} outputs but {data.name} has {data.num_classes} classes; "
-                         f"make the plan with --num-classes {data.num_classes}")
-    return None
-
-
 def build_for_run(spec: RunSpec, data: Dataset, reporter: Reporter) -> tuple[nn.Module, FreezePlan]:
     """The model and plan of a run: from the plan file, or from ``--model`` and rules."""
     if spec.plan is not None:
-        error = head_mismatch(spec.plan.model.get("num_classes"), data)
-        if error:
-            raise error
         allowed = spec.model.name if spec.model is not None else None
         model = model_for_plan(spec.plan, num_classes=data.num_classes, allowed_code=allowed)
         plan = spec.plan
     elif spec.model is not None:
         m = spec.model
-        if m.num_classes is not None and (error := head_mismatch(m.num_classes, data)):
-            raise error
         model = build_model(m.name, weights=m.weights, num_classes=m.num_classes or data.num_classes,
                             small_input=m.small_input, image_size=spec.config.image_size)
         plan = plan_from_rules(model, spec.rules, spec.batchnorm, spec.schedule)
@@ -352,8 +341,7 @@ def check_plan(inputs: RunInputs, plan: FreezePlan) -> None:
     """A plan run on prepared inputs fits their model and trains something."""
     if plan is not inputs.plan:
         plan.check_fits(inputs.model)
-    if not plan.trainable:
-        raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
+    check_trainable(plan.at_epoch(1))
 
 
 def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threading.Event | None = None,

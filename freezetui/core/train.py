@@ -243,6 +243,20 @@ def logits_of(out) -> torch.Tensor:
     return out[0]
 
 
+def check_trainable(plan: FreezePlan) -> None:
+    """The one refusal of a plan that trains nothing in its first epoch."""
+    if not plan.trainable:
+        raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
+
+
+def head_mismatch(outputs: int | None, data: Dataset) -> TrainingError | None:
+    """The one check of a head against the data (None: it fits, or the head is unknown)."""
+    if outputs is not None and outputs != data.num_classes:
+        return TrainingError(f"the model's head has {outputs} outputs but {data.name} has {data.num_classes} "
+                             f"classes; make the plan with --num-classes {data.num_classes}")
+    return None
+
+
 def output_classes(model: nn.Module) -> int | None:
     heads = find_heads(model)
     if not heads:
@@ -510,16 +524,11 @@ class _Run:
         model, config, device = self.model, self.config, self.device
         if self.deterministic is not None:
             self.deterministic.start()  # before the first cuBLAS call, which reads its workspace setting
-        n_out = output_classes(model)
-        if n_out is not None and n_out != self.data.num_classes:
-            raise TrainingError(
-                f"the model's head has {n_out} outputs but {self.data.name} has {self.data.num_classes} classes; "
-                f"make the plan with --num-classes {self.data.num_classes}"
-            )
+        error = head_mismatch(output_classes(model), self.data)
+        if error:
+            raise error
         self.active = self.plan.enter_epoch(model, 1)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
+        check_trainable(self.active)
         self.snap = frozen_snapshot(model, self.active)
         if self.traced is None:
             self.traced = trace(model)
