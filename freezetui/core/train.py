@@ -4,13 +4,13 @@ afterwards that every frozen parameter is bit-identical to what it was before.""
 from __future__ import annotations
 
 import dataclasses
-
 import gc
 import math
 import threading
 import time
 import weakref
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from .plan import FreezePlan, frozen_batchnorms
 from .precision import Deterministic, run_precision
 from .rgn import AutoRGN
 from .schedule import SCHEDULES, PlanSchedule, describe, warmup_steps
-from .split import Prefix, find_cut, frozen_prefix, split, trace
+from .split import Cut, Prefix, find_cut, frozen_prefix, split, trace
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 # 128 keeps two CPU cores or a GPU busy where the seed's 16 leaves them waiting on Python and
@@ -394,8 +394,22 @@ class FeatureStore:
         return rows.to(self.device, non_blocking=True)
 
 
-def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=None):
-    """(prefix, rest, cut, cache_train, cache_val) for this plan; prefix None when there is none.
+class PlanSplit(NamedTuple):
+    """How a run executes a plan: the frozen prefix (None: none), the trainable rest, where it
+    was cut, and whether the prefix's outputs are cached for the training and validation sets."""
+
+    prefix: nn.Module | None
+    rest: nn.Module | None
+    cut: Cut | None
+    cache_train: bool
+    cache_val: bool
+
+
+NO_SPLIT = PlanSplit(None, None, None, False, False)
+
+
+def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=None) -> PlanSplit:
+    """The :class:`PlanSplit` of ``plan`` on ``model``.
 
     The prefix runs under no_grad; it may hold random or train-mode-dependent ops (it runs in
     train mode, drawing random numbers in the same order as the whole model would). Its
@@ -405,16 +419,16 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=N
     """
     traced = traced if traced is not None else trace(model)
     if traced is None:
-        return None, None, None, False, False
+        return NO_SPLIT
     frozen = set(plan.frozen)
     safe = find_cut(traced, frozen)
     cut = safe if config.cache and safe is not None and safe.cacheable(plan.batchnorm) else \
         find_cut(traced, frozen, random_ok=True)
     if cut is None:
-        return None, None, None, False, False
+        return NO_SPLIT
     prefix, rest = split(traced, cut)
     cache_val = config.cache and cut.cacheable(plan.batchnorm)
-    return prefix, rest, cut, cache_val and not config.augment, cache_val
+    return PlanSplit(prefix, rest, cut, cache_val and not config.augment, cache_val)
 
 
 # ----------------------------------------------------------------------------- the loop
