@@ -13,20 +13,12 @@ from freezetui.core import train as train_mod
 from freezetui.core.data import BatchTransform, Split, load_data
 from freezetui.core.errors import TrainingError
 from freezetui.core.runs import RunWriter
+from tiny import model_and_plan as _model_and_plan
 
 
 @pytest.fixture(scope="module")
 def data():
     return load_data("shapes", shapes_train=96, shapes_val=32)
-
-
-def _model_and_plan(freeze=("stem",), classes=None):
-    torch.manual_seed(0)
-    model = build_model("tiny:tiny_cnn", weights="none", num_classes=classes)
-    plan = FreezePlan.from_model(model)
-    for g in freeze:
-        plan.freeze(g)
-    return model, plan
 
 
 def _oom(*args, **kwargs):

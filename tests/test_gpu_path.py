@@ -6,23 +6,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from freezetui import FreezePlan, TrainConfig, build_model, train
+from freezetui import FreezePlan, TrainConfig, train
 from freezetui.core import train as train_mod
 from freezetui.core.data import BatchTransform, Split, load_data
+from tiny import model_and_plan as _model_and_plan
 
 
 @pytest.fixture(scope="module")
 def data():
     return load_data("shapes", shapes_train=96, shapes_val=40)
-
-
-def _model_and_plan(freeze=("stem",), classes=None):
-    torch.manual_seed(0)
-    model = build_model("tiny:tiny_cnn", weights="none", num_classes=classes)
-    plan = FreezePlan.from_model(model)
-    for g in freeze:
-        plan.freeze(g)
-    return model, plan
 
 
 def _prepared(data, freeze=(), **config):

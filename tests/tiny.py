@@ -64,3 +64,17 @@ def counting_cnn(num_classes: int = 10) -> nn.Module:
     m = _Tiny(num_classes)
     m.block2.append(_Counting())
     return m
+
+
+def model_and_plan(freeze=("stem",), classes=None):
+    """``tiny:tiny_cnn`` built from seed 0 with a plan freezing the globs in ``freeze``."""
+    import torch
+
+    from freezetui import FreezePlan, build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny:tiny_cnn", weights="none", num_classes=classes)
+    plan = FreezePlan.from_model(model)
+    for g in freeze:
+        plan.freeze(g)
+    return model, plan
