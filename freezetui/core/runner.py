@@ -24,7 +24,7 @@ from .errors import FreezeTUIError, PlanError, TrainingError
 from .lints import Lint, check
 from .models import build_model, model_info
 from .plan import FreezePlan
-from .runs import RunWriter, load_checkpoint
+from .runs import LOCK, RunWriter, hold_run_folder, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
 from .split import trace
 from .train import Callback, TrainConfig, TrainResult, output_classes, resolve_device, train
@@ -234,7 +234,7 @@ def check_out(out: Path, force: bool) -> None:
     """A run folder is never overwritten by accident."""
     if out.exists() and not out.is_dir():
         raise PlanError(f"--out {out} is a file; give a folder for the run")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not force:
         raise PlanError(f"--out {out} already holds files; continue that run with --resume {out}, "
                         f"write into it anyway with --force, or choose another folder")
 
@@ -302,6 +302,16 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
     if spec.resume is None and model is None:
         check_out(spec.out, spec.force)
         check_rules_early(spec)
+    with contextlib.ExitStack() as held:
+        if distributed.rank_from_env() == 0:  # rank 0 alone writes the folder
+            held.enter_context(hold_run_folder(spec.out))
+            if spec.resume is None and model is None:
+                check_out(spec.out, spec.force)  # again, held: a run that ended meanwhile may have filled it
+        return _execute(spec, callbacks, stop, reporter, model, data, traced, profile)
+
+
+def _execute(spec: RunSpec, callbacks, stop, reporter: Reporter, model, data, traced, profile) -> TrainResult:
+    config = spec.config
     with distributed.process_group(config.device) as (rank, world):
         if rank:
             distributed.quiet_stdout()
@@ -331,7 +341,7 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
                                                     "world_size": world, "data_seconds": round(data.load_seconds, 3),
                                                     "train_images": len(data.train), "val_images": len(data.val),
                                                     "classes": list(data.classes), "estimate": estimate},
-                                             resume_epoch=spec.resume["epoch"] if spec.resume else None)]
+                                             resume=spec.resume)]
         return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume, traced=traced)
 
 

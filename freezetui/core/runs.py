@@ -3,9 +3,11 @@ summary and final weights at the end. Every file but the appended metrics is wri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +18,61 @@ from .atomic import atomic_write, write_json
 from .errors import TrainingError
 from .plan import FreezePlan
 from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
+
+
+LOCK = ".lock"  # held with flock for the whole run; holds the pid of the process holding it
+
+try:
+    import fcntl
+except ImportError:  # Windows: no folder lock
+    fcntl = None
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: str | os.PathLike):
+    """Hold ``out`` for one run: a second run (train, resume, a sweep rung, the TUI), in this
+    process or another, gets a sentence naming the process that holds it. The lock is an
+    ``flock`` on ``out/.lock``, so the OS releases it when the process ends however it ends;
+    holding it, temporaries a killed writer left are removed."""
+    out = Path(out)
+    if fcntl is None:
+        yield
+        return
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = f"process {pid}" if pid.isdigit() else "another process"
+            raise TrainingError(f"{out} is in use by another run ({who}); wait for it to end, or give "
+                                f"this run another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temporaries(out)
+        try:
+            yield
+        finally:
+            if created and [p.name for p in out.iterdir()] == [LOCK]:  # a run that failed before writing
+                with contextlib.suppress(OSError):
+                    (out / LOCK).unlink()
+                    out.rmdir()
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporaries (``.checkpoint.pt.*.tmp``) an atomic write killed mid-way left in a
+    run folder; call only while holding the folder."""
+    removed = []
+    for p in out.glob(".*.tmp"):
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def new_run_dir(base: str | os.PathLike = "runs", label: str = "run") -> Path:
@@ -42,13 +99,13 @@ class RunWriter(Callback):
     """
 
     def __init__(self, out: str | os.PathLike, model: nn.Module, plan: FreezePlan, config: TrainConfig,
-                 extra: dict | None = None, resume_epoch: int | None = None):
+                 extra: dict | None = None, resume: dict | None = None):
         self.out = Path(out)
         self.model = model
         self.plan = plan
         self.config = config
         self.extra = extra or {}
-        self.resume_epoch = resume_epoch
+        self.resume = resume  # the checkpoint a resumed run continues from
         self.out.mkdir(parents=True, exist_ok=True)
 
     def _guard(self, name: str, write) -> None:
@@ -62,12 +119,11 @@ class RunWriter(Callback):
         self._guard("plan.json", lambda: self.plan.save(self.out / "plan.json"))
         self._guard("config.json", lambda: write_json(self.out / "config.json", {
             **config_fields(self.config), **self.extra, "device": event.device, "input_size": event.input_size}))
-        if self.resume_epoch is None:
-            self._guard("metrics.jsonl", lambda: (self.out / "metrics.jsonl").write_text(""))
-        else:  # drop what a stopped epoch after the checkpoint had reported
-            kept = [m for m in read_metrics(self.out) if m["epoch"] <= self.resume_epoch]
-            self._guard("metrics.jsonl", lambda: atomic_write(
-                self.out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept))))
+        # a resumed run's metrics are the checkpoint's epochs: what a stopped or killed epoch after
+        # it reported (or a line torn by a full disk) goes
+        kept = self.resume["history"] if self.resume is not None else []
+        self._guard("metrics.jsonl", lambda: atomic_write(
+            self.out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept))))
 
     def on_epoch(self, event: EpochEnd) -> None:
         def append():
