@@ -3,6 +3,7 @@ behind, and files that lie (issue 21). Each test failed before its fix."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,3 +101,57 @@ def test_resume_removes_stale_temporaries_and_trims_metrics_to_the_checkpoint(tm
     epochs = [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ----------------------------------------------------------------------------- 2. a full disk under torch.save
+
+
+def _short_write(real):
+    """torch.save on a full disk: part of the file, then the RuntimeError torch raises (not OSError)."""
+    def save(obj, f, *a, **k):
+        f.write(b"PK\x03\x04" + b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1088 vs 1004")
+    return save
+
+
+@pytest.mark.parametrize("full_at", ["checkpoint", "model"])
+def test_a_full_disk_under_torch_save_is_a_sentence_and_the_summary_still_written(tmp_path, monkeypatch, full_at):
+    from freezetui.core.data import load_data
+
+    data = load_data("shapes", shapes_train=64, shapes_val=16)
+    model = build_model("tiny:tiny_cnn", weights="none")
+    plan = FreezePlan.from_model(model)
+    out = tmp_path / "run"
+    writer = RunWriter(out, model, plan, TrainConfig(epochs=3), extra={"data": "shapes"})
+    real_checkpoint, real_end, real_save = writer.on_checkpoint, writer.on_run_end, torch.save
+
+    def on_checkpoint(state):
+        if full_at == "checkpoint" and state["epoch"] == 2:
+            monkeypatch.setattr(torch, "save", _short_write(real_save))
+        real_checkpoint(state)
+
+    def on_run_end(result):
+        if full_at == "model":
+            monkeypatch.setattr(torch, "save", _short_write(real_save))
+        real_end(result)
+
+    writer.on_checkpoint, writer.on_run_end = on_checkpoint, on_run_end
+    monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 500})())
+    with pytest.raises(TrainingError) as e:
+        train(model, plan, data, TrainConfig(epochs=3, device="cpu"), callbacks=[writer])
+    name = "checkpoint.pt" if full_at == "checkpoint" else "model.pt"
+    weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    need = re.search(r"\(the disk is full: it needs about ([\d.]+) KiB free, 500 B is\); the files written "
+                     r"before are intact$", str(e.value))
+    assert str(e.value).startswith(f"cannot write {out / name} ") and need, str(e.value)
+    if full_at == "model":
+        assert float(need[1]) == round(weights / 1024, 1)
+    else:  # the weights, the optimizer's two moments and the RNG states
+        assert 3 * weights / 1024 < float(need[1]) < 4 * weights / 1024
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(out)["epoch"] == (1 if full_at == "checkpoint" else 3)  # the last good one kept
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["error"] == str(e.value)
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    assert not (out / "model.pt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -108,11 +109,12 @@ class RunWriter(Callback):
         self.resume = resume  # the checkpoint a resumed run continues from
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def _guard(self, name: str, write) -> None:
+    def _guard(self, name: str, write, payload=None) -> None:
+        """``write()``, its failure as a sentence; ``payload``: what torch.save writes, for its size."""
         try:
             write()
-        except OSError as e:
-            raise TrainingError(f"cannot write {self.out / name} ({e.strerror or e}); "
+        except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+            raise TrainingError(f"cannot write {self.out / name} ({write_failure(self.out, e, payload)}); "
                                 f"the files written before are intact") from None
 
     def on_run_start(self, event: RunStart) -> None:
@@ -134,19 +136,59 @@ class RunWriter(Callback):
     def on_checkpoint(self, state: dict) -> None:
         payload = {**state, "plan": self.plan.to_dict(), "config": config_fields(self.config), "extra": self.extra}
         self._guard("checkpoint.pt", lambda: atomic_write(self.out / "checkpoint.pt",
-                                                          lambda f: torch.save(payload, f), mode="wb"))
+                                                          lambda f: torch.save(payload, f), mode="wb"), payload)
 
     def on_run_end(self, result: TrainResult) -> None:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        failed = None
         try:
             self._guard("model.pt", lambda: atomic_write(self.out / "model.pt", lambda f: torch.save(state, f),
-                                                         mode="wb"))
-            self._guard("summary.json", lambda: write_json(self.out / "summary.json", {
-                **result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],
-                "total_params": self.plan.counts["total"]}))
-        except TrainingError:
-            if result.error is None:  # a run that already failed keeps its first error
-                raise
+                                                         mode="wb"), state)
+        except TrainingError as e:  # the summary is small: it may fit where the weights did not
+            failed = e
+        summary = {**result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],
+                   "total_params": self.plan.counts["total"]}
+        if failed is not None and summary["error"] is None:
+            summary["error"] = str(failed)
+        try:
+            self._guard("summary.json", lambda: write_json(self.out / "summary.json", summary))
+        except TrainingError as e:
+            failed = failed or e
+        if failed is not None and result.error is None:  # a run that already failed keeps its first error
+            raise failed
+
+
+def write_failure(folder: Path, e: BaseException, payload=None) -> str:
+    """Why a write failed, in words: a full disk says how much room the file needs."""
+    from .cost import human_bytes
+
+    if not (getattr(e, "errno", None) == errno.ENOSPC or isinstance(e, RuntimeError)):
+        return getattr(e, "strerror", None) or str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    need = tensor_bytes(payload)
+    room = f"it needs about {human_bytes(need)} free" if need else "it needs more room"
+    room += f", {human_bytes(free)} is" if free is not None else ""
+    if isinstance(e, OSError):
+        return f"{e.strerror}: {room}"
+    if free is None or free > 1.1 * need:  # torch says only "unexpected pos"
+        return f"torch.save stopped short, as on a full disk or quota: {room}"
+    return f"the disk is full: {room}"
+
+
+def tensor_bytes(obj, depth: int = 0) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists and tuples), what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if depth > 16:
+        return 0
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v, depth + 1) for v in obj)
+    return 0
 
 
 def config_fields(config: TrainConfig) -> dict:
