@@ -206,6 +206,12 @@ class ConsoleProgress:
         pass
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a newline or other control character (in a file name, say) shown
+    escaped, so one message stays one line of a log."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class ConsoleReporter:
     """The runner's notes, warnings, lints and decoding progress, on stderr."""
 
@@ -225,10 +231,10 @@ class ConsoleReporter:
             print(line, file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
-        print(f"note: {text}", file=sys.stderr)
+        print(f"note: {one_line(text)}", file=sys.stderr)
 
     def warning(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)
+        print(f"warning: {one_line(text)}", file=sys.stderr)
 
     def lints(self, lints) -> None:
         print_lints(lints, stream=sys.stderr)
@@ -342,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, main_parser)
         return cmd_tui(tui_parser.parse_args(argv))
     except FreezeTUIError as e:
-        print(f"freezetui: error: {e}", file=sys.stderr)
+        print(f"freezetui: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("freezetui: interrupted", file=sys.stderr)

@@ -155,3 +155,132 @@ def test_a_full_disk_under_torch_save_is_a_sentence_and_the_summary_still_writte
     assert summary["error"] == str(e.value)
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
     assert not (out / "model.pt").exists()
+
+
+# ----------------------------------------------------------------------------- 8. files that load but are malformed
+
+
+def _one_error_line(err: str, alone: bool = True) -> str:
+    """The one error line of ``err`` (its only line, or, not ``alone``, its last after progress lines)."""
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert "Traceback" not in err and "Warning" not in err, err
+    assert [l for l in lines if l.startswith("freezetui: error: ")] == lines[-1:] and (len(lines) == 1 or not alone), err
+    return lines[-1]
+
+
+def test_a_deeply_nested_plan_is_one_sentence_in_plan_show_and_train(tmp_path, capsys, folder):
+    plan = tmp_path / "deep.json"
+    plan.write_text('{"version": 1, "model": {"name": "resnet18", "x": ' + "[" * 50_000 + "]" * 50_000 + "}}")
+    for argv in (["plan", "show", str(plan)], ["train", "--plan", str(plan), "--data", str(folder),
+                                               "--out", str(tmp_path / "r")]):
+        assert main(argv) == 1
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.endswith(f"plan file {str(plan)!r} is nested more than 32 levels deep; a plan is a few "
+                             f"levels deep")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, folder):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert main(_train_args(folder, out, 1)) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda s: s.pop("plan"), "no 'plan'"),
+    (lambda s: s.update(config=[1, 2]), "'config' is a list"),
+    (lambda s: s.update(epoch="1"), "'epoch' is a str"),
+    (lambda s: s.update(history=[{"epoch": 1, "val_acc": "high"}]), "its history does not match its epoch"),
+    (lambda s: s.update(config={**s["config"], "lr": "fast"}), "settings of the wrong kind"),
+    (lambda s: s["model"].update({"fc.weight": torch.zeros(2)}), None),
+])
+def test_a_checkpoint_missing_keys_or_of_the_wrong_type_is_one_sentence(tmp_path, finished_run, capsys, damage,
+                                                                        why):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    state = load_checkpoint(out)
+    damage(state)
+    torch.save(state, out / "checkpoint.pt")
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 1
+    line = _one_error_line(capsys.readouterr().err, alone=why is not None)
+    if why is not None:
+        assert line == (f"freezetui: error: cannot resume from {out / 'checkpoint.pt'}: it is not a freezetui "
+                        f"checkpoint ({why})") or line.startswith(
+            f"freezetui: error: cannot resume from {out / 'checkpoint.pt'}: it is not a freezetui checkpoint ({why}")
+    else:
+        assert "the checkpoint's weights do not fit this model (size mismatch for fc.weight" in line
+    torch.save([1, 2], out / "checkpoint.pt")
+    assert main(["train", "--resume", str(out)]) == 1
+    assert _one_error_line(capsys.readouterr().err).endswith("it is not a freezetui checkpoint (it holds a list)")
+
+
+def test_metrics_with_a_torn_last_line_read_without_it(tmp_path):
+    from freezetui.core.runs import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not a metrics record"):
+        read_metrics(tmp_path)
+
+
+# ----------------------------------------------------------------------------- 9. messages
+
+
+class _Trap:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir(), "is a folder, not a file torch.save wrote"),
+    (lambda p: p.write_text("hello, these are not weights\n"), "is not a file torch.save wrote (it holds text)"),
+    (lambda p: p.write_bytes(b""), "is empty"),
+])
+def test_weights_that_are_a_folder_a_text_file_or_empty_get_a_clear_sentence(tmp_path, capsys, make, words):
+    w = tmp_path / "w.pt"
+    make(w)
+    for model in ("resnet18", "tiny:tiny_cnn"):
+        assert main(["plan", "make", "--model", model, "--weights", str(w), "-o", str(tmp_path / "p.json")]) == 1
+        assert _one_error_line(capsys.readouterr().err) == f"freezetui: error: weights file {str(w)!r} {words}"
+
+
+def test_a_code_running_file_is_refused_without_quoting_torchs_advice(tmp_path, capsys, finished_run):
+    import shutil
+
+    w = tmp_path / "trap.pt"
+    torch.save({"fc.weight": torch.zeros(3, 64), "x": _Trap()}, w)
+    assert main(["plan", "make", "--model", "tiny:tiny_cnn", "--weights", str(w), "-o", str(tmp_path / "p.json")]) == 1
+    err = capsys.readouterr().err
+    line = _one_error_line(err)
+    assert line.endswith("it holds Python objects besides tensors, which freezetui does not unpickle")
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    state = load_checkpoint(out)
+    state["extra"]["trap"] = _Trap()
+    torch.save(state, out / "checkpoint.pt")
+    assert main(["train", "--resume", str(out), "--epochs", "2"]) == 1
+    err += capsys.readouterr().err
+    assert _one_error_line(err[len(line) + 1:]).endswith("does not unpickle")
+    assert "weights_only" not in err and "this ran" not in err
+
+
+def test_a_newline_in_a_file_name_stays_on_the_warning_line(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "imgs", per_class=4, size=16)
+    (data / "cat" / "evil\nwarning: all is well.txt").write_text("x")
+    assert main(_train_args(data, tmp_path / "run", 1)) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipped 1 file(s): cat/evil\\nwarning: all is well.txt (not an image)" in err.splitlines()
+    assert "warning: all is well.txt (not an image)" not in err.splitlines()
+
+
+def test_a_class_with_a_single_image_gets_a_warning(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "imgs", per_class=4, size=16)
+    for p in sorted((data / "fox").iterdir())[1:]:
+        p.unlink()
+    assert main(_train_args(data, tmp_path / "run", 1)) == 0
+    assert ("warning: class 'fox' has a single image: it trains, but validation never sees that class "
+            "(add another image)") in capsys.readouterr().err.splitlines()

@@ -22,6 +22,7 @@ from torch import nn
 from .atomic import write_json
 from .errors import PlanError
 from .models import model_info
+from .readback import Unreadable, loads_json
 
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
@@ -448,9 +449,11 @@ class FreezePlan:
         except (OSError, UnicodeDecodeError) as e:
             raise PlanError(f"cannot read plan file {str(path)!r}: {e}") from None
         try:
-            d = json.loads(text)
+            d = loads_json(text)
         except json.JSONDecodeError as e:
             raise PlanError(f"plan file {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        except Unreadable as e:
+            raise PlanError(f"plan file {str(path)!r} is {e}; a plan is a few levels deep") from None
         return cls.from_dict(d, source=f"plan file {str(path)!r}")
 
     def save(self, path: str | os.PathLike) -> Path:

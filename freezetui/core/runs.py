@@ -18,6 +18,7 @@ from torch import nn
 from .atomic import atomic_write, write_json
 from .errors import TrainingError
 from .plan import FreezePlan
+from .readback import Unreadable, loads_json, too_deep, torch_load
 from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
 
 
@@ -201,11 +202,65 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise TrainingError(f"{run_dir} has no checkpoint.pt to resume from (one is written after each epoch)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one sentence
-        raise TrainingError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        state = torch_load(path)
+    except Unreadable as e:
+        raise TrainingError(f"cannot resume from {path}: it {e}") from None
+    why = checkpoint_problem(state)
+    if why:
+        raise TrainingError(f"cannot resume from {path}: it is not a freezetui checkpoint ({why})")
+    return state
+
+
+def checkpoint_problem(state) -> str | None:
+    """What is missing or of the wrong kind in a loaded checkpoint (see ``checkpoint_state``), or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    kinds = {"epoch": int, "model": dict, "optimizer": dict, "rng": dict, "history": list, "plan": dict,
+             "config": dict, "extra": dict}
+    for key, kind in kinds.items():
+        if key not in state:
+            return f"no {key!r}"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"{key!r} is a {type(state[key]).__name__}"
+    if too_deep({k: state[k] for k in ("plan", "config", "extra", "history")}):
+        return "nested too deeply"
+    if state["epoch"] < 1:
+        return f"epoch {state['epoch']}"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        return "'model' is not a state_dict"
+    if not all(isinstance(state["rng"].get(k), torch.Tensor) for k in ("torch", "generator")):
+        return "no random number generator states"
+    fields = {f.name for f in dataclasses.fields(EpochEnd)}
+    if not all(isinstance(h, dict) and set(h) <= fields and "epoch" in h for h in state["history"]) \
+            or [h["epoch"] for h in state["history"]] != list(range(1, state["epoch"] + 1)) \
+            or not all(isinstance(v, bool) if k == "partial" else isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for h in state["history"] for k, v in h.items()):
+        return "its history does not match its epoch"
+    if not isinstance(state["extra"].get("data"), str):
+        return "no data name"
+    try:
+        TrainConfig.from_dict(state["config"]).validate()
+    except (TypeError, ValueError) as e:
+        return f"settings of the wrong kind ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    except TrainingError as e:
+        return f"settings out of range ({e})"
+    return None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The epochs in ``metrics.jsonl``. A torn last line (appended in place, so a full disk or a
+    power cut can leave one) is left out; a bad line before it is a ValueError."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            m = loads_json(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {i + 1} is not a metrics record") from None
+        if not isinstance(m, dict) or not isinstance(m.get("epoch"), int):
+            raise ValueError(f"{path} line {i + 1} is not a metrics record")
+        out.append(m)
+    return out

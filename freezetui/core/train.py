@@ -560,16 +560,24 @@ class _Run:
         """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
         if resume is None:
             return
-        self.model.load_state_dict(resume["model"])
+        try:
+            self.model.load_state_dict(resume["model"])
+        except RuntimeError as e:  # names or shapes of another model
+            raise TrainingError(f"the checkpoint's weights do not fit this model "
+                                f"({str(e).strip().splitlines()[-1].strip()[:160]}); resume with its own plan") from None
         try:
             self.optimizer.load_state_dict(resume["optimizer"])
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             raise TrainingError("the checkpoint's optimizer does not fit this run's parameter groups "
                                 "(written by an older freezetui or for another plan); start the run again") from None
-        torch.set_rng_state(resume["rng"]["torch"])
-        self.gen.set_state(resume["rng"]["generator"])
-        if resume["rng"].get("augment") is not None:
-            self.aug_gen.set_state(resume["rng"]["augment"])
+        try:
+            torch.set_rng_state(resume["rng"]["torch"])
+            self.gen.set_state(resume["rng"]["generator"])
+            if resume["rng"].get("augment") is not None:
+                self.aug_gen.set_state(resume["rng"]["augment"])
+        except (RuntimeError, TypeError) as e:
+            raise TrainingError(f"the checkpoint's random number generator states are damaged ({e}); "
+                                f"start the run again") from None
         cuda_state = resume["rng"].get("cuda")
         if isinstance(cuda_state, (list, tuple)):  # older checkpoints kept every GPU's state
             cuda_state = cuda_state[0] if cuda_state else None
