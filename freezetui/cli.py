@@ -321,6 +321,33 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from .core.cost import human_bytes
+    from .core.data import default_cache_dir
+    from .core.imagecache import cache_entries, clear_cache
+
+    where = default_cache_dir()
+    if args.cache_command == "clear":
+        gone = clear_cache(where, args.folder)
+        which = f" of {args.folder}" if args.folder else ""
+        print(f"removed {len(gone)} decoded folder(s){which} from {where / 'folders'}, "
+              f"{human_bytes(sum(e.nbytes for e in gone))}")
+        return 0
+    entries = cache_entries(where)
+    if not entries:
+        print(f"no decoded folders in {where / 'folders'}")
+        return 0
+    print(f"{'on disk':>10}  {'images':>8}  {'px':>4}  {'made':16}  folder")
+    for e in entries:
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
+        folder = one_line(e.folder) if e.folder is not None else f"(unreadable: {e.path.name})"
+        print(f"{human_bytes(e.nbytes):>10}  {e.images if e.images is not None else '?':>8}  "
+              f"{e.size if e.size is not None else '?':>4}  {made:16}  {folder}")
+    print(f"{human_bytes(sum(e.nbytes for e in entries)):>10}  in {len(entries)} decoded folder(s) under "
+          f"{where / 'folders'}; `freezetui cache clear [FOLDER]` removes them")
+    return 0
+
+
 def cmd_tui(args) -> int:
     try:
         from .tui.app import run_app
@@ -345,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_plan_make(args) if args.plan_command == "make" else cmd_plan_show(args)
             if args.command == "sweep":
                 return cmd_sweep(args)
+            if args.command == "cache":
+                return cmd_cache(args)
             return cmd_train(args, main_parser)
         return cmd_tui(tui_parser.parse_args(argv))
     except FreezeTUIError as e:

@@ -284,3 +284,98 @@ def test_a_class_with_a_single_image_gets_a_warning(tmp_path, capsys):
     assert main(_train_args(data, tmp_path / "run", 1)) == 0
     assert ("warning: class 'fox' has a single image: it trains, but validation never sees that class "
             "(add another image)") in capsys.readouterr().err.splitlines()
+
+
+# ----------------------------------------------------------------------------- 7. the decoded-image cache is checked
+
+
+def _zero_pixels(entry):
+    with open(entry / "images.u8", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0" * 4000)
+
+
+def _meta(change):
+    def apply(entry):
+        meta = json.loads((entry / "meta.json").read_text())
+        change(meta)
+        (entry / "meta.json").write_text(json.dumps(meta) if isinstance(meta, dict) else meta["text"])
+    return apply
+
+
+CORRUPTIONS = {
+    "zeroed pixels": (_zero_pixels, "its pixels or labels do not match their digest"),
+    "labels flipped": (_meta(lambda m: m.update(labels=[(k + 1) % 3 for k in m["labels"]])),
+                       "its pixels or labels do not match their digest"),
+    "one training image fewer": (_meta(lambda m: m.update(n_train=m["n_train"] - 1)),
+                                 "its pixels or labels do not match their digest"),
+    "n_train past the count": (_meta(lambda m: m.update(n_train=m["count"] + 5)), "more training images than images"),
+    "label out of range": (_meta(lambda m: m["labels"].__setitem__(0, 7)), "a label out of range"),
+    "count a string": (_meta(lambda m: m.update(count=str(m["count"]))), "count and sizes are not whole numbers"),
+}
+
+
+@pytest.mark.parametrize("name", [*CORRUPTIONS, "deeply nested", "not JSON"])
+def test_a_damaged_cache_entry_is_rebuilt_with_one_note_never_used(tmp_path, folder, name):
+    from freezetui.core.data import load_data
+
+    cache = tmp_path / "cache"
+    fresh = load_data(str(folder), cache_dir=cache)
+    fresh.train.images, fresh.val.images = fresh.train.images.clone(), fresh.val.images.clone()  # off the map
+    [entry] = (cache / "folders").iterdir()
+    if name == "deeply nested":
+        (entry / "meta.json").write_text('{"version": 2, "labels": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        why = "nested more than 32 levels deep"
+    elif name == "not JSON":
+        (entry / "meta.json").write_text('{"version": 2, "lab')
+        why = "Unterminated string"
+    else:
+        damage, why = CORRUPTIONS[name]
+        damage(entry)
+    for _ in range(2):  # rebuilt once, then used as it is
+        again = load_data(str(folder), cache_dir=cache)
+        notes = [w for w in again.warnings if "decoded-image cache" in w]
+        assert torch.equal(again.train.images, fresh.train.images) and torch.equal(again.val.images, fresh.val.images)
+        assert torch.equal(again.train.labels, fresh.train.labels) and torch.equal(again.val.labels, fresh.val.labels)
+        if _ == 0:
+            assert len(notes) == 1 and notes[0].startswith(f"the decoded-image cache {entry} was damaged ({why}")
+            assert notes[0].endswith("and was rebuilt")
+        else:
+            assert notes == [] and again.decoded == 0
+
+
+# ----------------------------------------------------------------------------- 6. cache entries: newest only, listed, cleared
+
+
+def test_cache_keeps_the_newest_entry_per_folder_and_size_and_lists_and_clears(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from freezetui.core.data import load_data
+    from freezetui.core.imagecache import cache_entries
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FREEZETUI_DATA", str(cache))
+    a = make_image_folder(tmp_path / "a", per_class=4, size=16)
+    b = make_image_folder(tmp_path / "b", per_class=5, size=16, seed=1)
+    load_data(str(a), cache_dir=cache)
+    load_data(str(a), cache_dir=cache, size=8)  # another size: another entry, kept
+    load_data(str(b), cache_dir=cache)
+    assert len(cache_entries(cache)) == 3
+    Image.new("RGB", (16, 16)).save(a / "cat" / "new.png")  # a changed: its 16 px copy is replaced
+    load_data(str(a), cache_dir=cache)
+    entries = cache_entries(cache)
+    assert sorted((e.folder, e.size, e.images) for e in entries) == [
+        (str(a.resolve()), 9, 12), (str(a.resolve()), 16, 13), (str(b.resolve()), 16, 15)]
+
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["on", "disk", "images", "px", "made", "folder"]
+    assert sorted(l.split()[-1] for l in out[1:4]) == sorted([str(a.resolve())] * 2 + [str(b.resolve())])
+    assert out[4].endswith(f"in 3 decoded folder(s) under {cache / 'folders'}; `freezetui cache clear [FOLDER]` "
+                           f"removes them")
+    assert main(["cache", "clear", str(a)]) == 0
+    assert capsys.readouterr().out.startswith(f"removed 2 decoded folder(s) of {a} from {cache / 'folders'}, ")
+    assert [e.folder for e in cache_entries(cache)] == [str(b.resolve())]
+    assert main(["cache", "clear"]) == 0 and cache_entries(cache) == []
+    assert main(["cache", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"no decoded folders in {cache / 'folders'}"
