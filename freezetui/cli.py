@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .core.errors import FreezeTUIError, PlanError
+from .core.errors import FreezeTUIError, PlanError, Stopped
 from .options import (RESUME_OVERRIDES, SUBCOMMANDS, build_parsers, config_from_args, given_options,
                       given_schedule_flags, model_spec_from_args, schedule_spec_from_args)
 
@@ -284,12 +284,17 @@ def cmd_train(args, parser) -> int:
     stop = threading.Event()
     with stop_on_signals(stop) as caught:
         callbacks = [ConsoleProgress()] if distributed.rank_from_env() == 0 else []
-        result = execute(spec, callbacks=callbacks, stop=stop, reporter=ConsoleReporter())
+        try:
+            result = execute(spec, callbacks=callbacks, stop=stop, reporter=ConsoleReporter())
+        except Stopped as e:
+            print(f"freezetui: {e}", file=sys.stderr)
+            return 128 + (caught[0] if caught else signal.SIGINT)
     print(finished_message(result, spec.out))
     if result.stopped:
         done = max((e.epoch for e in result.history if not e.partial), default=0)
-        print(f"stopped: {done} of {spec.config.epochs} epoch(s) complete; continue with "
-              f"`freezetui train --resume {spec.out}`", file=sys.stderr)
+        then = (f"continue with `freezetui train --resume {spec.out}`" if (spec.out / "checkpoint.pt").is_file()
+                else "no checkpoint was written, so there is nothing to resume")
+        print(f"stopped: {done} of {spec.config.epochs} epoch(s) complete; {then}", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)
     return 0 if result.frozen_unchanged else 1
 

@@ -16,6 +16,7 @@ from freezetui import FreezePlan, TrainConfig, build_model, train
 from freezetui.cli import main
 from freezetui.core.errors import TrainingError
 from freezetui.core.runs import LOCK, RunWriter, load_checkpoint
+from freezetui.core.train import Callback
 
 
 def _cli(env, *args):
@@ -379,3 +380,117 @@ def test_cache_keeps_the_newest_entry_per_folder_and_size_and_lists_and_clears(t
     assert main(["cache", "clear"]) == 0 and cache_entries(cache) == []
     assert main(["cache", "list"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"no decoded folders in {cache / 'folders'}"
+
+
+# ----------------------------------------------------------------------------- 3, 4. decoding processes and signals
+
+SLOW_DECODE = """
+import sys, time
+import freezetui.core.imagecache as ic
+real = ic.decode_chunk
+def slow(root, files, *args):  # a big folder, in small: each image takes a while
+    time.sleep(0.05 * len(files))
+    return real(root, files, *args)
+ic.decode_chunk = slow
+from freezetui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture
+def slow_run(tmp_path, cli_env, folder):
+    data = make_image_folder(tmp_path / "many", per_class=70, size=16)
+    cli_env["FREEZETUI_DATA"] = str(tmp_path / "cache")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DECODE, *_train_args(data, tmp_path / "run", 2)],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen = _wait_for(proc, "decoding images: 0/")  # headers read, pixels being decoded in the workers
+    yield proc, seen, data
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat))
+    return out
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(field)
+
+
+def _group_gone(pgid: int, polls: int = 300) -> bool:
+    import time
+
+    for _ in range(polls):  # a bound on the wait, not a measurement
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_decoding_workers_take_sigterm_plainly_and_die_with_a_killed_parent(slow_run, tmp_path):
+    from freezetui.core.data import load_data
+
+    proc, _, data = slow_run
+    workers = _children(proc.pid)
+    assert len(workers) >= 1
+    for w in workers:
+        assert not _signal_mask(w, "SigCgt") & (1 << (signal.SIGTERM - 1))  # freezetui's handler is not theirs
+        assert _signal_mask(w, "SigIgn") & (1 << (signal.SIGINT - 1))  # Ctrl-C is the parent's
+    [tmp] = [p for p in (tmp_path / "cache" / "folders").iterdir() if p.name.startswith(".")]
+    proc.send_signal(signal.SIGKILL)  # or the OOM killer
+    proc.communicate()
+    assert _group_gone(proc.pid), "decoding processes outlived their parent"
+    assert tmp.exists()  # what the killed run was writing; the next run removes it
+    load_data(str(data), cache_dir=tmp_path / "cache")
+    assert not tmp.exists()
+    assert [p.name for p in (tmp_path / "cache" / "folders").iterdir() if p.name.startswith(".")] == []
+
+
+def test_sigterm_while_decoding_stops_at_once_without_offering_a_resume(slow_run, tmp_path):
+    proc, seen, _ = slow_run
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "freezetui: stopped while decoding images, before training began: nothing to resume" in err
+    assert "training on" not in err and "--resume" not in err and "decoding images: 210/210" not in err
+    assert _group_gone(proc.pid)
+    assert not (tmp_path / "run").exists()  # nothing was written, so no folder is left
+    assert [p.name for p in (tmp_path / "cache" / "folders").iterdir()] == []
+
+
+def test_a_stop_in_the_first_epoch_does_not_offer_a_resume(tmp_path, folder, capsys, monkeypatch):
+    import threading
+
+    from freezetui.core import runner
+
+    real = runner.execute
+
+    def stopped_early(spec, callbacks=(), stop=None, reporter=None, **kw):
+        class StopAtFirstStep(Callback):
+            def on_step(self, ev):
+                stop.set()
+        return real(spec, [*callbacks, StopAtFirstStep()], stop, reporter, **kw)
+
+    monkeypatch.setattr(runner, "execute", stopped_early)
+    assert main(_train_args(folder, tmp_path / "run", 3) + ["--batch-size", "8"]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "stopped: 0 of 3 epoch(s) complete; no checkpoint was written, so there is nothing to resume" in err
+    assert "--resume" not in err

@@ -9,14 +9,20 @@ folder is decoded again. Entries are written to a temporary folder and renamed i
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import ctypes
 import errno
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .atomic import write_json
-from .errors import DataError
+from .errors import DataError, Stopped
 from .folders import FolderLayout, decode_chunk, find_layout, input_size, read_headers, stored_size
 from .readback import loads_json
 
@@ -67,25 +73,77 @@ def _workers(n_files: int, workers: int | None) -> int:
 def _pool(n: int) -> cf.ProcessPoolExecutor:
     # Workers run only Pillow and numpy; fork spares them importing torch again.
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    return cf.ProcessPoolExecutor(n, mp_context=ctx)
+    return cf.ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_start, initargs=(os.getpid(),))
 
 
-def _run_chunks(fn, root: Path, files: list[str], args: tuple, pool: cf.Executor | None, on_chunk) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _worker_start(parent: int) -> None:
+    """A decoding process dies with its parent (SIGKILL, the OOM killer), where it would go on
+    decoding into a dead pipe, and takes SIGTERM and SIGHUP as any process does, not with the
+    stop-after-this-batch handler it was forked with; Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watched = False
+    if sys.platform.startswith("linux"):
+        try:
+            watched = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the request took
+        os._exit(1)
+    if not watched:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+STOP_POLL = 0.1  # seconds between looks at the stop event while chunks decode
+
+
+def _stopped(stop) -> None:
+    if stop is not None and stop.is_set():
+        raise Stopped("stopped while decoding images, before training began: nothing to resume")
+
+
+def _run_chunks(fn, root: Path, files: list[str], args: tuple, pool: cf.Executor | None, on_chunk,
+                stop=None) -> None:
     """Call ``fn(root, chunk, *args)`` for chunks of ``files`` (in ``pool`` when given), and
-    ``on_chunk(start, result)`` as each finishes."""
+    ``on_chunk(start, result)`` as each finishes; :class:`Stopped` soon after ``stop`` is set."""
     starts = list(range(0, len(files), CHUNK))
     if pool is None:
         for s in starts:
+            _stopped(stop)
             on_chunk(s, fn(root, files[s:s + CHUNK], *args))
         return
     futures = {pool.submit(fn, root, files[s:s + CHUNK], *args): s for s in starts}
     try:
-        for fut in cf.as_completed(futures):
-            on_chunk(futures.pop(fut), fut.result())  # popped: a handled chunk is not kept alive
+        while futures:
+            done, _ = cf.wait(futures, timeout=STOP_POLL, return_when=cf.FIRST_COMPLETED)
+            _stopped(stop)
+            for fut in done:
+                on_chunk(futures.pop(fut), fut.result())  # popped: a handled chunk is not kept alive
+    except BrokenProcessPool:
+        _stopped(stop)  # a signal sent to the whole process group ended the workers too
+        raise DataError("a decoding process ended without finishing (killed, or out of memory?)") from None
     except BaseException:
         for fut in list(futures):
             fut.cancel()
         raise
+
+
+def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """End the pool's processes now, not after their chunks (stopped, or an error)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            proc.kill()
 
 
 def _headers_chunk(root, files, max_pixels):
@@ -189,9 +247,10 @@ def _max_pixels():
 
 def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize_size: int | None = None,
                 crop_size: int | None = None, cache_dir: Path | None = None, progress: Progress | None = None,
-                workers: int | None = None, use_cache: bool = True) -> Decoded:
+                workers: int | None = None, use_cache: bool = True, stop=None) -> Decoded:
     """Decode ``path`` (see :func:`find_layout`) at the size :func:`stored_size` picks, reusing the
-    cache under ``cache_dir`` when the folder has not changed."""
+    cache under ``cache_dir`` when the folder has not changed. ``stop`` (a ``threading.Event``)
+    ends the decoding with :class:`Stopped` within ~``STOP_POLL`` seconds."""
     layout = find_layout(path, seed)
     notes: list[str] = list(layout.notes)
     key = layout.key(VERSION, image_size, resize_size, crop_size, _max_pixels())
@@ -210,7 +269,7 @@ def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize
             notes.append(f"the decoded-image cache {entry} was damaged ({why}) and was rebuilt")
             shutil.rmtree(entry, ignore_errors=True)
     for attempt in (1, 2):
-        d = _decode_layout(layout, image_size, resize_size, crop_size, entry, progress, workers, notes)
+        d = _decode_layout(layout, image_size, resize_size, crop_size, entry, progress, workers, notes, stop)
         fresh = find_layout(path, seed)  # a file added, removed or rewritten meanwhile changes the key
         if fresh.key() == layout.key():
             return d
@@ -226,7 +285,7 @@ def load_folder(path: Path, seed: int = 0, image_size: int | None = None, resize
 
 
 def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, entry: Path | None,
-                   progress: Progress | None, workers: int | None, notes: list[str]) -> Decoded:
+                   progress: Progress | None, workers: int | None, notes: list[str], stop=None) -> Decoded:
     files = [f for f, _ in layout.train] + [f for f, _ in layout.val]
     labels = np.array([k for _, k in layout.train] + [k for _, k in layout.val], dtype=np.int64)
     n_train_listed = len(layout.train)
@@ -236,14 +295,18 @@ def _decode_layout(layout: FolderLayout, image_size, resize_size, crop_size, ent
     pool = _pool(n_workers) if n_workers > 1 else None
     try:
         return _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, pool, image_size,
-                             resize_size, crop_size, entry, progress, notes)
+                             resize_size, crop_size, entry, progress, notes, stop)
+    except BaseException:
+        if pool is not None:
+            _kill_workers(pool)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
 
 def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, pool, image_size, resize_size,
-                  crop_size, entry, progress, notes) -> Decoded:
+                  crop_size, entry, progress, notes, stop=None) -> Decoded:
     root = layout.root
 
     headers: list = [None] * len(files)
@@ -251,7 +314,7 @@ def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, po
     def got_headers(start, result):
         headers[start:start + len(result)] = result
 
-    _run_chunks(_headers_chunk, root, files, (max_pixels,), pool, got_headers)
+    _run_chunks(_headers_chunk, root, files, (max_pixels,), pool, got_headers, stop)
     ok = [i for i, h in enumerate(headers) if isinstance(h, tuple)]
     for i, h in enumerate(headers):
         if not isinstance(h, tuple):
@@ -307,7 +370,7 @@ def _decode_files(layout, files, labels, n_train_listed, skipped, max_pixels, po
             progress(done, n)
 
     try:
-        _run_chunks(decode_chunk, root, files, (size, max_pixels), pool, got_pixels)
+        _run_chunks(decode_chunk, root, files, (size, max_pixels), pool, got_pixels, stop)
         keep = np.flatnonzero(~failed)
         if len(keep) < n:  # close the gaps left by files that failed to decode
             for dst, src in enumerate(keep):

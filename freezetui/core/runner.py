@@ -20,7 +20,7 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, load_data
-from .errors import FreezeTUIError, PlanError, TrainingError
+from .errors import FreezeTUIError, PlanError, Stopped, TrainingError
 from .lints import Lint, check
 from .models import build_model, model_info
 from .plan import FreezePlan
@@ -59,13 +59,14 @@ def weights_sizes(name: str | None, weights: str | None) -> tuple[int | None, in
         return None, None
 
 
-def load_run_data(spec: RunSpec, reporter: Reporter) -> Dataset:
-    """The run's data, sized for its model (the plan's or ``--model``'s weights)."""
+def load_run_data(spec: RunSpec, reporter: Reporter, stop: threading.Event | None = None) -> Dataset:
+    """The run's data, sized for its model (the plan's or ``--model``'s weights); ``stop`` ends
+    the decoding (:class:`Stopped`)."""
     source = spec.plan.model if spec.plan is not None else (dataclasses.asdict(spec.model) if spec.model else {})
     small = bool(source.get("small_input"))
     resize, crop = (None, None) if small else weights_sizes(source.get("name"), source.get("weights"))
     data = load_data(spec.data, seed=spec.config.seed, size=spec.config.image_size, resize_size=resize,
-                     crop_size=crop, progress=reporter.progress)
+                     crop_size=crop, progress=reporter.progress, stop=stop)
     for w in data.warnings:
         reporter.warning(w)
     return data
@@ -318,7 +319,9 @@ def _execute(spec: RunSpec, callbacks, stop, reporter: Reporter, model, data, tr
             reporter = Reporter()
         with distributed.rank_zero_first():  # downloads and caches are written once
             if data is None:
-                data = load_run_data(spec, reporter)
+                data = load_run_data(spec, reporter, stop)
+                if stop is not None and stop.is_set():  # not a batch trained, no checkpoint to resume
+                    raise Stopped("stopped while loading the data, before training began: nothing to resume")
             torch.manual_seed(config.seed)
             if model is None:
                 model, plan = build_for_run(spec, data, reporter)
