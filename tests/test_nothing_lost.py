@@ -194,7 +194,8 @@ def finished_run(tmp_path_factory, folder):
     (lambda s: s.update(epoch="1"), "'epoch' is a str"),
     (lambda s: s.update(history=[{"epoch": 1, "val_acc": "high"}]), "its history does not match its epoch"),
     (lambda s: s.update(config={**s["config"], "lr": "fast"}), "settings of the wrong kind"),
-    (lambda s: s["model"].update({"fc.weight": torch.zeros(2)}), None),
+    (lambda s: s["model"]["fc.bias"].add_(1e-3), "digest"),
+    (lambda s: s["model"].update({"fc.weight": torch.zeros(2)}) or s.pop("digest"), None),  # an older checkpoint
 ])
 def test_a_checkpoint_missing_keys_or_of_the_wrong_type_is_one_sentence(tmp_path, finished_run, capsys, damage,
                                                                         why):
@@ -202,12 +203,15 @@ def test_a_checkpoint_missing_keys_or_of_the_wrong_type_is_one_sentence(tmp_path
 
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
-    state = load_checkpoint(out)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     damage(state)
     torch.save(state, out / "checkpoint.pt")
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 1
     line = _one_error_line(capsys.readouterr().err, alone=why is not None)
-    if why is not None:
+    if why == "digest":
+        assert line == (f"freezetui: error: cannot resume from {out / 'checkpoint.pt'}: it was damaged on disk (its "
+                        f"contents do not match their digest); start the run again, or restore the file from a backup")
+    elif why is not None:
         assert line == (f"freezetui: error: cannot resume from {out / 'checkpoint.pt'}: it is not a freezetui "
                         f"checkpoint ({why})") or line.startswith(
             f"freezetui: error: cannot resume from {out / 'checkpoint.pt'}: it is not a freezetui checkpoint ({why}")

@@ -85,3 +85,29 @@ def torch_load(path: str | os.PathLike):
             raise Unreadable("holds Python objects besides tensors, which freezetui does not unpickle") from None
         first = text.splitlines()[0][:200] if text else type(e).__name__
         raise Unreadable(f"is damaged or not a file torch.save wrote ({first})") from None
+
+
+def state_digest(obj) -> str:
+    """blake2b over everything in a checkpoint: its structure, plain values and tensors' bytes,
+    so a byte changed on disk (which torch.load does not notice inside a tensor) is."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    stack = [("", obj)]
+    while stack:
+        path, o = stack.pop()
+        if isinstance(o, dict):
+            h.update(f"{path}{{{len(o)}".encode())
+            stack.extend((f"{path}/{k!r}", o[k]) for k in sorted(o, key=repr))
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{path}[{len(o)}".encode())
+            stack.extend((f"{path}/{i}", v) for i, v in enumerate(o))
+        elif isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"{path}:{t.dtype}{tuple(t.shape)}".encode())
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        else:
+            h.update(f"{path}={o!r}".encode())
+    return h.hexdigest()

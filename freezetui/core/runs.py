@@ -18,7 +18,7 @@ from torch import nn
 from .atomic import atomic_write, write_json
 from .errors import TrainingError
 from .plan import FreezePlan
-from .readback import Unreadable, loads_json, too_deep, torch_load
+from .readback import Unreadable, loads_json, state_digest, too_deep, torch_load
 from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
 
 
@@ -136,6 +136,7 @@ class RunWriter(Callback):
 
     def on_checkpoint(self, state: dict) -> None:
         payload = {**state, "plan": self.plan.to_dict(), "config": config_fields(self.config), "extra": self.extra}
+        payload["digest"] = state_digest(payload)  # torch.load does not notice a byte changed inside a tensor
         self._guard("checkpoint.pt", lambda: atomic_write(self.out / "checkpoint.pt",
                                                           lambda f: torch.save(payload, f), mode="wb"), payload)
 
@@ -205,9 +206,13 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
         state = torch_load(path)
     except Unreadable as e:
         raise TrainingError(f"cannot resume from {path}: it {e}") from None
+    digest = state.pop("digest", None) if isinstance(state, dict) else None  # older checkpoints have none
     why = checkpoint_problem(state)
     if why:
         raise TrainingError(f"cannot resume from {path}: it is not a freezetui checkpoint ({why})")
+    if digest is not None and digest != state_digest(state):
+        raise TrainingError(f"cannot resume from {path}: it was damaged on disk (its contents do not match their "
+                            f"digest); start the run again, or restore the file from a backup")
     return state
 
 
