@@ -372,6 +372,13 @@ class FreezePlan:
         nc = model.get("num_classes")
         if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 1):
             raise PlanError(f"{source}: model.num_classes must be a positive integer or null")
+        size = model.get("image_size")
+        if size is not None and (type(size) is not int or size < 1):
+            raise PlanError(f"{source}: model.image_size must be a positive integer or null")
+        if not isinstance(model.get("small_input", False), bool):
+            raise PlanError(f"{source}: model.small_input must be true or false")
+        if not isinstance(model.get("weights"), (str, type(None))):
+            raise PlanError(f"{source}: model.weights must be a string or null")
         batchnorm = d.get("batchnorm", "freeze")
         if batchnorm not in BATCHNORM_MODES:
             raise PlanError(f"{source}: batchnorm must be \"train\" or \"freeze\", not {batchnorm!r}")

@@ -32,6 +32,23 @@ def too_deep(obj, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+def only_json(obj) -> bool:
+    """Whether ``obj`` holds only what JSON can (dicts with string keys, lists, strings, numbers,
+    booleans, None): a checkpoint's plan and settings, unpickled, may hold anything."""
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if not all(isinstance(k, str) for k in o):
+                return False
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+        elif not (o is None or isinstance(o, (bool, int, float, str))):
+            return False
+    return True
+
+
 def loads_json(text: str, limit: int = MAX_DEPTH):
     """``json.loads`` that refuses nesting deeper than ``limit``; raises ``json.JSONDecodeError``
     for bad syntax and :class:`Unreadable` for nesting."""

@@ -18,7 +18,7 @@ from torch import nn
 from .atomic import atomic_write, write_json
 from .errors import TrainingError
 from .plan import FreezePlan
-from .readback import Unreadable, loads_json, state_digest, too_deep, torch_load
+from .readback import Unreadable, loads_json, only_json, state_digest, too_deep, torch_load
 from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
 
 
@@ -227,8 +227,11 @@ def checkpoint_problem(state) -> str | None:
             return f"no {key!r}"
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             return f"{key!r} is a {type(state[key]).__name__}"
-    if too_deep({k: state[k] for k in ("plan", "config", "extra", "history")}):
+    plain = {k: state[k] for k in ("plan", "config", "extra", "history")}
+    if too_deep(plain):
         return "nested too deeply"
+    if not only_json(plain):
+        return "its plan, settings or history hold more than plain data"
     if state["epoch"] < 1:
         return f"epoch {state['epoch']}"
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
@@ -236,7 +239,8 @@ def checkpoint_problem(state) -> str | None:
     if not all(isinstance(state["rng"].get(k), torch.Tensor) for k in ("torch", "generator")):
         return "no random number generator states"
     fields = {f.name for f in dataclasses.fields(EpochEnd)}
-    if not all(isinstance(h, dict) and set(h) <= fields and "epoch" in h for h in state["history"]) \
+    required = {f.name for f in dataclasses.fields(EpochEnd) if f.default is dataclasses.MISSING}
+    if not all(isinstance(h, dict) and required <= set(h) <= fields for h in state["history"]) \
             or [h["epoch"] for h in state["history"]] != list(range(1, state["epoch"] + 1)) \
             or not all(isinstance(v, bool) if k == "partial" else isinstance(v, (int, float)) and not isinstance(v, bool)
                        for h in state["history"] for k, v in h.items()):
