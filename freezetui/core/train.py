@@ -814,11 +814,14 @@ def optimizer_state_fits(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
         return False
     params = {}
     for mine, theirs in zip(optimizer.param_groups, groups):
-        if not isinstance(theirs, dict) or set(theirs) != set(mine) or not isinstance(theirs["params"], list) \
+        if not isinstance(theirs, dict) or not isinstance(theirs.get("params"), list) \
                 or len(theirs["params"]) != len(mine["params"]):
             return False
-        if any(type(theirs[k]) is not type(v) for k, v in mine.items() if k != "params"):
-            return False
+        for k, v in mine.items():
+            flag = v is None or isinstance(v, bool)  # torch's switches: another torch may lack or add some
+            if k != "params" and not (flag and theirs.get(k) in (None, True, False)) \
+                    and (k not in theirs or type(theirs[k]) is not type(v)):
+                return False
         params.update(zip(theirs["params"], mine["params"]))
     kinds: dict | None = None  # entry -> "step" (a number or 0-d tensor) or "like" (the parameter's shape)
     for index, entry in state.items():
