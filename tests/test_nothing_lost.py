@@ -349,7 +349,7 @@ def test_a_damaged_cache_entry_is_rebuilt_with_one_note_never_used(tmp_path, fol
             assert notes == [] and again.decoded == 0
 
 
-# ----------------------------------------------------------------------------- 6. cache entries: newest only, listed, cleared
+# ----------------------------------------------------------------------- 6. cache entries: newest kept, listed, cleared
 
 
 def test_cache_keeps_the_newest_entry_per_folder_and_size_and_lists_and_clears(tmp_path, monkeypatch, capsys):

@@ -21,8 +21,8 @@ from freezetui.core.imagecache import load_folder
 from freezetui.core.runs import load_checkpoint, read_metrics
 
 # no shrinking: a failing example prints its draws, and shrinking resumes of a run costs minutes
-SETTINGS = settings(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate], suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                          HealthCheck.too_slow])
+SETTINGS = settings(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 json_scalars = st.none() | st.booleans() | st.integers(-3, 10**6) | st.floats(allow_nan=True) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)
