@@ -174,7 +174,7 @@ def test_a_corrupted_checkpoint_is_a_sentence_or_exactly_what_was_written(data, 
     assert _same(state, raw), f"a damaged checkpoint ({how}) loaded as something else"
 
 
-@settings(SETTINGS, max_examples=40)
+@settings(SETTINGS, max_examples=60)
 @given(data=st.data())
 def test_a_corrupted_checkpoint_without_a_digest_resumes_or_is_a_sentence(data, run, tmp_path, capsys):
     """Older checkpoints have no digest: the structure checks and the restore stand alone."""

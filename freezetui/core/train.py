@@ -819,7 +819,7 @@ def optimizer_state_fits(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
             return False
         for k, v in mine.items():
             flag = v is None or isinstance(v, bool)  # torch's switches: another torch may lack or add some
-            if k != "params" and not (flag and theirs.get(k) in (None, True, False)) \
+            if k != "params" and not (flag and (theirs.get(k) is None or isinstance(theirs.get(k), bool))) \
                     and (k not in theirs or type(theirs[k]) is not type(v)):
                 return False
         params.update(zip(theirs["params"], mine["params"]))
