@@ -1,6 +1,7 @@
 """Nothing lost, round three: two runs in one folder, full disks, processes and files left
 behind, and files that lie (issue 21). Each test failed before its fix."""
 
+import contextlib
 import json
 import os
 import re
@@ -410,9 +411,9 @@ def slow_run(tmp_path, cli_env, folder):
                             start_new_session=True)
     seen = _wait_for(proc, "decoding images: 0/")  # headers read, pixels being decoded in the workers
     yield proc, seen, data
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived it would hold its pipes open
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=120)
 
 
 def _children(pid: int) -> list[int]:
@@ -459,7 +460,7 @@ def test_decoding_workers_take_sigterm_plainly_and_die_with_a_killed_parent(slow
         assert _signal_mask(w, "SigIgn") & (1 << (signal.SIGINT - 1))  # Ctrl-C is the parent's
     [tmp] = [p for p in (tmp_path / "cache" / "folders").iterdir() if p.name.startswith(".")]
     proc.send_signal(signal.SIGKILL)  # or the OOM killer
-    proc.communicate()
+    proc.wait(timeout=120)  # not communicate: surviving workers would keep its pipes open
     assert _group_gone(proc.pid), "decoding processes outlived their parent"
     assert tmp.exists()  # what the killed run was writing; the next run removes it
     load_data(str(data), cache_dir=tmp_path / "cache")
