@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .core.errors import FreezeTUIError, PlanError
+from .core.errors import FreezeTUIError, PlanError, Stopped
 from .options import (RESUME_OVERRIDES, SUBCOMMANDS, build_parsers, config_from_args, given_options,
                       given_schedule_flags, model_spec_from_args, schedule_spec_from_args)
 
@@ -247,6 +247,12 @@ class ConsoleProgress:
                   file=self.stream, flush=True)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a newline or other control character (in a file name, say) shown
+    escaped, so one message stays one line of a log."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class ConsoleReporter:
     """The runner's notes, warnings, lints and decoding progress, on stderr."""
 
@@ -266,10 +272,10 @@ class ConsoleReporter:
             print(line, file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
-        print(f"note: {text}", file=sys.stderr)
+        print(f"note: {one_line(text)}", file=sys.stderr)
 
     def warning(self, text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)
+        print(f"warning: {one_line(text)}", file=sys.stderr)
 
     def lints(self, lints) -> None:
         print_lints(lints, stream=sys.stderr)
@@ -319,12 +325,17 @@ def cmd_train(args, parser) -> int:
     stop = threading.Event()
     with stop_on_signals(stop) as caught:
         callbacks = [ConsoleProgress()] if distributed.rank_from_env() == 0 else []
-        result = execute(spec, callbacks=callbacks, stop=stop, reporter=ConsoleReporter())
+        try:
+            result = execute(spec, callbacks=callbacks, stop=stop, reporter=ConsoleReporter())
+        except Stopped as e:
+            print(f"freezetui: {e}", file=sys.stderr)
+            return 128 + (caught[0] if caught else signal.SIGINT)
     print(finished_message(result, spec.out))
     if result.stopped:
         done = max((e.epoch for e in result.history if not e.partial), default=0)
-        print(f"stopped: {done} of {spec.config.epochs} epoch(s) complete; continue with "
-              f"`freezetui train --resume {spec.out}`", file=sys.stderr)
+        then = (f"continue with `freezetui train --resume {spec.out}`" if (spec.out / "checkpoint.pt").is_file()
+                else "no checkpoint was written, so there is nothing to resume")
+        print(f"stopped: {done} of {spec.config.epochs} epoch(s) complete; {then}", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)
     return 0 if result.frozen_unchanged else 1
 
@@ -404,6 +415,33 @@ def suggest_text(report) -> str:
     return "\n".join(lines)
 
 
+def cmd_cache(args) -> int:
+    from .core.cost import human_bytes
+    from .core.data import default_cache_dir
+    from .core.imagecache import cache_entries, clear_cache
+
+    where = default_cache_dir()
+    if args.cache_command == "clear":
+        gone = clear_cache(where, args.folder)
+        which = f" of {args.folder}" if args.folder else ""
+        print(f"removed {len(gone)} decoded folder(s){which} from {where / 'folders'}, "
+              f"{human_bytes(sum(e.nbytes for e in gone))}")
+        return 0
+    entries = cache_entries(where)
+    if not entries:
+        print(f"no decoded folders in {where / 'folders'}")
+        return 0
+    print(f"{'on disk':>10}  {'images':>8}  {'px':>4}  {'made':16}  folder")
+    for e in entries:
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
+        folder = one_line(e.folder) if e.folder is not None else f"(unreadable: {e.path.name})"
+        print(f"{human_bytes(e.nbytes):>10}  {e.images if e.images is not None else '?':>8}  "
+              f"{e.size if e.size is not None else '?':>4}  {made:16}  {folder}")
+    print(f"{human_bytes(sum(e.nbytes for e in entries)):>10}  in {len(entries)} decoded folder(s) under "
+          f"{where / 'folders'}; `freezetui cache clear [FOLDER]` removes them")
+    return 0
+
+
 def cmd_tui(args) -> int:
     try:
         from .tui.app import run_app
@@ -430,10 +468,12 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_sweep(args)
             if args.command == "suggest":
                 return cmd_suggest(args)
+            if args.command == "cache":
+                return cmd_cache(args)
             return cmd_train(args, main_parser)
         return cmd_tui(tui_parser.parse_args(argv))
     except FreezeTUIError as e:
-        print(f"freezetui: error: {e}", file=sys.stderr)
+        print(f"freezetui: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("freezetui: interrupted", file=sys.stderr)

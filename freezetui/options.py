@@ -12,7 +12,7 @@ from .core.schedule import SCHEDULES
 from .core.specs import ModelSpec, ScheduleSpec
 from .core.train import OPTIMIZERS, TrainConfig
 
-SUBCOMMANDS = ("models", "plan", "train", "sweep", "suggest")
+SUBCOMMANDS = ("models", "plan", "train", "sweep", "suggest", "cache")
 # `train --resume DIR` continues a run with its own settings; only these may change.
 RESUME_OVERRIDES = ("device", "epochs")
 
@@ -223,6 +223,13 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     sweep.add_argument("--out", required=True, help="sweep folder: sweep.json and one run folder per rung")
     sweep.add_argument("--force", action="store_true", help="write into --out even if it holds other files")
     add_suggest_parser(sub)
+
+    cache = sub.add_parser("cache", help="the decoded copies of image folders (under $FREEZETUI_DATA or "
+                                         "~/.cache/freezetui): list them or clear them")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser("list", help="each decoded folder: its size on disk, images, side, age")
+    clear = cache_sub.add_parser("clear", help="remove every decoded folder, or FOLDER's")
+    clear.add_argument("folder", nargs="?", help="the image folder whose decoded copies go (default: all)")
     return main, tui
 
 

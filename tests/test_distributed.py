@@ -24,7 +24,7 @@ def test_two_process_run_matches_one_process(tmp_path, cli_env):
                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert ddp.stdout.count("done: val acc") == 1  # rank 1 prints nothing
-    assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoint.pt", "config.json", "metrics.jsonl", "model.pt",
+    assert sorted(os.listdir(tmp_path / "ddp")) == [".lock", "checkpoint.pt", "config.json", "metrics.jsonl", "model.pt",
                                                     "plan.json", "summary.json"]
     assert os.listdir(work) == []
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
@@ -95,7 +95,7 @@ def test_a_sweep_under_two_processes_keeps_one_process_group(tmp_path, cli_env):
     assert os.listdir(work) == []
     for r in rows:
         assert r["val_acc"] is not None and r["frozen_unchanged"] and r["epochs"] == 2 and not r["stopped"]
-        assert sorted(os.listdir(r["run"])) == ["checkpoint.pt", "config.json", "metrics.jsonl", "model.pt",
+        assert sorted(os.listdir(r["run"])) == [".lock", "checkpoint.pt", "config.json", "metrics.jsonl", "model.pt",
                                                 "plan.json", "summary.json"]
         summary = json.loads((out / r["run"] / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["epochs"] == 2

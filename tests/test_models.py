@@ -94,7 +94,7 @@ def test_state_dict_path_round_trips(tmp_path, tiny):
 def test_bad_weights_file_is_a_model_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
-    with pytest.raises(ModelError, match="cannot read weights"):
+    with pytest.raises(ModelError, match="is not a file torch.save wrote"):
         build_model("tiny:tiny_cnn", weights=str(bad))
     with pytest.raises(ModelError, match="does not exist"):
         build_model("resnet18", weights=str(tmp_path / "missing.pt"))

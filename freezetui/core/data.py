@@ -98,7 +98,7 @@ def load_data(spec: str, seed: int = 0, size: int | None = None, root: str | os.
               shapes_train: int = 5000, shapes_val: int = 1000, *, resize_size: int | None = None,
               crop_size: int | None = None, progress: Callable[[int, int], None] | None = None,
               cache_dir: str | os.PathLike | None = None, cache: bool = True,
-              workers: int | None = None) -> Dataset:
+              workers: int | None = None, stop=None) -> Dataset:
     """Load ``shapes``, a torchvision dataset name, or an image folder.
 
     For folders: ``size`` is the user's ``--image-size`` and ``resize_size``/``crop_size`` the
@@ -106,7 +106,8 @@ def load_data(spec: str, seed: int = 0, size: int | None = None, root: str | os.
     the stored side (:func:`freezetui.core.folders.stored_size`) and ``Dataset.input_size``.
     Images are decoded once on all cores (``workers``) into a memory-mapped cache under
     ``cache_dir`` (default :func:`default_cache_dir`) and reused while the folder is unchanged;
-    ``progress(done, total)`` is called as images are decoded.
+    ``progress(done, total)`` is called as images are decoded; ``stop`` (an Event) ends decoding
+    with :class:`~freezetui.core.errors.Stopped`.
     """
     t0 = time.perf_counter()
     if spec == "shapes":
@@ -121,7 +122,7 @@ def load_data(spec: str, seed: int = 0, size: int | None = None, root: str | os.
         raise DataError(f"data {spec!r} is a file; give a folder of class subfolders")
     ds = _folder_dataset(path, seed=seed, size=size, resize_size=resize_size, crop_size=crop_size,
                          progress=progress, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-                         cache=cache, workers=workers)
+                         cache=cache, workers=workers, stop=stop)
     ds.load_seconds = time.perf_counter() - t0
     return ds
 
@@ -164,9 +165,9 @@ def _mapped(a: np.ndarray) -> torch.Tensor:
 
 def _folder_dataset(path: Path, seed: int, size: int | None, resize_size: int | None = None,
                     crop_size: int | None = None, progress=None, cache_dir: Path | None = None,
-                    cache: bool = True, workers: int | None = None) -> Dataset:
+                    cache: bool = True, workers: int | None = None, stop=None) -> Dataset:
     d = load_folder(path, seed=seed, image_size=size, resize_size=resize_size, crop_size=crop_size,
-                    cache_dir=cache_dir, progress=progress, workers=workers, use_cache=cache)
+                    cache_dir=cache_dir, progress=progress, workers=workers, use_cache=cache, stop=stop)
     check_decoded(d, path)
     images, labels = _mapped(d.images), torch.from_numpy(np.asarray(d.labels, dtype=np.int64))
     nt = d.n_train

@@ -34,3 +34,7 @@ class DataError(FreezeTUIError):
 
 class TrainingError(FreezeTUIError):
     """A run that had to stop: NaN loss, bad settings, a device that is not there."""
+
+
+class Stopped(FreezeTUIError):
+    """A run stopped (Ctrl-C, kill) before it had anything to keep: nothing to resume."""

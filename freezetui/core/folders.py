@@ -173,6 +173,9 @@ def find_layout(path: Path, seed: int = 0, val_fraction: float = 0.1) -> FolderL
     for k, c in enumerate(top):
         files = _files(c, path, listing, skipped)
         n_val = max(1, round(len(files) * val_fraction)) if len(files) >= 2 else 0
+        if len(files) == 1:
+            notes.append(f"class {c.name!r} has a single image: it trains, but validation never sees that "
+                         f"class (add another image)")
         chosen = set(rng.permutation(len(files))[:n_val].tolist())
         for j, f in enumerate(files):
             (val if j in chosen else train).append((f, k))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .readback import Unreadable, file_problem, torch_load
 
 INFO_ATTR = "_freezetui_info"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -194,9 +195,16 @@ def _pretrained_state(weights) -> dict:
     return state
 
 
+def check_weights_file(path: str) -> None:
+    """A ``--weights`` path that cannot be a state_dict file: a sentence before any model is built."""
+    why = file_problem(path)
+    if why:
+        raise ModelError(f"weights file {path!r} {why}")
+
+
 def _unreadable(path, e: BaseException) -> ModelError:
     text = str(e).strip()
-    if "weights only load failed" in text.lower():
+    if "weights only load failed" in text.lower() or "weights_only" in text:  # never quote its advice
         why = "it holds Python objects besides tensors, which freezetui does not unpickle"
     else:
         why = text.splitlines()[0] if text else type(e).__name__
@@ -227,8 +235,7 @@ def _resolve_weights(name: str, weights: str | None):
         except _Unavailable as why:
             return None, None, f"{default} not available {why}: using random init", None
     if os.sep in w or w.endswith((".pt", ".pth", ".bin")) or Path(w).exists():
-        if not Path(w).is_file():
-            raise ModelError(f"weights file {w!r} does not exist")
+        check_weights_file(w)
         return None, w, "", None
     if enum is None:
         raise ModelError(f"{name} has no published weights; use --weights none or a state_dict path")
@@ -402,9 +409,9 @@ def unknown_model_message(name: str) -> str:
 
 def _load_state(path: str) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same sentence
-        raise _unreadable(path, e) from None
+        state = torch_load(path)
+    except Unreadable as e:
+        raise ModelError(f"cannot read weights from {path}: it {e}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -504,7 +511,9 @@ def _build_timm(name: str, weights, num_classes: int | None, image_size: int | N
         else:
             note = f"timm:{arch} pretrained weights not available {why}: using random init"
     elif w.lower() != "none":
-        if not Path(w).is_file():
+        if Path(w).exists():
+            check_weights_file(w)
+        elif not Path(w).is_file():
             raise ModelError(f"timm models take --weights auto, pretrained, none or a state_dict path; "
                              f"{w!r} is none of these")
         path = w
@@ -646,8 +655,7 @@ def _from_factory(name: str, weights, allow_code: bool) -> _Built:
     path = None
     if weights not in (None, "none", "auto"):
         path = str(weights)
-        if not Path(path).is_file():
-            raise ModelError(f"weights file {path!r} does not exist")
+        check_weights_file(path)
     return _Built(_load_factory(name), path=path)
 
 

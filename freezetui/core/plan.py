@@ -24,6 +24,7 @@ from torch import nn
 from .atomic import write_json
 from .errors import PlanError
 from .models import model_info
+from .readback import Unreadable, loads_json
 
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
@@ -479,6 +480,13 @@ class FreezePlan:
         nc = model.get("num_classes")
         if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 1):
             raise PlanError(f"{source}: model.num_classes must be a positive integer or null")
+        size = model.get("image_size")
+        if size is not None and (type(size) is not int or size < 1):
+            raise PlanError(f"{source}: model.image_size must be a positive integer or null")
+        if not isinstance(model.get("small_input", False), bool):
+            raise PlanError(f"{source}: model.small_input must be true or false")
+        if not isinstance(model.get("weights"), (str, type(None))):
+            raise PlanError(f"{source}: model.weights must be a string or null")
         batchnorm = d.get("batchnorm", "freeze")
         if batchnorm not in BATCHNORM_MODES:
             raise PlanError(f"{source}: batchnorm must be \"train\" or \"freeze\", not {batchnorm!r}")
@@ -564,9 +572,11 @@ class FreezePlan:
         except (OSError, UnicodeDecodeError) as e:
             raise PlanError(f"cannot read plan file {str(path)!r}: {e}") from None
         try:
-            d = json.loads(text)
+            d = loads_json(text)
         except json.JSONDecodeError as e:
             raise PlanError(f"plan file {str(path)!r} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        except Unreadable as e:
+            raise PlanError(f"plan file {str(path)!r} is {e}; a plan is a few levels deep") from None
         return cls.from_dict(d, source=f"plan file {str(path)!r}")
 
     def save(self, path: str | os.PathLike) -> Path:

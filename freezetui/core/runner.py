@@ -21,11 +21,11 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, load_data
-from .errors import FreezeTUIError, PlanError
+from .errors import FreezeTUIError, PlanError, Stopped
 from .lints import Lint, check
 from .models import build_model, check_factory_allowed, first_batch_failure, is_factory, model_info
 from .plan import FreezePlan
-from .runs import RunWriter, load_checkpoint
+from .runs import LOCK, RunWriter, hold_run_folder, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
 from .split import Prefix, Traced, frozen_prefix, trace
 from .train import (Callback, TrainConfig, TrainResult, check_trainable, head_mismatch, output_classes, resolve_device,
@@ -61,13 +61,14 @@ def weights_sizes(name: str | None, weights: str | None) -> tuple[int | None, in
         return None, None
 
 
-def load_run_data(spec: RunSpec, reporter: Reporter) -> Dataset:
-    """The run's data, sized for its model (the plan's or ``--model``'s weights)."""
+def load_run_data(spec: RunSpec, reporter: Reporter, stop: threading.Event | None = None) -> Dataset:
+    """The run's data, sized for its model (the plan's or ``--model``'s weights); ``stop`` ends
+    the decoding (:class:`Stopped`)."""
     source = spec.plan.model if spec.plan is not None else (dataclasses.asdict(spec.model) if spec.model else {})
     small = bool(source.get("small_input"))
     resize, crop = (None, None) if small else weights_sizes(source.get("name"), source.get("weights"))
     data = load_data(spec.data, seed=spec.config.seed, size=spec.config.image_size, resize_size=resize,
-                     crop_size=crop, progress=reporter.progress)
+                     crop_size=crop, progress=reporter.progress, stop=stop)
     for w in data.warnings:
         reporter.warning(w)
     return data
@@ -231,7 +232,7 @@ def check_out(out: Path, force: bool) -> None:
     """A run folder is never overwritten by accident."""
     if out.exists() and not out.is_dir():
         raise PlanError(f"--out {out} is a file; give a folder for the run")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not force:
         raise PlanError(f"--out {out} already holds files; continue that run with --resume {out}, "
                         f"write into it anyway with --force, or choose another folder")
 
@@ -321,14 +322,18 @@ def check_settings(spec: RunSpec) -> torch.device:
 
 
 def prepare_run(spec: RunSpec, reporter: Reporter | None = None, device: torch.device | None = None,
-                data: Dataset | None = None) -> RunInputs:
+                data: Dataset | None = None, stop: threading.Event | None = None) -> RunInputs:
     """The one way a run's inputs are assembled, for ``freezetui train``, ``--resume``, torchrun
     workers, ``freezetui sweep`` and the TUI: the data sized for the model's weights, the model
     built and seeded, its head checked against the data, its plan checked against it, its graph
     traced. Call :func:`check_settings` first (``device`` is what it returned); ``data``: the
-    spec's data, when the caller has loaded it already."""
+    spec's data, when the caller has loaded it already; ``stop`` ends the decoding
+    (:class:`Stopped`: nothing trained, nothing to resume)."""
     reporter = reporter or Reporter()
-    data = data if data is not None else load_run_data(spec, reporter)
+    if data is None:
+        data = load_run_data(spec, reporter, stop)
+        if stop is not None and stop.is_set():
+            raise Stopped("stopped while loading the data, before training began: nothing to resume")
     torch.manual_seed(spec.config.seed)
     model, plan = build_for_run(spec, data, reporter)
     error = head_mismatch(output_classes(model), data)
@@ -350,15 +355,24 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
     rungs; the run's plan is then ``spec.plan``), else on inputs prepared from the spec. Under
     torchrun only rank 0 reports and writes files."""
     reporter = reporter or Reporter()
-    config = spec.config
     check_settings(spec)
+    with contextlib.ExitStack() as held:
+        if distributed.rank_from_env() == 0:  # rank 0 alone writes the folder
+            held.enter_context(hold_run_folder(spec.out))
+            if spec.resume is None:
+                check_out(spec.out, spec.force)  # again, held: a run that ended meanwhile may have filled it
+        return _execute(spec, callbacks, stop, reporter, inputs)
+
+
+def _execute(spec: RunSpec, callbacks, stop, reporter: Reporter, inputs: RunInputs | None) -> TrainResult:
+    config = spec.config
     with distributed.process_group(config.device) as (rank, world):
         if rank:
             distributed.quiet_stdout()
             reporter = Reporter()
         if inputs is None:
             with distributed.rank_zero_first():  # downloads and caches are written once
-                inputs = prepare_run(spec, reporter)
+                inputs = prepare_run(spec, reporter, stop=stop)
         plan = spec.plan if spec.plan is not None else inputs.plan
         check_plan(inputs, plan)
         model, data = inputs.model, inputs.data
@@ -372,7 +386,7 @@ def execute(spec: RunSpec, callbacks: list[Callback] | tuple = (), stop: threadi
                                                     "world_size": world, "data_seconds": round(data.load_seconds, 3),
                                                     "train_images": len(data.train), "val_images": len(data.val),
                                                     "classes": list(data.classes), "estimate": estimate},
-                                             resume_epoch=spec.resume["epoch"] if spec.resume else None)]
+                                             resume=spec.resume)]
         return train(model, plan, data, config, callbacks=writers, stop=stop, resume=spec.resume,
                      traced=inputs.traced)
 

@@ -3,12 +3,15 @@ summary and final weights at the end. Every file but the appended metrics is wri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
 import shlex
 from dataclasses import dataclass, field
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +22,63 @@ from .atomic import atomic_write, write_json
 from .errors import TrainingError
 from .plan import FreezePlan
 from .schedule import short_name
+from .readback import Unreadable, loads_json, only_json, state_digest, too_deep, torch_load
 from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
+
+
+LOCK = ".lock"  # held with flock for the whole run; holds the pid of the process holding it
+
+try:
+    import fcntl
+except ImportError:  # Windows: no folder lock
+    fcntl = None
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: str | os.PathLike):
+    """Hold ``out`` for one run: a second run (train, resume, a sweep rung, the TUI), in this
+    process or another, gets a sentence naming the process that holds it. The lock is an
+    ``flock`` on ``out/.lock``, so the OS releases it when the process ends however it ends;
+    holding it, temporaries a killed writer left are removed."""
+    out = Path(out)
+    if fcntl is None:
+        yield
+        return
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            who = f"process {pid}" if pid.isdigit() else "another process"
+            raise TrainingError(f"{out} is in use by another run ({who}); wait for it to end, or give "
+                                f"this run another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temporaries(out)
+        try:
+            yield
+        finally:
+            if created and [p.name for p in out.iterdir()] == [LOCK]:  # a run that failed before writing
+                with contextlib.suppress(OSError):
+                    (out / LOCK).unlink()
+                    out.rmdir()
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporaries (``.checkpoint.pt.*.tmp``) an atomic write killed mid-way left in a
+    run folder; call only while holding the folder."""
+    removed = []
+    for p in out.glob(".*.tmp"):
+        if p.is_file():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def new_run_dir(base: str | os.PathLike = "runs", label: str = "run") -> Path:
@@ -46,32 +105,32 @@ class RunWriter(Callback):
     """
 
     def __init__(self, out: str | os.PathLike, model: nn.Module, plan: FreezePlan, config: TrainConfig,
-                 extra: dict | None = None, resume_epoch: int | None = None):
+                 extra: dict | None = None, resume: dict | None = None):
         self.out = Path(out)
         self.model = model
         self.plan = plan
         self.config = config
         self.extra = extra or {}
-        self.resume_epoch = resume_epoch
+        self.resume = resume  # the checkpoint a resumed run continues from
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def _guard(self, name: str, write) -> None:
+    def _guard(self, name: str, write, payload=None) -> None:
+        """``write()``, its failure as a sentence; ``payload``: what torch.save writes, for its size."""
         try:
             write()
-        except OSError as e:
-            raise TrainingError(f"cannot write {self.out / name} ({e.strerror or e}); "
+        except (OSError, RuntimeError) as e:  # torch.save reports a short write as a RuntimeError
+            raise TrainingError(f"cannot write {self.out / name} ({write_failure(self.out, e, payload)}); "
                                 f"the files written before are intact") from None
 
     def on_run_start(self, event: RunStart) -> None:
         self._guard("plan.json", lambda: self.plan.save(self.out / "plan.json"))
         self._guard("config.json", lambda: write_json(self.out / "config.json", {
             **config_fields(self.config), **self.extra, "device": event.device, "input_size": event.input_size}))
-        if self.resume_epoch is None:
-            self._guard("metrics.jsonl", lambda: (self.out / "metrics.jsonl").write_text(""))
-        else:  # drop what a stopped epoch after the checkpoint had reported
-            kept = [m for m in read_metrics(self.out) if m["epoch"] <= self.resume_epoch]
-            self._guard("metrics.jsonl", lambda: atomic_write(
-                self.out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept))))
+        # a resumed run's metrics are the checkpoint's epochs: what a stopped or killed epoch after
+        # it reported (or a line torn by a full disk) goes
+        kept = self.resume["history"] if self.resume is not None else []
+        self._guard("metrics.jsonl", lambda: atomic_write(
+            self.out / "metrics.jsonl", lambda f: f.write("".join(json.dumps(m) + "\n" for m in kept))))
 
     def on_epoch(self, event: EpochEnd) -> None:
         def append():
@@ -81,20 +140,61 @@ class RunWriter(Callback):
 
     def on_checkpoint(self, state: dict) -> None:
         payload = {**state, "plan": self.plan.to_dict(), "config": config_fields(self.config), "extra": self.extra}
+        payload["digest"] = state_digest(payload)  # torch.load does not notice a byte changed inside a tensor
         self._guard("checkpoint.pt", lambda: atomic_write(self.out / "checkpoint.pt",
-                                                          lambda f: torch.save(payload, f), mode="wb"))
+                                                          lambda f: torch.save(payload, f), mode="wb"), payload)
 
     def on_run_end(self, result: TrainResult) -> None:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        failed = None
         try:
             self._guard("model.pt", lambda: atomic_write(self.out / "model.pt", lambda f: torch.save(state, f),
-                                                         mode="wb"))
-            self._guard("summary.json", lambda: write_json(self.out / "summary.json", {
-                **result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],
-                "total_params": self.plan.counts["total"]}))
-        except TrainingError:
-            if result.error is None:  # a run that already failed keeps its first error
-                raise
+                                                         mode="wb"), state)
+        except TrainingError as e:  # the summary is small: it may fit where the weights did not
+            failed = e
+        summary = {**result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],
+                   "total_params": self.plan.counts["total"]}
+        if failed is not None and summary["error"] is None:
+            summary["error"] = str(failed)
+        try:
+            self._guard("summary.json", lambda: write_json(self.out / "summary.json", summary))
+        except TrainingError as e:
+            failed = failed or e
+        if failed is not None and result.error is None:  # a run that already failed keeps its first error
+            raise failed
+
+
+def write_failure(folder: Path, e: BaseException, payload=None) -> str:
+    """Why a write failed, in words: a full disk says how much room the file needs."""
+    from .cost import human_bytes
+
+    if not (getattr(e, "errno", None) == errno.ENOSPC or isinstance(e, RuntimeError)):
+        return getattr(e, "strerror", None) or str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    need = tensor_bytes(payload)
+    room = f"it needs about {human_bytes(need)} free" if need else "it needs more room"
+    room += f", {human_bytes(free)} is" if free is not None else ""
+    if isinstance(e, OSError):
+        return f"{e.strerror}: {room}"
+    if free is None or free > 1.1 * need:  # torch says only "unexpected pos"
+        return f"torch.save stopped short, as on a full disk or quota: {room}"
+    return f"the disk is full: {room}"
+
+
+def tensor_bytes(obj, depth: int = 0) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists and tuples), what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if depth > 16:
+        return 0
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v, depth + 1) for v in obj)
+    return 0
 
 
 def config_fields(config: TrainConfig) -> dict:
@@ -107,14 +207,76 @@ def load_checkpoint(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise TrainingError(f"{run_dir} has no checkpoint.pt to resume from (one is written after each epoch)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one sentence
-        raise TrainingError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        state = torch_load(path)
+    except Unreadable as e:
+        raise TrainingError(f"cannot resume from {path}: it {e}") from None
+    digest = state.pop("digest", None) if isinstance(state, dict) else None  # older checkpoints have none
+    why = checkpoint_problem(state)
+    if why:
+        raise TrainingError(f"cannot resume from {path}: it is not a freezetui checkpoint ({why})")
+    if digest is not None and digest != state_digest(state):
+        raise TrainingError(f"cannot resume from {path}: it was damaged on disk (its contents do not match their "
+                            f"digest); start the run again, or restore the file from a backup")
+    return state
+
+
+def checkpoint_problem(state) -> str | None:
+    """What is missing or of the wrong kind in a loaded checkpoint (see ``checkpoint_state``), or None."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}"
+    kinds = {"epoch": int, "model": dict, "optimizer": dict, "rng": dict, "history": list, "plan": dict,
+             "config": dict, "extra": dict}
+    for key, kind in kinds.items():
+        if key not in state:
+            return f"no {key!r}"
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            return f"{key!r} is a {type(state[key]).__name__}"
+    plain = {k: state[k] for k in ("plan", "config", "extra", "history")}
+    if too_deep(plain):
+        return "nested too deeply"
+    if not only_json(plain):
+        return "its plan, settings or history hold more than plain data"
+    if state["epoch"] < 1:
+        return f"epoch {state['epoch']}"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        return "'model' is not a state_dict"
+    if not all(isinstance(state["rng"].get(k), torch.Tensor) for k in ("torch", "generator")):
+        return "no random number generator states"
+    fields = {f.name for f in dataclasses.fields(EpochEnd)}
+    required = {f.name for f in dataclasses.fields(EpochEnd) if f.default is dataclasses.MISSING}
+    if not all(isinstance(h, dict) and required <= set(h) <= fields for h in state["history"]) \
+            or [h["epoch"] for h in state["history"]] != list(range(1, state["epoch"] + 1)) \
+            or not all(isinstance(v, bool) if k == "partial" else isinstance(v, (int, float)) and not isinstance(v, bool)
+                       for h in state["history"] for k, v in h.items()):
+        return "its history does not match its epoch"
+    if not isinstance(state["extra"].get("data"), str):
+        return "no data name"
+    try:
+        TrainConfig.from_dict(state["config"]).validate()
+    except (TypeError, ValueError) as e:
+        return f"settings of the wrong kind ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+    except TrainingError as e:
+        return f"settings out of range ({e})"
+    return None
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The epochs in ``metrics.jsonl``. A torn last line (appended in place, so a full disk or a
+    power cut can leave one) is left out; a bad line before it is a ValueError."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            m = loads_json(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {i + 1} is not a metrics record") from None
+        if not isinstance(m, dict) or not isinstance(m.get("epoch"), int):
+            raise ValueError(f"{path} line {i + 1} is not a metrics record")
+        out.append(m)
+    return out
 
 
 # ----------------------------------------------------------------------------- runs as the TUI lists them
@@ -179,7 +341,7 @@ def prune_run_folder(folder: str | os.PathLike | None) -> int:
 
 def read_json(path: Path) -> dict:
     try:
-        value = json.loads(path.read_text())
+        value = loads_json(path.read_text())
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -252,7 +414,7 @@ def read_sweep(folder: str | os.PathLike) -> list[dict]:
     """The rows of a sweep folder's ``sweep.json`` (empty when it has none yet), with the
     rungs' paths found under ``folder`` wherever the sweep was run from."""
     try:
-        rows = json.loads((Path(folder) / "sweep.json").read_text())
+        rows = loads_json((Path(folder) / "sweep.json").read_text())
     except (OSError, ValueError):
         return []
     out = []

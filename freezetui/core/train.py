@@ -65,7 +65,14 @@ class TrainConfig:
         """The settings a run folder, checkpoint or sweep recorded (keys this version does not
         know are ignored), with ``overrides`` on top. TypeError when a value has the wrong shape."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in (d or {}).items() if k in names}, **overrides})
+        given = {k: v for k, v in (d or {}).items() if k in names}
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+        for f in dataclasses.fields(cls):  # annotations are strings here: "float | None"
+            allowed = tuple(t for name in str(f.type).split("|") for t in kinds.get(name.strip(), (object,)))
+            v = given.get(f.name, f.default)
+            if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+                raise TypeError(f"{f.name} is a {type(v).__name__}, not {str(f.type)}")
+        return cls(**{**given, **overrides})
 
     def validate(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -659,15 +666,25 @@ class _Run:
         """Continue after the checkpoint's epoch, with its weights, optimizer and RNG states."""
         if resume is None:
             return
-        self.model.load_state_dict(resume["model"])
         try:
+            self.model.load_state_dict(resume["model"])
+        except RuntimeError as e:  # names or shapes of another model
+            raise TrainingError(f"the checkpoint's weights do not fit this model "
+                                f"({str(e).strip().splitlines()[-1].strip()[:160]}); resume with its own plan") from None
+        try:
+            if not optimizer_state_fits(self.optimizer, resume["optimizer"]):
+                raise TrainingError("the checkpoint's optimizer state is damaged; start the run again")
             self.optimizer.load_state_dict(resume["optimizer"])
-        except ValueError:
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise TrainingError("the checkpoint's optimizer does not fit this run's parameter groups "
                                 "(written by an older freezetui or for another plan); start the run again") from None
-        torch.set_rng_state(resume["rng"]["torch"])
-        self.gen.set_state(resume["rng"]["generator"])
-        note = restore_generator(self.aug_gen, resume["rng"].get("augment"), self.config.seed + resume["epoch"])
+        try:
+            torch.set_rng_state(resume["rng"]["torch"])
+            self.gen.set_state(resume["rng"]["generator"])
+            note = restore_generator(self.aug_gen, resume["rng"].get("augment"), self.config.seed + resume["epoch"])
+        except (RuntimeError, TypeError) as e:
+            raise TrainingError(f"the checkpoint's random number generator states are damaged ({e}); "
+                                f"start the run again") from None
         if note:
             self.notes.append(f"{note}: the resumed run's augmentation differs from an uninterrupted run's")
         cuda_state = resume["rng"].get("cuda")
@@ -954,6 +971,44 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, gen: to
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         "history": [e.to_dict() for e in history],
     }
+
+
+def optimizer_state_fits(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
+    """Whether ``saved`` (an older checkpoint's, without a digest) has this optimizer's settings,
+    of the same kinds, and per parameter the same entries, each a number or a tensor shaped
+    like the parameter; torch checks only the number of groups and parameters."""
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict) or len(groups) != len(optimizer.param_groups):
+        return False
+    params = {}
+    for mine, theirs in zip(optimizer.param_groups, groups):
+        if not isinstance(theirs, dict) or not isinstance(theirs.get("params"), list) \
+                or len(theirs["params"]) != len(mine["params"]):
+            return False
+        for k, v in mine.items():
+            flag = v is None or isinstance(v, bool)  # torch's switches: another torch may lack or add some
+            if k != "params" and not (flag and (theirs.get(k) is None or isinstance(theirs.get(k), bool))) \
+                    and (k not in theirs or type(theirs[k]) is not type(v)):
+                return False
+        params.update(zip(theirs["params"], mine["params"]))
+    kinds: dict | None = None  # entry -> "step" (a number or 0-d tensor) or "like" (the parameter's shape)
+    for index, entry in state.items():
+        if index not in params or not isinstance(entry, dict):
+            return False
+        p = params[index]
+        mine = {}
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and (p.dim() or v.dim() == 0):
+                mine[k] = "like" if p.dim() else "either"
+            elif (isinstance(v, torch.Tensor) and v.dim() == 0) or type(v) in (int, float):
+                mine[k] = "step"
+            else:
+                return False
+        if kinds is not None and (set(mine) != set(kinds) or any(
+                "either" not in (mine[k], kinds[k]) and mine[k] != kinds[k] for k in mine)):
+            return False
+        kinds = {k: kinds[k] if kinds and mine[k] == "either" else mine[k] for k in mine}
+    return True
 
 
 def release_memory(device: torch.device | str | None = None) -> None:
