@@ -5,7 +5,9 @@ from .core.lints import Lint, check as lint
 from .core.models import ModelInfo, build_model, list_models, model_info
 from .core.plan import FreezePlan
 from .core.schedule import PlanSchedule
-from .core.train import Callback, TrainConfig, TrainResult, train
+from .core.config import TrainConfig
+from .core.events import Callback, TrainResult
+from .core.train import train
 
 __version__ = "0.1.0"
 

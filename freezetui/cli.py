@@ -299,7 +299,7 @@ def train_spec(args, parser):
     if not args.out or not (args.plan or args.model):
         raise PlanError("train needs --out DIR and either --plan PLAN or --model NAME (or --resume DIR)")
     config = config_from_args(args)
-    from .core.train import resolve_device
+    from .core.devices import resolve_device
 
     resolve_device(config.device)  # cheap checks before any file is read
     if args.plan and (flags := given_schedule_flags(args)):
@@ -348,7 +348,7 @@ def cmd_sweep(args) -> int:
     if not args.model:
         raise PlanError("sweep needs --model NAME")
     config = config_from_args(args)
-    from .core.train import resolve_device
+    from .core.devices import resolve_device
 
     resolve_device(config.device)
     stop = threading.Event()

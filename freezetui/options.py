@@ -10,7 +10,7 @@ import argparse
 
 from .core.schedule import SCHEDULES
 from .core.specs import ModelSpec, ScheduleSpec
-from .core.train import OPTIMIZERS, TrainConfig
+from .core.config import OPTIMIZERS, TrainConfig
 
 SUBCOMMANDS = ("models", "plan", "train", "sweep", "suggest", "cache")
 # `train --resume DIR` continues a run with its own settings; only these may change.

@@ -17,7 +17,8 @@ from .errors import FIXES, FreezeTUIError, PlanError
 from .runner import execute, resume_spec
 from .runs import RunRecord, load_past_runs, new_run_dir, read_json, read_sweep, resume_command
 from .specs import ModelSpec, RunSpec
-from .train import Callback, TrainConfig, TrainResult
+from .config import TrainConfig
+from .events import Callback, TrainResult
 from .workspace import Workspace
 
 Trainer = Callable[[Workspace, RunRecord, list, threading.Event, str], TrainResult]

@@ -9,27 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
 import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import distributed
+from .config import TrainConfig
 from .data import BatchTransform, Dataset, load_data
+from .devices import resolve_device
 from .errors import FreezeTUIError, PlanError, Stopped
+from .events import Callback, TrainResult
 from .lints import Lint, check
 from .models import build_model, check_factory_allowed, first_batch_failure, is_factory, model_info
 from .plan import FreezePlan
 from .runs import LOCK, RunWriter, hold_run_folder, load_checkpoint
 from .specs import ModelSpec, RunSpec, ScheduleSpec
 from .split import Prefix, Traced, frozen_prefix, trace
-from .train import (Callback, TrainConfig, TrainResult, check_trainable, head_mismatch, output_classes, resolve_device,
-                    train)
+from .train import check_trainable, head_mismatch, output_classes, train
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 

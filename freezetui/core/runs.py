@@ -23,7 +23,8 @@ from .errors import TrainingError
 from .plan import FreezePlan
 from .schedule import short_name
 from .readback import Unreadable, loads_json, only_json, state_digest, too_deep, torch_load
-from .train import Callback, EpochEnd, RunStart, TrainConfig, TrainResult
+from .config import TrainConfig
+from .events import Callback, EpochEnd, RunStart, TrainResult
 
 
 LOCK = ".lock"  # held with flock for the whole run; holds the pid of the process holding it

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plan import FreezePlan
-from .train import TrainConfig
+from .config import TrainConfig
 
 
 @dataclass

@@ -31,7 +31,8 @@ from .rgn import norms
 from .runner import Reporter, RunInputs, check_settings, prepare_run
 from .specs import RunSpec
 from .sweep import only_these_train, stages
-from .train import TrainConfig, logits_of
+from .config import TrainConfig
+from .train import logits_of
 
 DEFAULT_BATCHES = 8
 # A stage joins the suggestion when its signal is at least this share of the strongest stage's.

@@ -23,7 +23,8 @@ from .plan import FreezePlan, escape_glob
 from .runner import Reporter, RunInputs, check_settings, cost_profile, execute, prepare_run, resume_spec
 from .runs import config_fields
 from .specs import ModelSpec, RunSpec
-from .train import Callback, TrainConfig
+from .config import TrainConfig
+from .events import Callback
 
 SETTINGS = "sweep-settings.json"
 SWEEP = "sweep.json"

@@ -3,13 +3,9 @@ afterwards that every frozen parameter is bit-identical to what it was before.""
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import math
 import threading
 import time
-import weakref
-from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -18,227 +14,23 @@ from torch import nn
 
 from . import distributed
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
+# The loop's settings, events and devices have modules of their own; tests and benchmarks still
+# reach them as train.X (and patch train.device_budget, which FeatureStore looks up here).
+from .config import OPTIMIZERS, TrainConfig  # noqa: F401
+from .devices import (device_budget, gpu_count, memory_in_use, model_lock, release_memory,  # noqa: F401
+                      resolve_device)
 from .errors import FreezeTUIError, TrainingError
+from .events import Callback, EpochEnd, RunStart, StepEnd, TrainResult  # noqa: F401
 from .imagecache import available_ram
 from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .precision import Deterministic, run_precision
 from .rgn import AutoRGN
-from .schedule import SCHEDULES, PlanSchedule, describe, warmup_steps
-from .split import Cut, Prefix, find_cut, frozen_prefix, split, trace
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-# 128 keeps two CPU cores or a GPU busy where the seed's 16 leaves them waiting on Python and
-# the optimizer step (benchmarks/seed_workload.py: 65 img/s at 64, 98 at 128 on the 2-core CPU).
-DEFAULT_BATCH = 128
-# Learning rates that work at REFERENCE_BATCH; other batch sizes scale them (linearly for SGD,
-# by the square root for Adam-style optimizers).
-REFERENCE_BATCH = 64
-BASE_LR = {"adamw": 1e-3, "adam": 1e-3, "sgd": 1e-2}
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = DEFAULT_BATCH
-    lr: float | None = None  # None: BASE_LR scaled to the batch size
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    image_size: int | None = None
-    augment: bool = True
-    device: str = "auto"
-    seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA
-    cache: bool = True  # cache the frozen prefix's output when that gives the same result
-    compile: bool = False  # torch.compile the trainable part
-    deterministic: bool = False  # deterministic algorithms, no autotuning: bit-exact resume on CUDA
-    channels_last: bool = False  # NHWC on CUDA for convolutional models
-    sync_steps: int | None = None  # read the loss every N steps (None: every step on the CPU, ~4/s on CUDA)
-    data_budget: int | None = None  # bytes of device memory the data may take (None: a share of what is free)
-    schedule: str = "cosine"  # constant, cosine or onecycle (see schedule.schedule_factor)
-    warmup_epochs: float = 0.5  # linear warmup (constant and cosine)
-    decay_all: bool = False  # weight decay on biases and norm layers too
-
-    @classmethod
-    def from_dict(cls, d: dict, **overrides) -> "TrainConfig":
-        """The settings a run folder, checkpoint or sweep recorded (keys this version does not
-        know are ignored), with ``overrides`` on top. TypeError when a value has the wrong shape."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        given = {k: v for k, v in (d or {}).items() if k in names}
-        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
-        for f in dataclasses.fields(cls):  # annotations are strings here: "float | None"
-            allowed = tuple(t for name in str(f.type).split("|") for t in kinds.get(name.strip(), (object,)))
-            v = given.get(f.name, f.default)
-            if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
-                raise TypeError(f"{f.name} is a {type(v).__name__}, not {str(f.type)}")
-        return cls(**{**given, **overrides})
-
-    def validate(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise TrainingError(f"epochs must be a positive whole number, got {self.epochs}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise TrainingError(f"batch size must be a positive whole number, got {self.batch_size}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainingError(f"learning rate must be positive, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise TrainingError(f"weight decay must be zero or positive, got {self.weight_decay}")
-        if self.optimizer not in OPTIMIZERS:
-            raise TrainingError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise TrainingError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
-            raise TrainingError(f"warmup epochs must be zero or positive, got {self.warmup_epochs}")
-        if self.image_size is not None and self.image_size < 8:
-            raise TrainingError(f"image size must be at least 8 px, got {self.image_size}")
-
-    @property
-    def effective_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        ratio = self.batch_size / REFERENCE_BATCH
-        base = BASE_LR[self.optimizer]
-        return base * (ratio if self.optimizer == "sgd" else math.sqrt(ratio))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lr"] = self.effective_lr
-        return d
-
-
-# ----------------------------------------------------------------------------- events
-
-
-@dataclass
-class RunStart:
-    epochs: int
-    steps_per_epoch: int
-    device: str
-    train_images: int
-    val_images: int
-    input_size: int
-    lr: float
-    feature_cache: bool = False  # training reads cached prefix outputs
-    prefix: Prefix | None = None  # where backward stops (split.frozen_prefix; None: it runs to the input)
-    cached_at: str | None = None  # the module whose outputs are cached, when features are
-    schedule: list[str] = field(default_factory=list)  # the plan's stages and rates in words
-    precision: str = "fp32"  # the run's arithmetic ("bf16 autocast", "fp32, matmuls ... in TF32")
-    notes: list[str] = field(default_factory=list)  # what the user should know before it starts
-
-
-@dataclass
-class StepEnd:
-    epoch: int  # 1-based
-    step: int  # 1-based within the epoch
-    global_step: int
-    total_steps: int
-    loss: float
-    images_per_s: float
-
-
-@dataclass
-class EpochEnd:
-    epoch: int
-    epochs: int
-    train_loss: float
-    val_loss: float
-    val_acc: float
-    images_per_s: float
-    seconds: float
-    partial: bool = False  # a run stopped in the middle of this epoch
-    stage: int = 1  # 1: the plan's own frozen/trainable; k + 1: after its k-th stage
-    trainable: int = 0  # trainable scalars this epoch
-    lr: float = 0.0  # the head's rate at the end of the epoch
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    epochs: int  # completed epochs
-    history: list[EpochEnd] = field(default_factory=list)
-    stopped: bool = False
-    frozen_unchanged: bool = True
-    changed: list[str] = field(default_factory=list)
-    train_images_per_s: float = 0.0
-    seconds: float = 0.0
-    device: str = "cpu"
-    error: str | None = None
-    feature_cache: bool = False
-    frozen_prefix: str | None = None
-    peak_memory_bytes: int | None = None  # CUDA: the most allocated at once during the run
-    nondeterministic: list[str] = field(default_factory=list)  # --deterministic: operations without a deterministic version
-
-    @property
-    def val_acc(self) -> float | None:
-        return self.history[-1].val_acc if self.history else None
-
-    @property
-    def best_val_acc(self) -> float | None:
-        return max(e.val_acc for e in self.history) if self.history else None
-
-    def summary(self) -> dict:
-        return {
-            "val_acc": self.val_acc,
-            "best_val_acc": self.best_val_acc,
-            "epochs": self.epochs,
-            "train_images_per_s": self.train_images_per_s,
-            "frozen_unchanged": self.frozen_unchanged,
-            "frozen_changed": self.changed,
-            "stopped": self.stopped,
-            "seconds": self.seconds,
-            "device": self.device,
-            "error": self.error,
-            "feature_cache": self.feature_cache,
-            "frozen_prefix": self.frozen_prefix,
-            "peak_memory_bytes": self.peak_memory_bytes,
-            "nondeterministic": self.nondeterministic,
-        }
-
-
-class Callback:
-    """Receives a run's events. Override what you need; all run on the training thread."""
-
-    def on_run_start(self, event: RunStart) -> None: ...
-    def on_step(self, event: StepEnd) -> None: ...
-    def on_epoch(self, event: EpochEnd) -> None: ...
-    def on_checkpoint(self, state: dict) -> None:
-        """After each complete epoch: model, optimizer, epoch, RNG states and history, enough
-        for :func:`train` to continue bit-identically with ``resume=state``."""
-
-    def on_run_end(self, result: TrainResult) -> None: ...
+from .schedule import PlanSchedule, describe, warmup_steps
+from .split import Cut, find_cut, frozen_prefix, split, trace
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-_model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_model_locks_guard = threading.Lock()
-
-
-def model_lock(model: nn.Module) -> threading.Lock:
-    """Held while a run moves ``model`` to its device or memory format. Whoever copies a model
-    another thread may be training (the TUI's cost profile) copies under it: never a model
-    with half its tensors moved."""
-    with _model_locks_guard:
-        return _model_locks.setdefault(model, threading.Lock())
-
-
-def resolve_device(name: str) -> torch.device:
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {name} asked for CUDA, but torch sees no CUDA GPU here; use --device cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise TrainingError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-        return dev
-    if name == "cpu":
-        return torch.device("cpu")
-    raise TrainingError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
 
 def logits_of(out) -> torch.Tensor:
@@ -339,16 +131,6 @@ def evaluation_sums(model: nn.Module, split: Split, transform: BatchTransform, b
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
     return total_loss.item(), correct.item(), hi - lo
-
-
-def device_budget(device: torch.device) -> int | None:
-    """Bytes a feature store may take on ``device``: half of what is free there, counting the
-    allocator's cached blocks as free (None: no limit, the CPU)."""
-    if device.type != "cuda":
-        return None
-    free = torch.cuda.mem_get_info(device)[0]
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return int(0.5 * (free + cached))
 
 
 def store_layout(need: int, limit: int | None, device: torch.device, ram: int | None = None) -> tuple[torch.device, bool]:
@@ -1011,21 +793,3 @@ def optimizer_state_fits(optimizer: torch.optim.Optimizer, saved: dict) -> bool:
     return True
 
 
-def release_memory(device: torch.device | str | None = None) -> None:
-    """Collect cyclic garbage (optimizers, traced modules) and return cached CUDA blocks."""
-    gc.collect()
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
-        torch.cuda.empty_cache()
-
-
-def gpu_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def memory_in_use(device: str) -> str:
-    """' · 1.2 GiB used / 3.0 GiB reserved' of CUDA memory on ``device``; '' elsewhere."""
-    dev = torch.device(device)
-    if dev.type != "cuda" or not torch.cuda.is_available():
-        return ""
-    return (f" · {torch.cuda.memory_allocated(dev) / 2**30:.1f} GiB used / "
-            f"{torch.cuda.memory_reserved(dev) / 2**30:.1f} GiB reserved")

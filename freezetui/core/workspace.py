@@ -26,7 +26,8 @@ from .runs import RunRecord
 from .schedule_edits import ScheduleEdits
 from .specs import ModelSpec
 from .split import Prefix, frozen_prefix, trace
-from .train import TrainConfig, model_lock, resolve_device
+from .config import TrainConfig
+from .devices import model_lock, resolve_device
 from .tree import ModuleIndex
 
 

@@ -23,7 +23,7 @@ from textual.widgets import Footer, Header, Static
 from ..core.controller import RunController, default_trainer, error_text
 from ..core.runs import folder_size
 from ..core.specs import ModelSpec
-from ..core.train import TrainConfig
+from ..core.config import TrainConfig
 from ..core.workspace import Workspace
 from .commands import binding_commands, key_table
 from .messages import LoadProgress, PlanChanged, WorkspaceFailed, WorkspaceReady
@@ -61,7 +61,7 @@ class AppOptions:
 
 def header_text(ws: Workspace) -> str:
     """Model · weights · data · device, for the header."""
-    from ..core.train import resolve_device
+    from ..core.devices import resolve_device
 
     info = ws.info
     w = (info.weights or "random init") + (f" ({info.note})" if info.note else "")
@@ -340,7 +340,7 @@ def options_from_args(args) -> AppOptions:
 def run_app(args) -> int:
     from ..core.models import check_factory_allowed
     from ..core.plan import FreezePlan
-    from ..core.train import resolve_device
+    from ..core.devices import resolve_device
 
     # Cheap checks first, so a bad argument is one sentence before the screen is taken over.
     resolve_device(args.device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from ..core.train import Callback, EpochEnd, RunStart, StepEnd, TrainResult
+from ..core.events import Callback, EpochEnd, RunStart, StepEnd, TrainResult
 from .messages import EpochDone, RunBegan, RunEnded, TrainProgress
 
 INTERVAL = 0.5  # 2 a second: each progress repaint takes the GIL from the training thread

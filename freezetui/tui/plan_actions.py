@@ -4,7 +4,8 @@ the torchrun command. A mixin of :class:`~freezetui.tui.app.FreezeApp`."""
 from __future__ import annotations
 
 from ..core.errors import FreezeTUIError
-from ..core.train import TrainConfig, gpu_count
+from ..core.config import TrainConfig
+from ..core.devices import gpu_count
 from .format import explain
 from .messages import PlanChanged
 from .screens.glob_dialog import GlobDialog

@@ -12,7 +12,7 @@ from textual.worker import Worker, WorkerState
 
 from ..core.runs import folder_size, prune_run_folder
 from .format import explain, fix_keys, lint_text
-from ..core.train import memory_in_use
+from ..core.devices import memory_in_use
 from .bridge import UIBridge
 from .messages import EpochDone, TrainProgress
 from .screens.confirm import ConfirmScreen

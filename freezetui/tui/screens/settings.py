@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, Select
 
 from ...core.errors import FreezeTUIError
-from ...core.train import OPTIMIZERS, TrainConfig
+from ...core.config import OPTIMIZERS, TrainConfig
 
 DEFAULTS = TrainConfig()
 
