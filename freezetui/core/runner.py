@@ -312,7 +312,7 @@ class RunInputs:
 
     def prefix(self, plan: FreezePlan) -> Prefix | None:
         """Where backward stops under ``plan`` (the one answer, see :func:`split.frozen_prefix`)."""
-        return frozen_prefix(self.traced, set(plan.frozen), [n for n, _ in self.model.named_parameters()])
+        return frozen_prefix(self.traced, plan.prefix_frozen(), [n for n, _ in self.model.named_parameters()])
 
     def seen_size(self, config: TrainConfig) -> int:
         """The size of the images the model will see, after the input transform."""

@@ -85,10 +85,15 @@ class RunWriter(Callback):
                                                           lambda f: torch.save(payload, f), mode="wb"))
 
     def on_run_end(self, result: TrainResult) -> None:
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        from .adapters import adapters_of, merged_state_dict
+        from .peft_export import save_peft_adapter
+
+        state = merged_state_dict(self.model)  # adapters added into their weights: the original architecture
         try:
             self._guard("model.pt", lambda: atomic_write(self.out / "model.pt", lambda f: torch.save(state, f),
                                                          mode="wb"))
+            if adapters_of(self.model) is not None:  # the adapter alone too, in PEFT's layout
+                self._guard("adapter", lambda: save_peft_adapter(self.model, self.plan, self.out / "adapter"))
             self._guard("summary.json", lambda: write_json(self.out / "summary.json", {
                 **result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],
                 "total_params": self.plan.counts["total"]}))

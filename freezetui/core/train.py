@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .adapters import adapted_weights, adapter_tensors, adapters_of
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import FreezeTUIError, TrainingError
 from .imagecache import available_ram
@@ -280,10 +281,33 @@ def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, or
     multiplier, first training epoch and weight decay; ``lr_mult`` and ``first_epoch`` ride in
     the group for :meth:`_Run.set_rates`."""
     params = dict(model.named_parameters())
+    groups = param_groups(plan, model, order, config.decay_all)
     return [{"params": [params[n] for n in g.names], "lr": config.effective_lr * g.mult, "lr_mult": g.mult,
              "lr_mults": [list(c) for c in g.mults], "first_epoch": g.first_epoch,
              "weight_decay": config.weight_decay if g.decay else 0.0}
-            for g in param_groups(plan, model, order, config.decay_all)]
+            for g in groups] + adapter_groups(model, plan, config, groups)
+
+
+def adapter_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, groups: list) -> list[dict]:
+    """The adapters' groups, after the base model's (a plan without adapters keeps its groups):
+    each adapter at the rate multipliers of the weight it adapts (``lr_mult``, layer decay, stage
+    rates), training from epoch 1, with weight decay."""
+    a = adapters_of(model)
+    if a is None:
+        return []
+    group_of = {n: g for g in groups for n in g.names}
+    tensors = dict(a.named_tensors())
+    out: dict[tuple, dict] = {}
+    for module in a.rules:
+        g = group_of[adapted_weights(model, module)[0]]
+        mine = [t for n, t in tensors.items() if n.rsplit(".", 1)[0] in (module, f"{module}.out_proj")]
+        key = tuple(g.mults)
+        if key not in out:
+            out[key] = {"params": [], "lr": config.effective_lr * g.mults[0][1], "lr_mult": g.mults[0][1],
+                        "lr_mults": [list(c) for c in g.mults], "first_epoch": 1,
+                        "weight_decay": config.weight_decay}
+        out[key]["params"] += mine
+    return list(out.values())
 
 
 def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
@@ -398,7 +422,7 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=N
     traced = traced if traced is not None else trace(model)
     if traced is None:
         return None, None, None, False, False
-    frozen = set(plan.frozen)
+    frozen = plan.prefix_frozen()
     safe = find_cut(traced, frozen)
     cut = safe if config.cache and safe is not None and safe.cacheable(plan.batchnorm) else \
         find_cut(traced, frozen, random_ok=True)
@@ -535,6 +559,8 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
         with model_lock(model):
             model.to(device)
+            if adapters_of(model) is not None:  # held beside the model, not inside it
+                adapters_of(model).to(device)
         self.amp = config.amp and device.type == "cuda"
         self.precision = run_precision(device, self.amp)
         torch.manual_seed(config.seed)
@@ -597,13 +623,16 @@ class _Run:
         self.prefix, self.rest, cut, self.cache_train, self.cache_val = plan_split(model, self.active, self.config,
                                                                                   self.traced)
         head = self.rest if self.rest is not None else model
+        if distributed.active() and adapters_of(model) is not None:
+            raise TrainingError("LoRA adapters do not train under torchrun yet (their gradients would not be "
+                                "averaged across processes); run on one process")
         if distributed.active():
             # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
             head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda"
                                                        else None)
         self.step_fn = torch.compile(head) if self.config.compile else head
         self.result.feature_cache = self.cache_train
-        self.prefix_now = frozen_prefix(self.traced, set(self.active.frozen), [n for n, _ in model.named_parameters()])
+        self.prefix_now = frozen_prefix(self.traced, self.active.prefix_frozen(), [n for n, _ in model.named_parameters()])
         self.result.frozen_prefix = self.prefix_now.module if self.prefix_now else None
         return cut
 
@@ -646,6 +675,8 @@ class _Run:
         if resume is None:
             return
         self.model.load_state_dict(resume["model"])
+        if resume.get("adapters") is not None and adapters_of(self.model) is not None:
+            adapters_of(self.model).load_tensor_state(resume["adapters"])
         try:
             self.optimizer.load_state_dict(resume["optimizer"])
         except ValueError:
@@ -838,7 +869,8 @@ class _Run:
 
     def end_epoch(self, ev: EpochEnd) -> None:
         ev.stage = self.plan.stage_index(ev.epoch)
-        ev.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        ev.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) + sum(
+            p.numel() for _, p in adapter_tensors(self.model))
         ev.lr = self.optimizer.param_groups[self.head_group]["lr"]
         self.result.history.append(ev)
         self.result.epochs = ev.epoch
@@ -850,6 +882,8 @@ class _Run:
                 state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
                                          self.device, stage=self.plan.stage_index(epoch))
                 state["rng"]["augment"] = self.aug_gen.get_state()
+                if adapters_of(self.model) is not None:
+                    state["adapters"] = adapters_of(self.model).tensor_state()
                 state["rng"]["augment_device"] = self.aug_gen.device.type
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)
