@@ -268,3 +268,38 @@ def test_every_classifier_accepts_lora_on_its_linear_layers(name):
     x = torch.empty(1, 3, side, side, device=next(m.parameters()).device)
     with torch.no_grad():
         m(x)
+
+
+def test_cli_plan_make_show_and_train_with_modes(tmp_path, capsys, cli_env):
+    import subprocess
+    import sys
+
+    from conftest import make_image_folder
+    from freezetui.cli import main
+
+    plan = tmp_path / "plan.json"
+    assert main(["plan", "make", "--model", "tiny:tiny_cnn", "--num-classes", "3", "--freeze", "*", "--unfreeze", "fc",
+                 "--bias-only", "stem", "--norm-only", "block1", "--lora", "block2.0=4", "-o", str(plan)]) == 0
+    d = json.loads(plan.read_text())
+    assert d["adapters"] == [{"modules": "block2.0", "type": "lora", "r": 4, "alpha": 8.0, "dropout": 0.0}]
+    assert "block2.0.weight" in d["frozen"] and "stem.0.bias" in d["trainable"] and "stem.0.weight" in d["frozen"]
+    assert d["counts"]["adapters"] == 4 * 32 * 9 + 64 * 4
+    capsys.readouterr()
+    assert main(["plan", "show", str(plan), "--model", "tiny:tiny_cnn", "--image-size", "16", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "mode" in out and "bias-only" in out and "norm-only" in out and "LoRA adapters: 1,408 parameters" in out
+
+    data = make_image_folder(tmp_path / "imgs", per_class=8, size=16)
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "freezetui", "train", "--model", "tiny:tiny_cnn", "--weights", "none",
+                           "--data", str(data), "--device", "cpu", "--epochs", "1", "--freeze", "*", "--unfreeze", "fc",
+                           "--lora", "block2.0=2:4", "--out", str(run)], env=cli_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    from tiny import tiny_cnn
+
+    plain = tiny_cnn(3)
+    plain.load_state_dict(torch.load(run / "model.pt", weights_only=True), strict=True)  # merged: the original layout
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["block2.0"] and config["r"] == 2 and config["modules_to_save"] == ["fc"]
+    assert json.loads((run / "summary.json").read_text())["frozen_unchanged"] is True

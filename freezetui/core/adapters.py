@@ -355,3 +355,41 @@ def module_mode(plan, names: list[str], adapted: bool) -> str:
     if norms and all(n in norms for n in train):
         return "norm-only"
     return "mixed"
+
+
+def apply_mode_rules(plan, model: nn.Module, rules) -> None:
+    """``(action, value)`` rules in order, later ones winning: freeze, unfreeze, bias-only,
+    norm-only (a glob each) and lora (``GLOB[=R[:ALPHA]]``)."""
+    for action, value in rules:
+        if action == "lora":
+            plan.add_lora(model, parse_lora(value))
+        elif action == "bias-only":
+            bias_only(plan, value)
+        elif action == "norm-only":
+            norm_only(plan, value)
+        else:
+            plan.apply_rules([(action, value)])
+
+
+def subtree_mode(plan, name: str) -> str:
+    """The mode of module ``name`` with everything in it ("" : the whole model): "lora" when it
+    holds adapters and nothing else trains, "lora+<mode>" when the rest trains too, else the
+    mode of its parameters (:func:`module_mode`)."""
+    def under(n: str) -> bool:
+        return not name or n == name or n.startswith(name + ".")
+
+    adapted = [m for m in plan.adapted if under(m) or name.startswith(m + ".")]
+    inside = {p for m in adapted for p in module_parameters(plan.params, m)}
+    rest = [p for p in plan.params if under(p) and p not in inside]
+    mode = module_mode(plan, rest, False) if rest else "frozen"
+    if adapted:
+        return "lora" if mode == "frozen" else f"lora+{mode}"
+    return mode
+
+
+def module_modes(plan, names) -> dict[str, str]:
+    return {n: subtree_mode(plan, n) for n in names}
+
+
+def adapter_numel_under(model: nn.Module, name: str) -> int:
+    return sum(t.numel() for n, t in adapter_tensors(model) if not name or n.startswith(name + "."))

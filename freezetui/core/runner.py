@@ -22,6 +22,7 @@ from torch import nn
 from . import distributed
 from .data import BatchTransform, Dataset, load_data
 from .errors import FreezeTUIError, PlanError, TrainingError
+from .adapters import apply_mode_rules
 from .lints import Lint, check
 from .models import build_model, check_factory_allowed, first_batch_failure, is_factory, model_info
 from .plan import FreezePlan
@@ -111,7 +112,7 @@ def plan_from_rules(model: nn.Module, rules: list[tuple[str, str]], batchnorm: s
     if schedule is not None and schedule.recipe and rules:
         raise PlanError(f"--recipe {schedule.recipe} sets the stages and rates itself; give it without "
                         f"--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
-    plan.apply_rules(rules)
+    apply_mode_rules(plan, model, rules)
     plan.extra["rules"] = [{"action": a, "glob": g} for a, g in rules]
     plan.extra["freezetui_version"] = __version__
     if schedule is not None:
