@@ -303,3 +303,28 @@ def test_cli_plan_make_show_and_train_with_modes(tmp_path, capsys, cli_env):
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == ["block2.0"] and config["r"] == 2 and config["modules_to_save"] == ["fc"]
     assert json.loads((run / "summary.json").read_text())["frozen_unchanged"] is True
+
+
+@pytest.mark.parametrize("name,rules", [
+    ("vit", [("freeze", "*"), ("unfreeze", "heads"), ("lora", "encoder=4")]),
+    ("vit", [("freeze", "*"), ("unfreeze", "heads"), ("lora", "encoder.layers.*.mlp=8")]),
+    ("cnn", [("freeze", "*"), ("unfreeze", "fc"), ("lora", "block1.0=2"), ("lora", "block2.0=4")]),
+])
+def test_cost_prices_adapters_within_5_percent_of_autograd(name, rules):
+    from freezetui.core.cost import estimate, measure_saved_bytes, profile_model
+    from freezetui.core.runner import plan_from_rules
+    from freezetui.core.split import frozen_prefix, trace
+
+    torch.manual_seed(0)
+    model = tiny_vit(5) if name == "vit" else build_model("tiny:tiny_cnn", weights="none", num_classes=5)
+    profile = profile_model(model, 32)
+    traced = trace(model)
+    plan = plan_from_rules(model, rules)
+    prefix = frozen_prefix(traced, plan.prefix_frozen(), [n for n, _ in model.named_parameters()])
+    est = estimate(profile, plan, batch_size=4, prefix=prefix)
+    saved = measure_saved_bytes(model, plan, torch.randn(4, 3, 32, 32), traced)
+    assert abs(est["activation_bytes"] - saved) <= 0.05 * saved, (est["activation_bytes"], saved)
+    n = sum(t.numel() for _, t in adapter_tensors(model))
+    assert est["adapter_params"] == n and est["trainable_params"] == n + sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+    assert est["optimizer_bytes"] == 2 * est["grad_bytes"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -144,13 +145,17 @@ class LoRA(nn.Module):
     """One adapter on one weight ``W`` (out, in[, kh, kw]): ``lora_A`` (r, in[, kh, kw]) Kaiming-uniform
     as PEFT's, ``lora_B`` (out, r[, 1, 1]) zero, so the adapted model starts as the base one."""
 
-    def __init__(self, weight: torch.Tensor, rule: AdapterRule):
+    def __init__(self, weight: torch.Tensor, rule: AdapterRule, seed: int = 0):
         super().__init__()
         out, *rest = weight.shape
         self.r, self.scale = rule.r, rule.scale
         self.p = rule.dropout
         self.lora_A = nn.Parameter(torch.empty(rule.r, *rest, device=weight.device, dtype=weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if not self.lora_A.is_meta:  # seeded by the module's name: the same start in every run
+            a = torch.empty(self.lora_A.shape, dtype=self.lora_A.dtype)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                self.lora_A.copy_(a)
         self.lora_B = nn.Parameter(torch.zeros(out, rule.r, *[1] * (len(rest) - 1), device=weight.device,
                                                dtype=weight.dtype))
 
@@ -175,10 +180,10 @@ class _AttentionLoRA(nn.Module):
     weights functionally, so for one call they are replaced by ``W + ΔW`` (PEFT merges the same
     way); dropout on the branch input is not possible here (the rule's dropout is ignored)."""
 
-    def __init__(self, module: nn.MultiheadAttention, rule: AdapterRule):
+    def __init__(self, module: nn.MultiheadAttention, rule: AdapterRule, seed: int = 0):
         super().__init__()
-        self.attn = LoRA(module.in_proj_weight, rule)
-        self.out = LoRA(module.out_proj.weight, rule)
+        self.attn = LoRA(module.in_proj_weight, rule, seed)
+        self.out = LoRA(module.out_proj.weight, rule, seed + 1)
 
     def pre_hook(self, module: nn.MultiheadAttention, args):
         self.post_hook(module, args, None)  # a forward that raised left them swapped
@@ -242,7 +247,7 @@ def adapters_of(model: nn.Module) -> Adapters | None:
     return model.__dict__.get(ADAPTERS_ATTR)
 
 
-def _is_adapter_hook(hook) -> bool:
+def is_adapter_hook(hook) -> bool:
     return isinstance(getattr(hook, "__self__", None), (LoRA, _AttentionLoRA))
 
 
@@ -250,14 +255,15 @@ def detach(model: nn.Module) -> None:
     """Remove the model's adapters and their hooks (the base model as built)."""
     for m in model.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks):
-            for k in [k for k, h in hooks.items() if _is_adapter_hook(h)]:
+            for k in [k for k, h in hooks.items() if is_adapter_hook(h)]:
                 del hooks[k]
     model.__dict__.pop(ADAPTERS_ATTR, None)
 
 
 def attach(model: nn.Module, rules: list[AdapterRule]) -> Adapters | None:
     """Put the plan's adapters on ``model``; adapters already there for the same modules and
-    rules are kept (stage switches and resumes keep their tensors). None without rules."""
+    rules are kept (stage switches keep their tensors; a run starts by :func:`detach`). Each
+    ``lora_A`` starts from a generator seeded by its module's name, B at zero. None without rules."""
     chosen = resolve(model, rules) if rules else {}
     have = adapters_of(model)
     if have is not None and have.rules == chosen:
@@ -269,12 +275,13 @@ def attach(model: nn.Module, rules: list[AdapterRule]) -> Adapters | None:
     for name, rule in chosen.items():
         m = model.get_submodule(name)
         k = kind(m)
+        seed = zlib.crc32(name.encode())
         if k == "mha":
-            lora = _AttentionLoRA(m, rule)
+            lora = _AttentionLoRA(m, rule, seed)
             m.register_forward_pre_hook(lora.pre_hook)
             m.register_forward_hook(lora.post_hook)
         else:
-            lora = LoRA(m.weight, rule)
+            lora = LoRA(m.weight, rule, seed)
             m.register_forward_hook(lora.linear_hook if k == "linear" else lora.conv_hook)
         adapters.loras[name.replace(".", "/")] = lora
     adapters.rules = dict(chosen)
@@ -393,3 +400,139 @@ def module_modes(plan, names) -> dict[str, str]:
 
 def adapter_numel_under(model: nn.Module, name: str) -> int:
     return sum(t.numel() for n, t in adapter_tensors(model) if not name or n.startswith(name + "."))
+
+
+# ----------------------------------------------------------------------------- what adapters cost
+
+
+def module_io(model: nn.Module, image_size: int, device, amp: bool = False) -> dict[str, tuple[int, int, bool]]:
+    """Each LoRA-able module -> (input elements, output positions, input already saved) per
+    image, from one forward of one image with every parameter frozen and the input needing a
+    gradient (as frozen layers run after the first trainable one): an adapter on it saves its
+    input, unless the layer before saved the same tensor (a ReLU keeps its output), and its
+    rank-r intermediate at every output position. Leaves ``requires_grad`` and modes as it found them."""
+    seen: dict[str, list] = {}
+    saved: set[int] = set()
+    handles = []
+    for name, m in model.named_modules():
+        k = kind(m)
+        if not k or not name:
+            continue
+
+        def hook(mod, args, out, name=name, k=k):
+            o = out[0] if isinstance(out, tuple) else out
+            x = args[0]
+            seen.setdefault(name, [x.numel(), o[0, 0].numel() if k == "conv" else o.numel() // o.shape[-1],
+                                   x.untyped_storage().data_ptr(), x])  # x kept alive: no address reused
+        handles.append(m.register_forward_hook(hook))
+
+    def pack(t):
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    params = list(model.parameters())
+    flags, was = [p.requires_grad for p in params], model.training
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        x = torch.zeros(1, 3, image_size, image_size, device=device, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        del out
+    finally:
+        model.train(was)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        for h in handles:
+            h.remove()
+    return {n: (inp, pos, ptr in saved) for n, (inp, pos, ptr, _) in seen.items()}
+
+
+def lora_saved(model_io: dict[str, tuple[int, int]], plan, element: int, batch: int) -> int:
+    """Bytes autograd keeps for the plan's adapters at ``batch``: for a Linear or Conv2d, its input
+    (unless kept already) and the rank-r intermediate; for an attention (adapted by ``W + ΔW``),
+    its input (unless kept already) and the two merged weights."""
+    total = 0
+    for name, weights in plan.adapted.items():
+        if name not in model_io:
+            continue
+        rule = next(r for r in reversed(plan.adapters) if _module_matches(r.modules, name))
+        inp, positions, kept = model_io[name]
+        own_input = 0 if kept else inp
+        if len(weights) == 2:  # attention: the out-projection's input is attention's output, kept by it
+            total += own_input * element * batch + sum(plan.numels.get(w, 0) for w in weights) * element
+        else:
+            total += (own_input + rule.r * positions) * element * batch
+    return total
+
+
+# ----------------------------------------------------------------------------- one mode per subtree
+
+
+def available_modes(plan, model: nn.Module, name: str) -> list[str]:
+    """The modes that mean something for the subtree ``name`` ("" : the whole model): bias-only
+    needs a bias in it, norm-only a norm layer, lora a module LoRA supports."""
+    params = [p for p in plan.params if not name or p.startswith(name + ".") or p == name]
+    out = ["frozen", "trainable"]
+    if any(p.rsplit(".", 1)[-1].endswith("bias") for p in params):
+        out.append("bias-only")
+    norms = set(plan.norm_params)
+    if any(p in norms for p in params):
+        out.append("norm-only")
+    sub = model.get_submodule(name) if name and not _is_param(model, name) else (model if not name else None)
+    if sub is not None and any(kind(m) for m in sub.modules()):
+        out.append("lora")
+    return out
+
+
+def _is_param(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def next_mode(current: str, available: list[str]) -> str:
+    """The mode after ``current`` in frozen → trainable → bias-only → norm-only → LoRA → frozen
+    (a mixed subtree starts at frozen), skipping those not ``available``."""
+    base = current.split("+")[0]
+    if base not in MODES:
+        return "frozen"
+    i = MODES.index(base)
+    for m in MODES[i + 1:] + MODES[: i + 1]:
+        if m in available:
+            return m
+    return "frozen"
+
+
+def set_mode(plan, model: nn.Module, name: str, mode: str, r: int = 8, alpha: float = 16.0) -> None:
+    """Put the subtree ``name`` in ``mode``: its LoRA rules that adapt nothing outside it are
+    dropped, then the lists (and for lora one rule, the rest of the subtree frozen) are set."""
+    from .plan import escape_glob
+
+    glob = escape_glob(name) if name else "*"
+
+    def inside(m: str) -> bool:
+        return not name or m == name or m.startswith(name + ".")
+
+    plan.adapters = [rule for rule in plan.adapters if not all(inside(m) for m in resolve(model, [rule]))]
+    plan.learn_adapters(model)
+    names = _matching(plan, glob)
+    if mode == "frozen":
+        plan.set_frozen(names, True)
+    elif mode == "trainable":
+        plan.set_frozen(names, False)
+    elif mode == "bias-only":
+        bias_only(plan, glob)
+    elif mode == "norm-only":
+        norm_only(plan, glob)
+    elif mode == "lora":
+        plan.set_frozen(names, True)
+        plan.add_lora(model, AdapterRule(glob, r, alpha))
+    else:
+        raise PlanError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    for ws in plan.adapted.values():  # a module adapted by a rule from outside stays frozen
+        plan.set_frozen(ws, True)

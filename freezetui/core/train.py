@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .adapters import adapted_weights, adapter_tensors, adapters_of
+from .adapters import adapted_weights, adapter_tensors, adapters_of, detach
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 from .errors import FreezeTUIError, TrainingError
 from .imagecache import available_ram
@@ -547,6 +547,7 @@ class _Run:
                 f"make the plan with --num-classes {self.data.num_classes}"
             )
         self.active = self.plan.at_epoch(1)
+        detach(model)  # a run's adapters start afresh (B = 0), whatever a previous run left
         self.active.apply(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
