@@ -80,6 +80,10 @@ class ModelProfile:
 
     def __post_init__(self):
         self.index = {n: i for i, n in enumerate(self.param_names)}
+        # a Linear or convolution whose only trainable parameter is its bias saves no more than a
+        # frozen one (the bias's gradient is a sum of the output's): BitFit priced as measured.
+        # Not a norm layer's: BatchNorm saves its input for any trainable parameter.
+        self._is_bias = np.array([n.rsplit(".", 1)[-1].endswith("bias") for n in self.param_names], dtype=bool)
         p0 = self.passes[PASS_TRAINABLE]
         self._has_params = np.bincount(p0.use_call, minlength=len(p0.call_key)) > 0
 
@@ -415,7 +419,8 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
     adapted[[profile.index[w] for ws in plan.adapted.values() for w in ws if w in profile.index]] = True
     reach = trainable | adapted
     t0 = int(profile.first_use[reach].min()) if reach.any() else NEVER
-    act = _activations(profile, trainable, t0, frozen_pass, batch_size) if t0 != NEVER else 0.0
+    saving = trainable & ~(profile._is_bias & ~np.isin(profile.param_names, plan.norm_params))
+    act = _activations(profile, saving, t0, frozen_pass, batch_size) if t0 != NEVER else 0.0
     element = 2 if profile.dtype == "bfloat16" else 4
     act += lora_saved(profile.module_io, plan, element, batch_size)
     adapter_params = (plan.adapter_numel or 0) if plan.adapters else 0
