@@ -77,7 +77,8 @@ def cmd_plan_make(args) -> int:
     out = plan.save(args.output)
     c = plan.counts
     print(f"wrote {out}: {len(plan.frozen)} frozen / {len(plan.trainable)} trainable tensors, "
-          f"{c['trainable']:,} of {c['total']:,} parameters trainable")
+          f"{c['trainable']:,} of {c['total']:,} parameters trainable"
+          + (f", {c['adapters']:,} in LoRA adapters on {len(plan.adapted)} modules" if plan.adapters else ""))
     for line in describe_schedule(plan):
         print(f"  {line}")
     print_lints(check(plan, model, image_size=args.image_size or info.input_size))

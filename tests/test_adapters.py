@@ -350,3 +350,18 @@ def test_cost_prices_modes_within_5_percent_of_autograd(name, rules):
     assert est["adapter_params"] == n and est["trainable_params"] == n + sum(
         p.numel() for p in model.parameters() if p.requires_grad)
     assert est["optimizer_bytes"] == 2 * est["grad_bytes"]
+
+
+def test_adapters_alone_train(shapes):
+    """Everything frozen and LoRA on one layer: the adapters are what trains."""
+    torch.manual_seed(0)
+    m = tiny_vit(shapes.num_classes)
+    plan = FreezePlan.from_model(m)
+    plan.freeze("*")
+    plan.add_lora(m, AdapterRule("heads", 2, 4.0))
+    from freezetui.core.lints import nothing_trainable
+
+    assert plan.trainable == [] and nothing_trainable(plan) == []
+    result = train(m, plan, shapes, TrainConfig(epochs=1, batch_size=32, lr=1e-2, device="cpu", augment=False))
+    assert result.frozen_unchanged and result.history[0].trainable == 2 * 16 + shapes.num_classes * 2
+    assert adapter_tensors(m)[1][1].abs().sum() > 0

@@ -352,7 +352,7 @@ def check_plan(inputs: RunInputs, plan: FreezePlan) -> None:
     """A plan run on prepared inputs fits their model and trains something."""
     if plan is not inputs.plan:
         plan.check_fits(inputs.model)
-    if not plan.trainable:
+    if not plan.trainable and not plan.adapters:  # adapters train on their own
         raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
 
 

@@ -549,7 +549,7 @@ class _Run:
         self.active = self.plan.at_epoch(1)
         detach(model)  # a run's adapters start afresh (B = 0), whatever a previous run left
         self.active.apply(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        trainable = [p for p in model.parameters() if p.requires_grad] + [t for _, t in adapter_tensors(model)]
         if not trainable:
             raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
         self.snap = frozen_snapshot(model, self.active)
