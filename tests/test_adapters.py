@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from freezetui import FreezePlan, TrainConfig, build_model, train
-from freezetui.core.adapters import AdapterRule, adapter_tensors, attach, merged_state_dict, parse_lora
+from freezetui.core.adapters import AdapterRule, adapter_tensors, merged_state_dict, parse_lora
 from freezetui.core.data import load_data
 from freezetui.core.errors import PlanError
 from freezetui.core.train import Callback
