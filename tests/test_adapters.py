@@ -365,3 +365,23 @@ def test_adapters_alone_train(shapes):
     result = train(m, plan, shapes, TrainConfig(epochs=1, batch_size=32, lr=1e-2, device="cpu", augment=False))
     assert result.frozen_unchanged and result.history[0].trainable == 2 * 16 + shapes.num_classes * 2
     assert adapter_tensors(m)[1][1].abs().sum() > 0
+
+
+def test_an_adapter_trains_at_the_rate_of_the_module_it_wraps():
+    from freezetui.core.adapters import attach
+    from freezetui.core.train import optimizer_groups
+
+    torch.manual_seed(0)
+    m = tiny_vit()
+    plan = _vit_plan(m, AdapterRule("encoder.layers.encoder_layer_0", 2, 4.0), AdapterRule("conv_proj", 2, 4.0))
+    plan.set_lr_mult("encoder", 0.1)
+    attach(m, plan.adapters)
+    cfg = TrainConfig(lr=1.0, weight_decay=0.5)
+    groups = optimizer_groups(m, plan, cfg)
+    ids = {id(t): n for n, t in adapter_tensors(m)}
+    rate = {ids[id(p)]: g["lr_mult"] for g in groups for p in g["params"] if id(p) in ids}
+    assert set(rate) == set(ids.values())
+    assert {n: r for n, r in rate.items() if n.startswith("encoder")} == {n: 0.1 for n in rate if n.startswith("encoder")}
+    assert rate["conv_proj.lora_A"] == rate["conv_proj.lora_B"] == 1.0
+    adapter_groups = [g for g in groups if any(id(p) in ids for p in g["params"])]
+    assert all(g["first_epoch"] == 1 and g["weight_decay"] == 0.5 for g in adapter_groups)
