@@ -282,7 +282,9 @@ def test_every_classifier_accepts_lora_on_its_linear_layers(name):
     assert all(plan.is_frozen(w) for ws in plan.adapted.values() for w in ws)
     plan.apply(m)
     assert plan.counts["adapters"] == sum(t.numel() for _, t in adapter_tensors(m)) > 0
-    side = {"vit_h_14": 518}.get(name, 299 if name == "inception_v3" else 224)
+    from freezetui.core.models import model_info
+
+    side = model_info(m).input_size or (299 if name == "inception_v3" else 224)
     x = torch.empty(1, 3, side, side, device=next(m.parameters()).device)
     with torch.no_grad():
         m(x)
