@@ -77,7 +77,8 @@ def cmd_plan_make(args) -> int:
     out = plan.save(args.output)
     c = plan.counts
     print(f"wrote {out}: {len(plan.frozen)} frozen / {len(plan.trainable)} trainable tensors, "
-          f"{c['trainable']:,} of {c['total']:,} parameters trainable")
+          f"{c['trainable']:,} of {c['total']:,} parameters trainable"
+          + (f", {c['adapters']:,} in LoRA adapters on {len(plan.adapted)} modules" if plan.adapters else ""))
     for line in describe_schedule(plan):
         print(f"  {line}")
     print_lints(check(plan, model, image_size=args.image_size or info.input_size))
@@ -141,13 +142,14 @@ def cmd_plan_show(args) -> int:
     from .core.cost import PROFILE_BATCHES, describe, estimate, human_bytes, human_flops, profile_model
     from .core.schedule import OWN_LOOP, module_rates, parameter_rows
     from .core.split import frozen_prefix, trace
+    from .core.adapters import adapter_numel_under, module_modes, subtree_mode
 
     plan = FreezePlan.load(args.plan)
     model = model_for_plan(plan, weights="none", allowed_code=args.model)
     plan.apply(model)
     info = model_info(model)
     traced = trace(model)
-    prefix = frozen_prefix(traced, set(plan.frozen), [n for n, _ in model.named_parameters()])
+    prefix = frozen_prefix(traced, plan.prefix_frozen(), [n for n, _ in model.named_parameters()])
     size = args.image_size or default_input_size(info)  # the plan's own size: 32 px for a small-input plan
     est, failure = None, None
     try:
@@ -155,6 +157,7 @@ def cmd_plan_show(args) -> int:
     except Exception as e:  # noqa: BLE001 - the price is one part of the answer; the rest still shows
         failure = first_batch_failure(plan.model["name"], (PROFILE_BATCHES[0], 3, size, size), e, model)
     lints = check(plan, model, image_size=size)
+    modes = module_modes(plan, sorted({n.rsplit('.', 1)[0] for n in plan.params if '.' in n}))
     if args.json:
         import dataclasses
         import json
@@ -163,7 +166,8 @@ def cmd_plan_show(args) -> int:
                           "frozen_prefix": dataclasses.asdict(prefix) if prefix else None,
                           "estimate": est, "estimate_note": failure,
                           "parameters": parameter_rows(plan, model, traced.param_order if traced else None),
-                          "lints": [lint.to_dict() for lint in lints]}, indent=2))
+                          "lints": [lint.to_dict() for lint in lints], "modes": modes,
+                          "adapters": [r.to_dict() for r in plan.adapters]}, indent=2))
         return 0
     new = set(plan.new_modules)
     rows = module_table(model, plan, args.depth)
@@ -177,18 +181,26 @@ def cmd_plan_show(args) -> int:
     print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights')}, "
           f"batchnorm {plan.batchnorm}")
     extra_head = f"  {'lr ×':>13}  {'trains from':>11}" if scheduled else ""
-    print(f"  {'module':<{width}}  {'type':<{kind_w}}  {'params':>12}  {'trainable':>12}  {'frozen':>12}{extra_head}")
+    lora_head = f"  {'adapters':>10}" if plan.adapters else ""
+    print(f"  {'module':<{width}}  {'type':<{kind_w}}  {'params':>12}  {'trainable':>12}  {'frozen':>12}{lora_head}"
+          f"{extra_head}  mode")
     for name, kind, total, trainable, frozen in rows:
-        state = "frozen" if trainable == 0 else "mixed" if frozen else ""
+        state = subtree_mode(plan, name)
         mark = " (new)" if name in new or any(n.startswith(name + ".") for n in new) else ""
-        sched = f"  {rates.get(name, ''):>13}  {starts.get(name, ''):>11}" if scheduled else ""
-        if plan.auto_rgn and trainable:  # the multiplier, then × the tensor's signal each step
-            sched = f"  {(rates.get(name, '') + '·rgn'):>13}  {starts.get(name, ''):>11}"
+        sched = (f"  {adapter_numel_under(model, name):>10,}" if plan.adapters else "") + (
+            f"  {rates.get(name, ''):>13}  {starts.get(name, ''):>11}" if scheduled else "")
+        if scheduled and plan.auto_rgn and trainable:  # the multiplier, then × the tensor's signal each step
+            sched = (f"  {adapter_numel_under(model, name):>10,}" if plan.adapters else "") + \
+                f"  {(rates.get(name, '') + '·rgn'):>13}  {starts.get(name, ''):>11}"
         print(f"  {name:<{width}}  {kind:<{kind_w}}  {total:>12,}  {trainable:>12,}  {frozen:>12,}{sched}  "
               f"{state}{mark}".rstrip())
     c = plan.counts
     pct = 100 * c["trainable"] / c["total"] if c["total"] else 0
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
+    if plan.adapters:
+        rules = ", ".join(f"{r.modules} (r {r.r}, alpha {r.alpha:g})" for r in plan.adapters)
+        print(f"  LoRA adapters: {c.get('adapters', 0):,} parameters trained beside them, on {len(plan.adapted)} "
+              f"modules: {rules}")
     for line in describe_schedule(plan):
         print(f"  {line}")
     print(OWN_LOOP)

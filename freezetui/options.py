@@ -81,6 +81,13 @@ def add_rule_options(p: argparse.ArgumentParser) -> None:
                    help="freeze parameters or modules matching GLOB (repeatable, in order)")
     p.add_argument("--unfreeze", action=_Rule, const="unfreeze", metavar="GLOB", dest="rules",
                    help="unfreeze parameters or modules matching GLOB (repeatable, later wins)")
+    p.add_argument("--bias-only", action=_Rule, const="bias-only", metavar="GLOB", dest="rules",
+                   help="inside GLOB only the biases train (BitFit); in order with --freeze/--unfreeze")
+    p.add_argument("--norm-only", action=_Rule, const="norm-only", metavar="GLOB", dest="rules",
+                   help="inside GLOB only the norm layers' scales and shifts train; in order with the others")
+    p.add_argument("--lora", action=_Rule, const="lora", metavar="GLOB[=R[:ALPHA]]", dest="rules",
+                   help="a LoRA adapter of rank R (8) and alpha ALPHA (2·R) on each Linear, Conv2d and "
+                        "attention in GLOB; their weights frozen (repeatable, later wins)")
     p.add_argument("--bn", choices=("train", "freeze"), default="freeze",
                    help="frozen BatchNorm layers keep (freeze) or update (train) running statistics")
 

@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from .adapters import adapter_tensors, is_adapter_hook, lora_saved, module_io
 from .plan import NEVER, FreezePlan, _keep_eval
 from .rgn import flops_per_step
 
@@ -75,10 +76,15 @@ class ModelProfile:
     seconds: float = 0.0
     index: dict[str, int] = field(default_factory=dict)
     _full: dict = field(default_factory=dict, repr=False)
+    module_io: dict = field(default_factory=dict)  # LoRA-able module -> (input, output positions) per image
     _same_order: dict | None = field(default=None, repr=False)  # the last plan.params seen in model order  # full fine-tuning, per (batch, BatchNorm pass)
 
     def __post_init__(self):
         self.index = {n: i for i, n in enumerate(self.param_names)}
+        # a Linear or convolution whose only trainable parameter is its bias saves no more than a
+        # frozen one (the bias's gradient is a sum of the output's): BitFit priced as measured.
+        # Not a norm layer's: BatchNorm saves its input for any trainable parameter.
+        self._is_bias = np.array([n.rsplit(".", 1)[-1].endswith("bias") for n in self.param_names], dtype=bool)
         p0 = self.passes[PASS_TRAINABLE]
         self._has_params = np.bincount(p0.use_call, minlength=len(p0.call_key)) > 0
 
@@ -296,15 +302,17 @@ def profile_model(model: nn.Module, image_size: int, device: str | torch.device 
     params = list(work.named_parameters())
     flags = [p.requires_grad for _, p in params]
     modes = [m.training for m in work.modules()]
-    held_hooks = []  # a plan's keep-in-eval hooks would change what the first pass measures
+    held_hooks = []  # a plan's keep-in-eval hooks and adapters would change what the passes measure
     for m in work.modules():
-        for k, hook in list(m._forward_pre_hooks.items()):
-            if hook is _keep_eval:
-                held_hooks.append((m, k, hook))
-                del m._forward_pre_hooks[k]
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for k, hook in list(hooks.items()):
+                if hook is _keep_eval or is_adapter_hook(hook):
+                    held_hooks.append((hooks, k, hook))
+                    del hooks[k]
     buffers = [(t, t.detach().clone()) for t in work.buffers()]  # BatchNorm statistics move
     try:
         recs, pass_ids = _measure(work, params, image_size, device, amp, batches, buffers)
+        io = module_io(work, image_size, device, amp)
     finally:
         with torch.no_grad():
             for t, kept in buffers:
@@ -313,8 +321,8 @@ def profile_model(model: nn.Module, image_size: int, device: str | torch.device 
             p.requires_grad_(flag)
         for m, mode in zip(work.modules(), modes):
             m.training = mode
-        for m, k, hook in held_hooks:
-            m._forward_pre_hooks[k] = hook
+        for hooks, k, hook in held_hooks:
+            hooks[k] = hook
 
     b1, b2 = batches
     idents: dict[tuple, int] = {}
@@ -351,7 +359,7 @@ def profile_model(model: nn.Module, image_size: int, device: str | torch.device 
         param_numel=np.array([p.numel() for _, p in params], dtype=np.int64),
         first_use=np.array([first.get(i, NEVER) for i in range(len(params))], dtype=np.int64),
         passes=passes, store_per_image=per_image, store_fixed=fixed,
-        module_names=[n for n, _ in model.named_modules()], seconds=time.perf_counter() - t0,
+        module_names=[n for n, _ in model.named_modules()], seconds=time.perf_counter() - t0, module_io=io,
     )
 
 
@@ -407,9 +415,17 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
     trainable = profile.trainable_mask(plan)
     frozen_pass = PASS_FROZEN_TRAIN if plan.batchnorm == "train" and PASS_FROZEN_TRAIN in profile.passes \
         else PASS_FROZEN_EVAL
-    t0 = int(profile.first_use[trainable].min()) if trainable.any() else NEVER
-    act = _activations(profile, trainable, t0, frozen_pass, batch_size) if t0 != NEVER else 0.0
-    fwd, bwd = _flops(profile, trainable, t0)
+    # an adapted module trains through its adapter: backward reaches it (the prefix ends there)
+    adapted = np.zeros_like(trainable)
+    adapted[[profile.index[w] for ws in plan.adapted.values() for w in ws if w in profile.index]] = True
+    reach = trainable | adapted
+    t0 = int(profile.first_use[reach].min()) if reach.any() else NEVER
+    saving = trainable & ~(profile._is_bias & ~np.isin(profile.param_names, plan.norm_params))
+    act = _activations(profile, saving, t0, frozen_pass, batch_size) if t0 != NEVER else 0.0
+    element = 2 if profile.dtype == "bfloat16" else 4
+    act += lora_saved(profile.module_io, plan, element, batch_size)
+    adapter_params = (plan.adapter_numel or 0) if plan.adapters else 0
+    fwd, bwd = _flops(profile, reach, t0)  # an adapted layer priced as trainable: an upper bound
     full = profile._full.get((batch_size, frozen_pass))
     if full is None:
         everything = np.ones_like(trainable)
@@ -419,18 +435,19 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
             _flops(profile, everything, t0_full)[1])
     full_act, full_bwd = full
     states = OPTIMIZER_STATES.get(optimizer, 2) if optimizer != "sgd" or momentum else 0
-    trainable_bytes = int(profile.param_bytes[trainable].sum())
+    trainable_bytes = int(profile.param_bytes[trainable].sum()) + 4 * adapter_params  # adapters are fp32
     total_bytes = int(profile.param_bytes.sum())
     first = None
     if t0 != NEVER:
         order = np.argsort(profile.first_use, kind="stable")
-        first = profile.param_names[order[int(np.flatnonzero(trainable[order])[0])]]
+        first = profile.param_names[order[int(np.flatnonzero(reach[order])[0])]]
     backward_stop = prefix.module if prefix is not None and first is not None else None
     result = {
         "batch_size": batch_size,
         "image_size": profile.image_size,
         "optimizer": optimizer,
-        "trainable_params": int(profile.param_numel[trainable].sum()),
+        "trainable_params": int(profile.param_numel[trainable].sum()) + adapter_params,
+        "adapter_params": adapter_params,
         "total_params": int(profile.param_numel.sum()),
         "param_bytes": total_bytes,
         "trainable_param_bytes": trainable_bytes,
@@ -448,7 +465,7 @@ def estimate(profile: ModelProfile, plan: FreezePlan, batch_size: int, optimizer
     }
     # Auto-RGN's two norms per trainable tensor per step; it holds nothing between steps
     result["auto_rgn_flops_per_step"] = flops_per_step(result["trainable_params"]) if plan.auto_rgn else 0
-    result["total_bytes"] = total_bytes + trainable_bytes * (1 + states) + result["activation_bytes"]
+    result["total_bytes"] = total_bytes + 4 * adapter_params + trainable_bytes * (1 + states) + result["activation_bytes"]
     result["full_total_bytes"] = total_bytes * (2 + states) + result["full_activation_bytes"]
     result["activation_ratio"] = full_act / act if act else None
     result["flops_ratio"] = (fwd + full_bwd) / (fwd + bwd) if fwd + bwd else None
@@ -503,7 +520,7 @@ def measure_saved_bytes(model: nn.Module, plan: FreezePlan, x: torch.Tensor, tra
     plan.apply(model)
     model.train()
     prefix, rest, *_ = plan_split(model, plan, TrainConfig(cache=False), traced)
-    skip = {_ptr(t) for t in (*model.parameters(), *model.buffers())}
+    skip = {_ptr(t) for t in (*model.parameters(), *model.buffers(), *(t for _, t in adapter_tensors(model)))}
     saved: dict[int, torch.Tensor] = {}
 
     def pack(t):

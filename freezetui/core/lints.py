@@ -87,7 +87,7 @@ def wrong_fixed_size(plan: FreezePlan, image_size: int | None, info: ModelInfo |
 
 
 def nothing_trainable(plan: FreezePlan) -> list[Lint]:
-    if plan.params and not plan.trainable:
+    if plan.params and not plan.trainable and not plan.adapters:
         return [Lint("nothing-trainable", "error", "",
                      "every parameter is frozen: training would change nothing; unfreeze at least the head")]
     return []

@@ -6,6 +6,8 @@ Optional schedule keys: ``lr_mult`` (per-glob rate multipliers), ``layer_decay``
 (unfreeze/freeze at later epochs) and ``auto_rgn`` (each trainable tensor's rate also scaled, every
 step, by its normalised relative gradient norm: :mod:`freezetui.core.rgn`); ``frozen``/``trainable``
 describe epoch 1.
+Optional ``adapters``: LoRA rules (:mod:`freezetui.core.adapters`); an adapted module's
+parameters are frozen in the lists, and its adapter's tensors are counted apart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Iterable
 
 from torch import nn
 
+from .adapters import AdapterRule, adapted_weights, attach, lora_shapes, module_parameters, resolve
 from .atomic import write_json
 from .errors import PlanError
 from .models import model_info
@@ -29,7 +32,7 @@ from .readback import Unreadable, loads_json
 VERSION = 1
 BATCHNORM_MODES = ("train", "freeze")
 KNOWN_KEYS = {"version", "model", "batchnorm", "frozen", "trainable", "counts", "lr_mult", "layer_decay", "stages",
-              "train_bn", "auto_rgn"}
+              "train_bn", "auto_rgn", "adapters"}
 STAGE_KEYS = {"epoch", "unfreeze", "freeze", "batchnorm", "lr_scale", "lr_mult", "restart"}
 _BN_HOOK = "_freezetui_bn_hook"
 NEVER = 2**63 - 1  # "never": later than any epoch or step, and still an int64 (numpy views use it)
@@ -112,6 +115,9 @@ class FreezePlan:
     train_bn: bool = False  # norm layers' parameters train in every epoch, BatchNorm in train mode (fastai's)
     norm_params: list[str] = field(default_factory=list)  # not in the file: read from the model (norm_parameters)
     auto_rgn: bool = False  # rates × each tensor's normalised ‖g‖/‖w‖, every step (rgn.AutoRGN)
+    adapters: list[AdapterRule] = field(default_factory=list)  # LoRA rules, the last match wins
+    adapted: dict[str, list[str]] = field(default_factory=dict)  # not in the file: module -> the weights it adapts
+    adapter_numel: int | None = None  # not in the file: the adapters' scalars, once resolved on a model
 
     # ------------------------------------------------------------------ construction
 
@@ -151,7 +157,16 @@ class FreezePlan:
             return dict(self.file_counts)
         frozen = sum(self.numels.get(n, 0) for n, f in self.params.items() if f)
         total = sum(self.numels.get(n, 0) for n in self.params)
-        return {"total": total, "trainable": total - frozen, "frozen": frozen}
+        counts = {"total": total, "trainable": total - frozen, "frozen": frozen}
+        if self.adapters and self.adapter_numel is not None:
+            counts["adapters"] = self.adapter_numel  # trained too, beside the base model's trainable
+        return counts
+
+    def prefix_frozen(self) -> set[str]:
+        """Frozen parameters a frozen prefix may run through: not those of an adapted module
+        (its adapter needs gradients), so the prefix ends at the first adapted module."""
+        inside = {p for m in self.adapted for p in module_parameters(self.params, m)}
+        return {n for n, f in self.params.items() if f and n not in inside}
 
     def is_frozen(self, name: str) -> bool:
         return self.params[name]
@@ -199,6 +214,23 @@ class FreezePlan:
 
     def copy(self) -> "FreezePlan":
         return copy.deepcopy(self)
+
+    def add_lora(self, model: nn.Module, rule: AdapterRule) -> list[str]:
+        """Add a LoRA rule (later rules win); the adapted modules' parameters are frozen. Returns
+        the modules it adapts."""
+        rule.check("plan")
+        hit = list(resolve(model, [rule]))
+        self.adapters.append(rule)
+        self.learn_adapters(model)
+        for m in hit:
+            self.set_frozen(module_parameters(self.params, m), True)
+        return hit
+
+    def learn_adapters(self, model: nn.Module) -> None:
+        """Resolve the adapter rules on ``model``: which modules, which weights, how many scalars."""
+        shapes = lora_shapes(model, self.adapters)
+        self.adapted = {m: adapted_weights(model, m) for m in shapes}
+        self.adapter_numel = sum(a + b for _, a, b in shapes.values())
 
     # ------------------------------------------------------------------ the schedule
 
@@ -366,6 +398,11 @@ class FreezePlan:
         self.norm_params = norm_parameters(model)
         if self.train_bn:
             self.set_train_bn(True)
+        self.learn_adapters(model)
+        wrong = [w for ws in self.adapted.values() for w in ws if not self.params[w]]
+        if wrong:
+            raise PlanError(f"{_short_list(wrong)} carries a LoRA adapter and must be frozen "
+                            f"(the adapter trains instead)")
 
     def _fitting_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """The model's named parameters, after checking that they are exactly the plan's."""
@@ -384,11 +421,17 @@ class FreezePlan:
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set ``requires_grad`` on every parameter (both ways) and, with ``batchnorm="freeze"``,
-        keep fully frozen BatchNorm layers in eval mode even after ``model.train()``."""
+        keep BatchNorm layers that are not wholly trainable in eval mode even after ``model.train()``;
+        put the plan's LoRA adapters on the model (their base weights frozen whatever the lists say)."""
         params = self.params
         for name, p in self._fitting_parameters(model):
             p.requires_grad_(not params[name])
             self.numels[name] = p.numel()
+        attach(model, self.adapters)
+        self.learn_adapters(model)
+        for ws in self.adapted.values():
+            for w in ws:
+                model.get_parameter(w).requires_grad_(False)
         for m in model.modules():
             # the hook is stored in __dict__ (object.__setattr__); nn.Module.__getattr__ on a
             # missing name raises, which costs ~3 µs a module on a 10k-module model
@@ -460,6 +503,8 @@ class FreezePlan:
         }
         if self.train_bn:
             d["train_bn"] = True
+        if self.adapters:
+            d["adapters"] = [r.to_dict() for r in self.adapters]
         for k, v in self.extra.items():
             d.setdefault(k, copy.deepcopy(v))
         return d
@@ -523,6 +568,10 @@ class FreezePlan:
         if not isinstance(train_bn, bool):
             raise PlanError(f"{source}: \"train_bn\" must be true or false, not {train_bn!r}")
         plan.train_bn = train_bn
+        rules = d.get("adapters", [])
+        if not isinstance(rules, list):
+            raise PlanError(f"{source}: \"adapters\" must be a list of rules")
+        plan.adapters = [AdapterRule.from_dict(r, source) for r in rules]
         plan._read_schedule(d, source)
         return plan
 
@@ -600,12 +649,14 @@ def norm_parameters(model: nn.Module) -> list[str]:
 
 
 def frozen_batchnorms(model: nn.Module) -> list[nn.Module]:
-    """BatchNorm layers that have parameters and all of them frozen."""
+    """BatchNorm layers with parameters, not all of them trainable: their statistics are kept
+    under ``batchnorm: "freeze"``. A partly trainable one (bias-only: BitFit) keeps them too,
+    since moving them would change more than its bias; ``batchnorm: "train"`` lets them move."""
     out = []
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             ps = list(m.parameters(recurse=False))
-            if ps and all(not p.requires_grad for p in ps):
+            if ps and any(not p.requires_grad for p in ps):
                 out.append(m)
     return out
 

@@ -25,6 +25,7 @@ from .data import BatchTransform, Dataset, load_data
 from .devices import resolve_device
 from .errors import FreezeTUIError, PlanError, Stopped
 from .events import Callback, TrainResult
+from .adapters import apply_mode_rules
 from .lints import Lint, check
 from .models import build_model, check_factory_allowed, first_batch_failure, is_factory, model_info
 from .plan import FreezePlan
@@ -115,7 +116,7 @@ def plan_from_rules(model: nn.Module, rules: list[tuple[str, str]], batchnorm: s
     if schedule is not None and schedule.recipe and rules:
         raise PlanError(f"--recipe {schedule.recipe} sets the stages and rates itself; give it without "
                         f"--freeze/--unfreeze, --stage, --lr-mult or --layer-decay")
-    plan.apply_rules(rules)
+    apply_mode_rules(plan, model, rules)
     plan.extra["rules"] = [{"action": a, "glob": g} for a, g in rules]
     plan.extra["freezetui_version"] = __version__
     if schedule is not None:
@@ -305,7 +306,7 @@ class RunInputs:
 
     def prefix(self, plan: FreezePlan) -> Prefix | None:
         """Where backward stops under ``plan`` (the one answer, see :func:`split.frozen_prefix`)."""
-        return frozen_prefix(self.traced, set(plan.frozen), [n for n, _ in self.model.named_parameters()])
+        return frozen_prefix(self.traced, plan.prefix_frozen(), [n for n, _ in self.model.named_parameters()])
 
     def seen_size(self, config: TrainConfig) -> int:
         """The size of the images the model will see, after the input transform."""

@@ -146,11 +146,17 @@ class RunWriter(Callback):
                                                           lambda f: torch.save(payload, f), mode="wb"), payload)
 
     def on_run_end(self, result: TrainResult) -> None:
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        from .adapters import adapters_of, merged_state_dict
+        from .peft_export import save_peft_adapter
+
+        # adapters added into their weights: a plain model of the original architecture loads it
+        state = {k: v.detach().cpu() for k, v in merged_state_dict(self.model).items()}
         failed = None
         try:
             self._guard("model.pt", lambda: atomic_write(self.out / "model.pt", lambda f: torch.save(state, f),
                                                          mode="wb"), state)
+            if adapters_of(self.model) is not None:  # the adapter alone too, in PEFT's layout
+                self._guard("adapter", lambda: save_peft_adapter(self.model, self.plan, self.out / "adapter"))
         except TrainingError as e:  # the summary is small: it may fit where the weights did not
             failed = e
         summary = {**result.summary(), **self.extra, "trainable_params": self.plan.counts["trainable"],

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .adapters import adapted_weights, adapter_tensors, adapters_of, detach
 from .data import BatchTransform, Dataset, Split, StreamedSplit, placement
 # The loop's settings, events and devices have modules of their own; tests and benchmarks still
 # reach them as train.X (and patch train.device_budget, which FeatureStore looks up here).
@@ -26,7 +27,7 @@ from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
 from .precision import Deterministic, run_precision
 from .rgn import AutoRGN
-from .schedule import PlanSchedule, describe, warmup_steps
+from .schedule import PlanSchedule, describe, param_groups, warmup_steps
 from .split import Cut, find_cut, frozen_prefix, split, trace
 
 
@@ -43,8 +44,8 @@ def logits_of(out) -> torch.Tensor:
 
 
 def check_trainable(plan: FreezePlan) -> None:
-    """The one refusal of a plan that trains nothing in its first epoch."""
-    if not plan.trainable:
+    """The one refusal of a plan that trains nothing in its first epoch (adapters train on their own)."""
+    if not plan.trainable and not plan.adapters:
         raise TrainingError("every parameter is frozen: nothing to train; unfreeze at least the head")
 
 
@@ -89,8 +90,32 @@ def frozen_snapshot(model: nn.Module, plan: FreezePlan) -> dict[str, torch.Tenso
 
 def optimizer_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, order: list[str] | None = None) -> list[dict]:
     """The run's parameter groups: :meth:`FreezePlan.param_groups` at the config's rate and decay
-    (under Auto-RGN each tensor is a group of its own: its rate is scaled alone every step)."""
-    return plan.param_groups(model, config.effective_lr, config.weight_decay, config.decay_all, order)
+    (under Auto-RGN each tensor is a group of its own: its rate is scaled alone every step), then
+    the adapters' groups."""
+    return plan.param_groups(model, config.effective_lr, config.weight_decay, config.decay_all, order) + \
+        adapter_groups(model, plan, config, param_groups(plan, model, order, config.decay_all))
+
+
+def adapter_groups(model: nn.Module, plan: FreezePlan, config: TrainConfig, groups: list) -> list[dict]:
+    """The adapters' groups, after the base model's (a plan without adapters keeps its groups):
+    each adapter at the rate multipliers of the weight it adapts (``lr_mult``, layer decay, stage
+    rates), training from epoch 1, with weight decay."""
+    a = adapters_of(model)
+    if a is None:
+        return []
+    group_of = {n: g for g in groups for n in g.names}
+    tensors = dict(a.named_tensors())
+    out: dict[tuple, dict] = {}
+    for module in a.rules:
+        g = group_of[adapted_weights(model, module)[0]]
+        mine = [t for n, t in tensors.items() if n.rsplit(".", 1)[0] in (module, f"{module}.out_proj")]
+        key = tuple(g.mults)
+        if key not in out:
+            out[key] = {"params": [], "lr": config.effective_lr * g.mults[0][1], "lr_mult": g.mults[0][1],
+                        "lr_mults": [list(c) for c in g.mults], "first_epoch": 1,
+                        "weight_decay": config.weight_decay}
+        out[key]["params"] += mine
+    return list(out.values())
 
 
 def changed_since(model: nn.Module, snap: dict[str, torch.Tensor]) -> list[str]:
@@ -209,7 +234,7 @@ def plan_split(model: nn.Module, plan: FreezePlan, config: TrainConfig, traced=N
     traced = traced if traced is not None else trace(model)
     if traced is None:
         return NO_SPLIT
-    frozen = set(plan.frozen)
+    frozen = plan.prefix_frozen()
     safe = find_cut(traced, frozen)
     cut = safe if config.cache and safe is not None and safe.cacheable(plan.batchnorm) else \
         find_cut(traced, frozen, random_ok=True)
@@ -330,6 +355,7 @@ class _Run:
         error = head_mismatch(output_classes(model), self.data)
         if error:
             raise error
+        detach(model)  # a run's adapters start afresh (B = 0), whatever a previous run left
         self.active = self.plan.enter_epoch(model, 1)
         check_trainable(self.active)
         self.snap = frozen_snapshot(model, self.active)
@@ -340,6 +366,8 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(device)
         with model_lock(model):
             model.to(device)
+            if adapters_of(model) is not None:  # held beside the model, not inside it
+                adapters_of(model).to(device)
         self.amp = config.amp and device.type == "cuda"
         self.precision = run_precision(device, self.amp)
         torch.manual_seed(config.seed)
@@ -405,13 +433,16 @@ class _Run:
         self.prefix, self.rest, cut, self.cache_train, self.cache_val = plan_split(model, self.active, self.config,
                                                                                   self.traced)
         head = self.rest if self.rest is not None else model
+        if distributed.active() and adapters_of(model) is not None:
+            raise TrainingError("LoRA adapters do not train under torchrun yet (their gradients would not be "
+                                "averaged across processes); run on one process")
         if distributed.active():
             # Frozen parameters have requires_grad=False: DDP leaves them out of gradient sync.
             head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda"
                                                        else None)
         self.step_fn = torch.compile(head) if self.config.compile else head
         self.result.feature_cache = self.cache_train
-        self.prefix_now = frozen_prefix(self.traced, set(self.active.frozen), [n for n, _ in model.named_parameters()])
+        self.prefix_now = frozen_prefix(self.traced, self.active.prefix_frozen(), [n for n, _ in model.named_parameters()])
         self.result.frozen_prefix = self.prefix_now.module if self.prefix_now else None
         return cut
 
@@ -453,6 +484,8 @@ class _Run:
         except RuntimeError as e:  # names or shapes of another model
             raise TrainingError(f"the checkpoint's weights do not fit this model "
                                 f"({str(e).strip().splitlines()[-1].strip()[:160]}); resume with its own plan") from None
+        if resume.get("adapters") is not None and adapters_of(self.model) is not None:
+            adapters_of(self.model).load_tensor_state(resume["adapters"])
         try:
             if not optimizer_state_fits(self.optimizer, resume["optimizer"]):
                 raise TrainingError("the checkpoint's optimizer state is damaged; start the run again")
@@ -653,7 +686,8 @@ class _Run:
 
     def end_epoch(self, ev: EpochEnd) -> None:
         ev.stage = self.plan.stage_index(ev.epoch)
-        ev.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        ev.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad) + sum(
+            p.numel() for _, p in adapter_tensors(self.model))
         ev.lr = self.optimizer.param_groups[self.head_group]["lr"]
         self.result.history.append(ev)
         self.result.epochs = ev.epoch
@@ -665,6 +699,8 @@ class _Run:
                 state = checkpoint_state(self.model, self.optimizer, self.gen, epoch, self.result.history,
                                          self.device, stage=self.plan.stage_index(epoch))
                 state["rng"]["augment"] = self.aug_gen.get_state()
+                if adapters_of(self.model) is not None:
+                    state["adapters"] = adapters_of(self.model).tensor_state()
                 state["rng"]["augment_device"] = self.aug_gen.device.type
                 for cb in self.checkpointers:
                     cb.on_checkpoint(state)

@@ -109,7 +109,8 @@ class Workspace(ScheduleEdits):
     def totals(self) -> dict:
         total, trainable = self.counts("")
         return {"total": total, "trainable": trainable, "frozen": total - trainable,
-                "percent": 100.0 * trainable / total if total else 0.0}
+                "percent": 100.0 * trainable / total if total else 0.0,
+                "adapters": (self.plan.adapter_numel or 0) if self.plan.adapters else 0}
 
     @property
     def batchnorm(self) -> str:
@@ -123,8 +124,7 @@ class Workspace(ScheduleEdits):
         """Where backward stops under the plan being edited (see :func:`split.frozen_prefix`),
         computed once per edit."""
         if getattr(self, "_prefix_key", None) != self.version:
-            frozen = {n for n, f in zip(self.param_names, self.frozen) if f}
-            self._prefix = frozen_prefix(self.traced, frozen, self.param_names)
+            self._prefix = frozen_prefix(self.traced, self.plan.prefix_frozen(), self.param_names)
             self._prefix_key = self.version
         return self._prefix
 
@@ -184,6 +184,28 @@ class Workspace(ScheduleEdits):
         self.plan.batchnorm = mode
         self._changed()
 
+    def cycle_mode(self, name: str, r: int = 8, alpha: float = 16.0) -> str:
+        """The subtree's next mode: frozen → trainable → bias-only → norm-only → LoRA (rank ``r``,
+        ``alpha``) → frozen, skipping modes that mean nothing there. Returns the new mode."""
+        from .adapters import available_modes, next_mode, set_mode
+
+        self._check_unlocked()
+        mode = next_mode(self.mode(name), available_modes(self.plan, self.model, name))
+        set_mode(self.plan, self.model, name, mode, r, alpha)
+        self.modes_used = True  # the tree shows its mode column from now on
+        self._changed()
+        return mode
+
+    def mode(self, name: str = "") -> str:
+        """The subtree's mode (see :func:`adapters.subtree_mode`), computed once per edit."""
+        from .adapters import subtree_mode
+
+        if getattr(self, "_modes_key", None) != self.version:
+            self._modes, self._modes_key = {}, self.version
+        if name not in self._modes:
+            self._modes[name] = subtree_mode(self.plan, name)
+        return self._modes[name]
+
     def apply_glob(self, pattern: str, frozen: bool) -> int:
         """Freeze or unfreeze every parameter the glob matches; a glob matching nothing is an error."""
         self._check_unlocked()
@@ -229,6 +251,8 @@ class Workspace(ScheduleEdits):
         self.plan.stages = copy.deepcopy(plan.stages)
         self.plan.train_bn = plan.train_bn
         self.plan.auto_rgn = plan.auto_rgn
+        self.plan.adapters = copy.deepcopy(plan.adapters)
+        self.plan.learn_adapters(self.model)
         self._changed(edited=False)
 
     def load_plan(self, path: str | Path) -> FreezePlan:

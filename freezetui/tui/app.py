@@ -27,6 +27,7 @@ from ..core.config import TrainConfig
 from ..core.workspace import Workspace
 from .commands import binding_commands, key_table
 from .messages import LoadProgress, PlanChanged, WorkspaceFailed, WorkspaceReady
+from .mode_actions import ModeActions
 from .plan_actions import PlanActions
 from .plan_watch import PlanFileWatch
 from .run_actions import RunActions
@@ -69,7 +70,7 @@ def header_text(ws: Workspace) -> str:
     return f"{info.name}{small} · {w} · {ws.data_name} · {resolve_device(ws.device)}"
 
 
-class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, SuggestActions, App):
+class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActions, SuggestActions, App):
     CSS_PATH = "app.tcss"
     TITLE = "freezetui"
     # The footer shows what a new user needs first and fits 80 columns; every key is in the

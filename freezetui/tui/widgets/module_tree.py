@@ -22,15 +22,17 @@ SCHEDULE_WIDTH = WHEN_WIDTH + RATE_WIDTH  # shown while the plan has a schedule
 HEAT_WIDTH = 7  # " ▇▇▇▇▆ ": the module's normalised ‖g‖/‖w‖, shown after m measured it
 HEAT_CELLS = HEAT_WIDTH - 2
 EIGHTHS = " ▏▎▍▌▋▊▉█"
+MODE_WIDTH = 11  # " norm-only", shown once a mode beyond frozen/trainable is used (i)
 TYPE_MIN_ROOM = 56  # narrower trees leave the type to the details panel
 NAME_MIN = 8
 
 
-def columns(width: int, type_width: int, schedule: bool = False, heat: bool = False) -> tuple[int, int, bool]:
+def columns(width: int, type_width: int, schedule: bool = False, heat: bool = False,
+            modes: bool = False) -> tuple[int, int, bool]:
     """(type column width, 0 when hidden; width of the columns after it; whether the params
-    column shows) for a tree ``width`` columns wide. The schedule and the heat take the type's
-    room first, then, in a narrow tree, the params column's (trainable counts stay)."""
-    extra = (SCHEDULE_WIDTH if schedule else 0) + (HEAT_WIDTH if heat else 0)
+    column shows) for a tree ``width`` columns wide. The schedule, the heat and the modes take
+    the type's room first, then, in a narrow tree, the params column's (trainable counts stay)."""
+    extra = (SCHEDULE_WIDTH if schedule else 0) + (HEAT_WIDTH if heat else 0) + (MODE_WIDTH if modes else 0)
     room = TYPE_MIN_ROOM + extra
     params = not extra or width >= TYPE_MIN_ROOM
     counts = (PARAMS_WIDTH if params else 0) + TRAINABLE_WIDTH + extra
@@ -63,6 +65,7 @@ class ModuleTree(Tree[str]):
         Binding("F", "freeze_before", "Freeze everything before this", id="freeze_before", show=False),
         Binding("E", "unfreeze_at", "Unfreeze at epoch…", id="unfreeze_at", show=False),
         Binding("x", "rate", "Learning-rate multiplier…", id="rate", show=False),
+        Binding("i", "cycle_mode", "Mode: frozen, trainable, bias-only, norm-only, LoRA", id="cycle_mode", show=False),
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
         Binding("l,right", "expand", "Expand", show=False),
@@ -134,13 +137,15 @@ class ModuleTree(Tree[str]):
         width = self.row_width
         sched = self.schedule_shown
         heat = self.heat_shown
-        type_w, counts_w, params = columns(width, self.type_width(), sched, heat)
+        type_w, counts_w, params = columns(width, self.type_width(), sched, heat, self.modes_shown)
         name_w = max(1, width - type_w - counts_w - 4)
         text = Text("    " + "module".ljust(name_w), "bold")
         if type_w:
             text.append("type".ljust(type_w), "bold")
         if heat:
             text.append(" signal".ljust(HEAT_WIDTH), "bold red")
+        if self.modes_shown:
+            text.append("mode".rjust(MODE_WIDTH), "bold magenta")
         if sched:
             text.append("from".rjust(WHEN_WIDTH) + "×lr".rjust(RATE_WIDTH), "bold yellow")
         if params:
@@ -154,6 +159,12 @@ class ModuleTree(Tree[str]):
         plan has stages or rate rules."""
         return self.workspace is not None and self.workspace.has_schedule()
 
+    @property
+    def modes_shown(self) -> bool:
+        """The mode column shows once the plan has adapters or the mode key was used."""
+        ws = self.workspace
+        return ws is not None and (bool(ws.plan.adapters) or getattr(ws, "modes_used", False))
+
     def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
         if self.workspace is None or node.data is None:
             return super().render_label(node, base_style, style)
@@ -164,7 +175,7 @@ class ModuleTree(Tree[str]):
         width = max(NAME_MIN + 4, self.row_width - depth * self.guide_depth)  # the label's columns
         sched = self.schedule_shown
         heat = self.heat_shown
-        type_w, counts_w, params = columns(self.row_width, self.type_width(), sched, heat)
+        type_w, counts_w, params = columns(self.row_width, self.type_width(), sched, heat, self.modes_shown)
         name_w = max(NAME_MIN, width - 4 - type_w - counts_w)
         icon = (self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE) if node.allow_expand else "  "
         if info.name in ws.info.new_modules:
@@ -191,6 +202,8 @@ class ModuleTree(Tree[str]):
                 text.append(" " * HEAT_WIDTH)
             else:
                 text.append(" " + heat_bar(value) + " ", heat_style(value))
+        if self.modes_shown:
+            text.append(fit(ws.mode(node.data), MODE_WIDTH - 1).rjust(MODE_WIDTH), "magenta")
         if sched:
             when, rate = schedule_cells(ws.schedule_span(node.data))
             text.append(fit(when, WHEN_WIDTH - 1).rjust(WHEN_WIDTH), "bold yellow")
@@ -246,6 +259,10 @@ class ModuleTree(Tree[str]):
     def action_unfreeze_at(self) -> None:
         if self.workspace is not None and self.cursor_node is not None:
             self.app.ask_unfreeze_at(self.cursor_node.data)
+
+    def action_cycle_mode(self) -> None:
+        if self.workspace is not None and self.cursor_node is not None:
+            self.app.cycle_mode(self.cursor_node.data)
 
     def action_rate(self) -> None:
         if self.workspace is not None and self.cursor_node is not None:

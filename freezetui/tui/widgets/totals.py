@@ -23,6 +23,8 @@ class Totals(Static):
         text = Text()
         text.append(f"trainable {human(t['trainable'])} of {human(t['total'])} "
                     f"({share(t['trainable'], t['total'])})", "green")
+        if t.get("adapters"):
+            text.append(f" + {human(t['adapters'])} LoRA", "bold green")
         text.append("\n")
         text.append(f"frozen {human(t['frozen'])}", "cyan")
         if workspace.has_batchnorm():
@@ -40,4 +42,7 @@ class Totals(Static):
         if est:
             text.append("\n")
             text.append(f"batch {config.batch_size}: {cost_line(est)}", "dim")
+            if est.get("adapter_params"):  # the mix's training state, adapters included
+                text.append(f" · grads+{config.optimizer} {human_bytes(est['grad_bytes'] + est['optimizer_bytes'])}",
+                            "dim")
         self.update(text, layout=False)  # fixed height: no layout pass
