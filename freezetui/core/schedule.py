@@ -140,7 +140,11 @@ def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | Non
         return {n: plan.lr_multiplier(n) for n in plan.params}
     ranks = decay_ranks(model, order)
     held = param_blocks(plan.params, ranks)
-    return {n: plan.layer_decay ** ranks[held[n]] if n in held else 1.0 for n in plan.params}
+    # a new (randomly initialised) module learns at the full rate wherever it sits: at the first
+    # block's lr/100 a new stem would stay nearly as random as a frozen one
+    new = set(plan.new_modules)
+    return {n: plan.layer_decay ** ranks[held[n]] if n in held and not new.intersection(module_prefixes(n))
+            else 1.0 for n in plan.params}
 
 
 def recipe_decay(model: nn.Module, order: list[str] | None = None, spread: float = RECIPE_SPREAD) -> float:

@@ -230,10 +230,13 @@ class Workspace:
         self._changed()
 
     def head_only(self) -> None:
+        """The head trains, and so does every new (randomly initialised) module: a frozen new
+        stem would feed the head noise, the seed's bug."""
         self._check_unlocked()
         self.plan.set_frozen(self.param_names, True)
-        for h in self.heads:
-            self.plan.set_frozen(self._names(h), False)
+        for h in [*self.heads, *self.plan.new_modules]:
+            if h in self.nodes:
+                self.plan.set_frozen(self._names(h), False)
         self._changed()
 
     def all_trainable(self) -> None:

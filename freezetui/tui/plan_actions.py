@@ -37,7 +37,10 @@ class PlanActions:
 
     def action_head_only(self) -> None:
         if self.workspace and self.edit_plan(self.workspace.head_only):
-            self.notify(f"Training only the head: {', '.join(self.workspace.heads)}")
+            ws = self.workspace
+            new = [m for m in ws.plan.new_modules if m not in ws.heads]
+            extra = f", and the new {', '.join(new)}" if new else ""
+            self.notify(f"Training only the head: {', '.join(ws.heads)}{extra}")
 
     def action_all_trainable(self) -> None:
         if self.workspace:
