@@ -304,17 +304,30 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         return self.workspace is not None and self.saved_version != self.workspace.version
 
     async def action_quit(self) -> None:
-        if self.controller is not None and not self.controller.running and self.unexported_edits:
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.exit()
-            self.push_screen(ConfirmScreen("The plan was edited and not exported (e exports it). Quit anyway?"),
-                             answered)
-            return
-        if self.controller is None or self.controller.quit():
+        controller = self.controller
+        if controller is not None and controller.quit_requested:
+            return  # already stopping to quit: the app exits when the run has
+        running = controller is not None and controller.running
+        if not running and not self.unexported_edits:
             self.exit()
             return
-        self.main(RunPanel).finish("stopping the run to quit; keeping what it trained…")
+        lines = []
+        if running:
+            lines.append("The sweep is running: stop it and quit? Finished rungs are kept." if controller.sweeping
+                         else "A run is in progress: stop it and quit? What it trained so far is kept.")
+        if self.unexported_edits:
+            lines.append("The plan was edited and not exported (e exports it)."
+                         + ("" if running else " Quit anyway?"))
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.controller is None or self.controller.quit():
+                self.exit()
+                return
+            self.main(RunPanel).stopping()
+
+        self.push_screen(ConfirmScreen("\n\n".join(lines)), answered)
 
 
 def create_app(options: AppOptions | None = None, workspace: Workspace | None = None,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from ..core.errors import FreezeTUIError
 from ..core.train import TrainConfig, gpu_count
-from .format import explain
+from .format import explain, lint_text
 from .messages import PlanChanged
+from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
@@ -71,7 +72,17 @@ class PlanActions:
     def action_export(self) -> None:
         if self.workspace is None:
             return
+        errors = [l for l in self.workspace.lints(self.config.image_size) if l.severity == "error"]
+        if errors:
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self.export_dialog()
+            self.push_screen(ConfirmScreen(f"The plan has an error: {lint_text(errors[0])}\n\n"
+                                           f"Export it anyway?"), confirmed)
+            return
+        self.export_dialog()
 
+    def export_dialog(self) -> None:
         def save(path: str) -> str | None:
             try:
                 self.workspace.export(path)

@@ -95,6 +95,8 @@ class SweepActions:
 
     def on_run_ended(self, m: RunEnded) -> None:
         record = self.run_record(m.run_id)
+        if self.controller.stop_event.is_set() and self.training:
+            self.main(RunPanel).stopping(writing=True)  # the run's files are being written now
         if record is not None and self.controller.sweeping:
             self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
 

@@ -194,7 +194,7 @@ async def test_q_during_a_run_stops_worker_and_exits(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("t")
         await pilot.pause(0.2)
-        await pilot.press("q")
+        await pilot.press("q", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
     assert app.workspace.runs[0].status == "stopped"
@@ -245,3 +245,28 @@ async def test_help_and_command_palette_list_every_key(tmp_path):
         assert "Freeze everything before" in help_text and "Train/stop" in help_text
         await pilot.press("escape")
         assert app.screen is app.screen_stack[0]
+
+
+async def test_caching_features_shows_its_count_and_a_bar(tmp_path):
+    from freezetui.core.train import RunStart, TrainResult
+
+    def caching_trainer(workspace, record, callbacks, stop, runs_dir):
+        record.folder = tmp_path / "fake"
+        for cb in callbacks:
+            cb.on_run_start(RunStart(1, 10, "cpu", 5000, 1000, 32, 0.001))
+            cb.on_caching(1234, 5000)
+        stop.wait(20)
+        return TrainResult(epochs=0, stopped=True, device="cpu")
+
+    app = make_app(tmp_path, trainer=caching_trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if "caching" in str(app.main("#run-status").render()):
+                break
+        assert str(app.main("#run-status").render()) == "run #1: caching features 1,234/5,000"
+        bar = app.main("#run-progress")
+        assert bar.display and (bar.progress, bar.total) == (1234, 5000)
+        app.stop_event.set()
+        await app.workers.wait_for_complete()

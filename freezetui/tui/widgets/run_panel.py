@@ -18,6 +18,10 @@ def _clock(seconds: float) -> str:
 
 
 class RunPanel(Vertical):
+    batch: int | None = None  # the last finished batch of this epoch
+    per_epoch = 0  # batches per epoch
+    halting = False  # a stop was asked for: the status says what it waits for, not progress
+
     def compose(self) -> ComposeResult:
         yield Static("no run yet · t trains with the current plan", id="run-status")
         # Hidden until a run starts: an idle indeterminate bar animates for nothing.
@@ -27,6 +31,7 @@ class RunPanel(Vertical):
 
     def start(self, label: str, total_steps: int | None, resumed_from: int | None = None) -> None:
         self.started = time.monotonic()
+        self.batch, self.halting = None, False
         self.first: tuple[float, int] | None = None  # (time, step) of the first progress seen
         bar = self.query_one(ProgressBar)
         bar.display = True
@@ -35,10 +40,36 @@ class RunPanel(Vertical):
         what = "resuming" if resumed_from else "starting"
         self.query_one("#run-status", Static).update(f"run {label}: {what}…")
 
+    def caching(self, label: str, done: int, total: int) -> None:
+        """Before the first step: the frozen prefix's outputs being cached, with a bar."""
+        if self.halting:
+            return
+        self.query_one(ProgressBar).update(total=max(1, total), progress=done)
+        self.query_one("#run-status", Static).update(f"run {label}: caching features {done:,}/{total:,}",
+                                                     layout=False)
+
+    def stopping(self, writing: bool = False) -> None:
+        """What a stop is waiting for, at once: the batch in flight, then the run's files."""
+        self.halting = True
+        batch, per_epoch = self.batch, self.per_epoch
+        if writing:
+            text = "stopping: writing checkpoint…"
+        elif batch is None:
+            text = "stopping…"
+        elif batch >= per_epoch:  # the epoch's batches are done: its evaluation stops at its next batch
+            text = "stopping: leaving the evaluation…"
+        else:
+            text = f"stopping: finishing batch {batch + 1}…"
+        self.query_one("#run-status", Static).update(text, layout=False)
+
     def progress(self, label: str, epoch: int, epochs: int, step: int, total: int, ips: float, device: str,
                  memory: str = "") -> None:
         bar = self.query_one(ProgressBar)
         bar.update(total=total, progress=step)
+        self.per_epoch = total // max(1, epochs)
+        self.batch = step - (epoch - 1) * self.per_epoch  # the last finished batch of this epoch
+        if self.halting:  # the status keeps naming the batch the stop waits for
+            return
         now = time.monotonic()
         elapsed = now - getattr(self, "started", now)
         if getattr(self, "first", None) is None:
@@ -64,5 +95,6 @@ class RunPanel(Vertical):
             if line.startswith("saved to ") and len(line) > width:
                 lines[i] = shorten_left(line[len("saved to "):], width)
         self.query_one(ProgressBar).display = False
+        self.halting = False
         self.add_class("-finished")
         status.update("\n".join(lines))
