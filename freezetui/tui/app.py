@@ -89,6 +89,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         Binding("T", "torchrun", "torchrun command for several GPUs", id="torchrun", show=False),
         Binding("S", "sweep", "Sweep plans: head, +block, …, all", id="sweep", show=False),
         Binding("V", "sweep_results", "Sweep results", id="sweep_results", show=False),
+        Binding("w", "lints", "Read the lints in full", id="lints", show=False),
         Binding("question_mark", "help", "Keys", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -105,6 +106,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         self.plan_watch = PlanFileWatch(self.options.plan)
         self.exported_version: int | None = None  # the plan version last exported or opened
         self.saved_version: int | None = None  # the version q may quit without asking about
+        self.measuring_cost = False  # the cost profile is being taken (the totals say so)
 
     # ------------------------------------------------------------------ layout
 
@@ -174,12 +176,22 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
     def on_workspace_ready(self, m: WorkspaceReady) -> None:
         self.workspace = m.workspace
         self.show_workspace()
-        ws = m.workspace
+        self.measure_cost()
 
-        def profile() -> None:  # after the tree is up: start-up does not wait for it
-            ws.compute_cost_profile()
+    def measure_cost(self) -> None:
+        """Profile the model for the cost line at the size it will see, on a daemon thread (after
+        the tree is up: start-up does not wait for it); again when the image size changes."""
+        ws, size = self.workspace, self.config.image_size
+        self.measuring_cost = True
+
+        def profile() -> None:
+            ws.compute_cost_profile(size)
+
+            def done() -> None:
+                self.measuring_cost = False
+                self.refresh_plan()
             try:
-                self.call_from_thread(self.refresh_plan)
+                self.call_from_thread(done)
             except RuntimeError:  # the app has already exited
                 pass
 
@@ -190,8 +202,10 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         self.exit(return_code=1, message=f"freezetui: error: {m.error}")
 
     def on_resize(self, event) -> None:
-        # below 100 columns one chart (accuracy) gets the right column's width
+        # below 100 columns one chart (accuracy) gets the right column's width; below 30 rows the
+        # charts give their rows to the runs table (the run in progress, and how the others did)
         self.screen_stack[0].set_class(event.size.width < 100, "narrow")
+        self.screen_stack[0].set_class(event.size.height < 30, "short")
 
     def on_unmount(self) -> None:
         try:
@@ -253,7 +267,7 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         ws = self.workspace
         if ws is None:
             return
-        self.main(Totals).show(ws, self.config)
+        self.main(Totals).show(ws, self.config, self.measuring_cost)
         box = self.main("#tree-box")
         if ws.has_schedule():
             from ..core.schedule import short_name
@@ -274,6 +288,25 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         if self.main(Charts).show_lr:
             self.main(Charts).dirty = True  # the next run's rates follow the plan
 
+    @on(LintsPanel.ModuleRequested)
+    def on_lint_module_requested(self, m: LintsPanel.ModuleRequested) -> None:
+        """Enter on a lint: the tree's cursor on its module (expanding the way), the tree focused."""
+        tree = self.main(ModuleTree)
+        node, parts = tree.root, m.module.split(".")
+        for k in range(1, len(parts) + 1):
+            name = ".".join(parts[:k])
+            if not node.children and self.workspace.nodes[node.data].children:
+                tree._add_children(node)
+            node.expand()
+            node = next((c for c in node.children if c.data == name), None)
+            if node is None:
+                return
+        tree.move_cursor(node)
+        tree.focus()
+
+    def action_lints(self) -> None:
+        self.main(LintsPanel).focus()
+
     @on(ModuleTree.NodeHighlighted)
     def on_node_highlighted(self, event: ModuleTree.NodeHighlighted) -> None:
         if self.workspace is not None and event.node.data is not None:
@@ -283,7 +316,8 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
 
     def key_groups(self) -> list[tuple[str, list]]:
         """Every binding with an id, by where it works: the help and the palette list these."""
-        return [("model tree", ModuleTree.BINDINGS), ("anywhere", self.BINDINGS), ("runs table", RunsTable.BINDINGS)]
+        return [("model tree", ModuleTree.BINDINGS), ("anywhere", self.BINDINGS), ("runs table", RunsTable.BINDINGS),
+                ("lints (w)", LintsPanel.BINDINGS)]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([(title, key_table(b)) for title, b in self.key_groups()]))
@@ -294,10 +328,12 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
             if command.title != "Keys":
                 yield command
         tree = self.main(ModuleTree)
-        yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")())
+        yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")(), "in the model tree")
         yield from binding_commands([b for b in self.BINDINGS if b.action != "quit"], lambda a: self.run_action(a))
         runs = self.main(RunsTable)
-        yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")())
+        yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")(), "in the runs table")
+        lints = self.main(LintsPanel)
+        yield from binding_commands(LintsPanel.BINDINGS, lambda a: getattr(lints, f"action_{a}")(), "in the lints (w)")
 
     @property
     def unexported_edits(self) -> bool:

@@ -127,7 +127,12 @@ class PlanActions:
 
         def done(config: TrainConfig | None) -> None:
             if config is not None:
+                resize = self.workspace is not None and self.workspace.cost_profile is not None and \
+                    self.workspace.seen_size(config.image_size) != self.workspace.cost_profile.image_size
                 self.config = config
+                if resize:  # the cost line priced another image size: measure again
+                    self.workspace.cost_profile = None
+                    self.measure_cost()
                 self.options.keep_only_model = screen.keep_only_model
                 self.refresh_plan()
                 self.notify("Settings saved; t trains with them")

@@ -3,6 +3,8 @@ the files the app writes."""
 
 import json
 
+import pytest
+
 from freezetui.tui.app import default_trainer
 from freezetui.tui.widgets.lints import LintsPanel
 from freezetui.tui.widgets.module_tree import ModuleTree
@@ -69,8 +71,14 @@ async def test_presets_and_batchnorm(tmp_path):
         await pilot.press("b")
         assert ws.batchnorm == "train"
         await pilot.press("H")
+        assert "BatchNorm" in text_of(app.query_one(LintsPanel))
+        await pilot.press("w")  # the lints in full, the highlighted one with its fix as keys
+        await pilot.pause()
         lints = text_of(app.query_one(LintsPanel))
-        assert app.query_one(LintsPanel).display and "running statistics still move" in lints
+        assert app.query_one(LintsPanel).has_focus and "running statistics still move" in lints
+        assert "b keeps BatchNorm statistics" in lints
+        await pilot.press("escape")
+        assert app.query_one("#tree").has_focus
         await pilot.press("b")
         assert ws.batchnorm == "freeze"
 
@@ -82,7 +90,7 @@ async def test_frozen_new_head_lint_is_visible(tmp_path):
         assert "no problems found" in text_of(panel) and not panel.has_class("has-error")
         await pilot.press("space")
         assert panel.display and panel.has_class("has-error")
-        assert "fc is new (randomly initialised) and frozen" in text_of(panel)
+        assert "fc is new (randomly initialised) and frozen" in " ".join(text_of(panel).split())
 
 
 async def test_glob_dialog_freezes_and_reports_no_match(tmp_path):
@@ -270,3 +278,34 @@ async def test_caching_features_shows_its_count_and_a_bar(tmp_path):
         assert bar.display and (bar.progress, bar.total) == (1234, 5000)
         app.stop_event.set()
         await app.workers.wait_for_complete()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_cost_line_fits_says_what_it_prices_and_follows_the_settings(tmp_path, size):
+    from dataclasses import replace
+
+    from freezetui.tui.widgets.totals import Totals
+
+    app = make_app(tmp_path, batch_size=32)
+    app.workspace.compute_cost_profile()
+    async with app.run_test(size=size) as pilot:
+        totals = app.main(Totals)
+        await pilot.pause()
+
+        def lines() -> list[str]:
+            return [line.plain for line in totals.render().wrap(totals.content_size.width)]
+
+        assert len(lines()) <= totals.content_size.height, lines()  # nothing cut off
+        assert "batch 32 at 32 px" in " ".join(lines()) and "activations" in " ".join(lines())
+        await pilot.press("R")  # a staged plan is priced at its costliest stage, and says so
+        await pilot.pause()
+        assert "stage 2/2 (epoch 2+" in " ".join(" ".join(lines()).split())
+        assert len(lines()) <= totals.content_size.height, lines()
+        app.action_settings()
+        await pilot.pause()
+        app.screen.dismiss(replace(app.config, image_size=64, batch_size=16))
+        for _ in range(100):  # measured again at the new size, off the UI thread
+            await pilot.pause(0.05)
+            if "at 64 px" in " ".join(lines()):
+                break
+        assert "batch 16 at 64 px" in " ".join(lines())
