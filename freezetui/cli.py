@@ -201,7 +201,7 @@ class ConsoleProgress:
 
     def on_run_start(self, ev):
         print(f"training on {ev.device} ({ev.precision}): {ev.train_images} train / {ev.val_images} val images at "
-              f"{ev.input_size} px, {ev.epochs} epoch(s) of {ev.steps_per_epoch} steps, lr {ev.lr:g}",
+              f"{ev.input_size} px, {_n(ev.epochs, 'epoch')} of {_n(ev.steps_per_epoch, 'step')}, lr {ev.lr:g}",
               file=self.stream, flush=True)
         for line in ev.notes:
             print(f"note: {line}", file=self.stream, flush=True)
@@ -293,6 +293,10 @@ def train_spec(args, parser):
                    schedule=schedule_spec_from_args(args))
 
 
+def _n(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_train(args, parser) -> int:
     from .core import distributed
     from .core.runner import execute, finished_message, stop_on_signals
@@ -306,12 +310,12 @@ def cmd_train(args, parser) -> int:
     with stop_on_signals(stop) as caught:
         callbacks = [ConsoleProgress()] if distributed.rank_from_env() == 0 else []
         result = execute(spec, callbacks=callbacks, stop=stop, reporter=ConsoleReporter())
-    print(finished_message(result, spec.out))
-    if result.stopped:
+    if result.stopped:  # "stopped" only, not "done" first
         done = max((e.epoch for e in result.history if not e.partial), default=0)
-        print(f"stopped: {done} of {spec.config.epochs} epoch(s) complete; continue with "
+        print(f"stopped: {done} of {_n(spec.config.epochs, 'epoch')} complete; continue with "
               f"`freezetui train --resume {spec.out}`", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)
+    print(finished_message(result, spec.out))
     return 0 if result.frozen_unchanged else 1
 
 

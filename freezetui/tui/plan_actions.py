@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..core.errors import FreezeTUIError
 from ..core.train import TrainConfig, gpu_count
-from .format import explain, lint_text
+from .format import explain, lint_text, plural
 from .messages import PlanChanged
 from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
@@ -65,7 +65,7 @@ class PlanActions:
 
         def done(count: int | None) -> None:
             if count:
-                self.notify(f"{count} parameter tensor(s) changed")
+                self.notify(f"{plural(count, 'parameter tensor')} changed")
 
         self.push_screen(GlobDialog(apply), done)
 
@@ -145,12 +145,12 @@ class PlanActions:
         path = str(self.plan_watch.path or "freeze-plan.json")
         gpus = gpu_count()
         out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
-        command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
+        command = torchrun_command(path, self.options.data, self.config, gpus, out=out,
                                    model=self.options.model.name, device=self.config.device)
         stale = self.exported_version != self.workspace.version
         note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
                 else f"It reads {path}, which holds the current plan.")
-        gpu_note = (f"{gpus} GPU(s) found on this machine." if gpus else
-                    "No GPU on this machine: set --nproc-per-node to the GPUs where you run it.")
+        gpu_note = (f"{plural(gpus, 'GPU')} found on this machine." if gpus else
+                    "No GPU on this machine: --nproc-per-node gpu starts one process per GPU where you run it.")
         self.copy_to_clipboard(command)
         self.push_screen(TorchrunScreen(command, note, gpu_note))

@@ -304,8 +304,26 @@ async def test_cost_line_fits_says_what_it_prices_and_follows_the_settings(tmp_p
         app.action_settings()
         await pilot.pause()
         app.screen.dismiss(replace(app.config, image_size=64, batch_size=16))
-        for _ in range(100):  # measured again at the new size, off the UI thread
+        for _ in range(600):  # measured again at the new size, off the UI thread
             await pilot.pause(0.05)
             if "at 64 px" in " ".join(lines()):
                 break
         assert "batch 16 at 64 px" in " ".join(lines())
+
+
+async def test_settings_enter_saves_from_a_checkbox_and_space_toggles(tmp_path):
+    from freezetui.tui.screens.settings import SettingsScreen, TickBox
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("c")
+        box = app.screen.query_one("#augment", TickBox)
+        assert box.value and "✓" in box._button.plain
+        box.focus()
+        await pilot.press("space")  # space ticks and unticks; not only the colour changes
+        assert not box.value and "✓" not in box._button.plain
+        keys = app.screen.query_one("#settings-keys")
+        assert keys.region.bottom <= 24 and "Enter: save" in str(keys.render())  # visible at 80×24
+        await pilot.press("enter")  # on the checkbox: saves
+        await pilot.pause()
+        assert not isinstance(app.screen, SettingsScreen) and app.config.augment is False
