@@ -244,3 +244,17 @@ def test_the_tuis_rate_curve_is_what_training_sets(tiny_data, schedule):
         pytest.approx(head_rates(stages, cfg.schedule, cfg.effective_lr, steps, cfg.epochs, cfg.warmup_epochs,
                                  at=sample_steps(3 * steps, 10**6)))
     assert sample_steps(10**6, 50)[::49] == [1, 10**6] and len(sample_steps(10**6, 50)) == 50
+
+
+def test_an_unfreeze_at_that_changes_nothing_keeps_the_plan_and_its_name():
+    from freezetui.core.schedule import short_name
+    from freezetui.core.workspace import Workspace
+
+    ws = Workspace(build_model("tiny:tiny_cnn", weights="none", num_classes=10), device="cpu")
+    ws.apply_recipe()
+    version = ws.version
+    assert short_name(ws.plan) == "fine-tune recipe"
+    ws.unfreeze_at("block1", 2)  # the recipe already unfreezes everything at epoch 2
+    assert short_name(ws.plan) == "fine-tune recipe" and ws.version == version
+    ws.unfreeze_at("block1", 1)  # a real change (block1 trains from the start) renames it
+    assert short_name(ws.plan) != "fine-tune recipe"

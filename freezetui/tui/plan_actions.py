@@ -11,6 +11,7 @@ from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
+from .widgets.charts import Charts
 from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
 
 
@@ -135,6 +136,7 @@ class PlanActions:
                     self.measure_cost()
                 self.options.keep_only_model = screen.keep_only_model
                 self.refresh_plan()
+                self.main(Charts).dirty = True  # the next run's rates follow the epochs and batch
                 self.notify("Settings saved; t trains with them")
 
         self.push_screen(screen, done)

@@ -327,3 +327,16 @@ async def test_settings_enter_saves_from_a_checkbox_and_space_toggles(tmp_path):
         await pilot.press("enter")  # on the checkbox: saves
         await pilot.pause()
         assert not isinstance(app.screen, SettingsScreen) and app.config.augment is False
+
+
+def test_a_staged_run_lists_its_first_and_largest_trainable_share():
+    from freezetui.core.train import TrainConfig
+    from freezetui.tui.widgets.runs_table import _trainable
+
+    ws = small_workspace()
+    record = ws.new_run(TrainConfig(epochs=2))
+    record.trainable, record.total = 650, 24458
+    record.epochs = [{"epoch": 1, "trainable": 650}, {"epoch": 2, "trainable": 24458}]
+    assert _trainable(record) == "2.7%→100%"
+    record.epochs = [{"epoch": 1, "trainable": 650}]
+    assert _trainable(record) == "2.7%"

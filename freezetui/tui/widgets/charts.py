@@ -90,7 +90,7 @@ class LossChart(TimedPlot):
         self.plt.clear_data()
         self.plt.yscale("linear")
         limit = max(20, self.size.width)
-        shown, last, marks = [], 1, []
+        shown, last, marks, next_run = [], 1, [], False
         if show_lr:
             series = [(compare, "orange", record_rates(compare, limit) if compare else ([], []))]
             if (current is not None and current.status == "running") or planned is None:
@@ -104,7 +104,7 @@ class LossChart(TimedPlot):
                 shown.append((record.label if record else "next run", color))
                 last = max(last, xs[-1])
             if planned is not None and series[-1][0] is None:
-                marks = list(planned[1])
+                marks, next_run = list(planned[1]), True
         else:
             for record, color in ((compare, "orange"), (current, "cyan")):
                 if record is not None and record.steps:
@@ -113,7 +113,8 @@ class LossChart(TimedPlot):
                     self.plt.plot(xs, ys, color=color, marker="braille")
                     shown.append((record.label, color))
                     last = max(last, len(record.steps))
-        if current is not None and not marks and current.total_steps and current.config.epochs:
+        # the next run's view marks only its own stages (none after X), never the last run's
+        if current is not None and not next_run and current.total_steps and current.config.epochs:
             steps = current.total_steps // current.config.epochs
             marks = [(e - 1) * steps + 1 for e in stage_epochs(current)]
         for x in marks:

@@ -26,6 +26,13 @@ def _time(seconds: float) -> str:
     return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _trainable(record) -> str:
+    """The share that trained; a staged run's from its first to its largest stage: ``0.05%→100%``."""
+    first = share(record.trainable, record.total)
+    largest = max((e.get("trainable") or 0 for e in record.epochs), default=0)
+    return f"{first}→{share(largest, record.total)}" if largest > record.trainable else first
+
+
 class RunsTable(KeyedTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Compare", id="compare"),
@@ -55,7 +62,7 @@ class RunsTable(KeyedTable):
             "run": record.label + (" ◆" if compared else ""),
             "best": _pct(record.best_acc),
             "status": record.status,
-            "trainable": share(record.trainable, record.total),
+            "trainable": _trainable(record),
             "schedule": record.schedule,
             "time": _time(record.seconds),
             "size": size_text(self.sizes[record.id]) if self.sizes.get(record.id) else "—",
