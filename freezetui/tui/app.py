@@ -257,6 +257,14 @@ class FreezeApp(PlanActions, ScheduleActions, RunActions, SweepActions, App):
         for w in (ws.data.warnings if ws.data else []):
             self.notify(w, title="data", severity="warning", timeout=10)
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """One toast at a time, short: a new one replaces the last (the keys' toasts come in bursts)."""
+        self.clear_notifications()
+        limit = 8.0 if severity == "error" else 5.0 if severity == "warning" else 3.0
+        super().notify(message, title=title, severity=severity, markup=markup,
+                       timeout=min(timeout, limit) if timeout is not None else limit)
+
     def main(self, selector):
         """A widget of the main screen, even while a dialog is on top."""
         return self.screen_stack[0].query_one(selector)

@@ -340,3 +340,16 @@ def test_a_staged_run_lists_its_first_and_largest_trainable_share():
     assert _trainable(record) == "2.7%→100%"
     record.epochs = [{"epoch": 1, "trainable": 650}]
     assert _trainable(record) == "2.7%"
+
+
+async def test_toasts_come_one_at_a_time_short_and_left_of_the_totals(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("b", "b", "H")
+        await pilot.pause(0.3)
+        notes = list(app._notifications)
+        assert len(notes) == 1 and notes[0].message.startswith("Training only the head")
+        assert notes[0].timeout <= 3
+        toast = app.screen.query_one("Toast")
+        for panel in ("#totals", "#lints"):  # what the key just changed stays readable
+            assert not toast.region.overlaps(app.main(panel).region), panel
