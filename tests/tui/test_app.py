@@ -299,7 +299,7 @@ async def test_cost_line_fits_says_what_it_prices_and_follows_the_settings(tmp_p
         assert "batch 32 at 32 px" in " ".join(lines()) and "activations" in " ".join(lines())
         await pilot.press("R")  # a staged plan is priced at its costliest stage, and says so
         await pilot.pause()
-        assert "stage 2/2 (epoch 2+" in " ".join(" ".join(lines()).split())
+        assert "of stage 2/2 (epoch 2+, the costliest)" in " ".join(" ".join(lines()).split())
         assert len(lines()) <= totals.content_size.height, lines()
         app.action_settings()
         await pilot.pause()

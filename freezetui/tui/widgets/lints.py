@@ -62,9 +62,7 @@ class LintsPanel(Static, can_focus=True):
         if len(self.lints) > 1:
             text.append(f"{self.index + 1} of {len(self.lints)} · ", "dim")
         text.append(lint.severity.upper(), STYLES[lint.severity])
-        if lint.module:
-            text.append(f" {lint.module}", "bold")
-        text.append(f"\n{lint_text(lint)}")
+        text.append(f" {lint_text(lint)}")
         keys = ["j/k: next" if len(self.lints) > 1 else "", "Enter: go to it" if lint.module else "", "Esc: back"]
         text.append("\n" + " · ".join(k for k in keys if k), "dim")
         return text

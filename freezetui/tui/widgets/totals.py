@@ -23,8 +23,8 @@ def cost_context(est: dict, batch_size: int) -> str:
     """What the price is of: the batch, the image size, and which stage of a staged plan."""
     where = ""
     if est.get("stage_count", 1) > 1:
-        where = f"stage {est['stage']}/{est['stage_count']} (epoch {est['first_epoch']}+, the costliest) · "
-    return f"cost, {where}batch {batch_size} at {est['image_size']} px:"
+        where = f" of stage {est['stage']}/{est['stage_count']} (epoch {est['first_epoch']}+, the costliest)"
+    return f"cost{where}, batch {batch_size} at {est['image_size']} px:"
 
 
 class Totals(Static):
@@ -36,7 +36,7 @@ class Totals(Static):
         text.append("\n")
         text.append(f"frozen {human(t['frozen'])}", "cyan")
         if workspace.has_batchnorm():
-            text.append(f" · BN stats {'kept' if workspace.batchnorm == 'freeze' else 'updated'} (b)")
+            text.append(f" · BN {'kept' if workspace.batchnorm == 'freeze' else 'updated'} (b)")
         text.append("\n")
         prefix = workspace.frozen_prefix()
         if prefix:
