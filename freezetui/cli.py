@@ -138,7 +138,7 @@ def cmd_plan_show(args) -> int:
     from .core.plan import FreezePlan
     from .core.runner import model_for_plan
 
-    from .core.cost import describe, estimate, human_bytes, human_flops, profile_model
+    from .core.cost import describe, estimate, human_bytes, human_flops, stored_profile
     from .core.schedule import module_rates
     from .core.split import frozen_prefix, trace
 
@@ -149,8 +149,18 @@ def cmd_plan_show(args) -> int:
     traced = trace(model)
     prefix = frozen_prefix(traced, set(plan.frozen), [n for n, _ in model.named_parameters()])
     size = args.image_size or info.input_size or 224
-    est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer, prefix=prefix)
+    key = {k: v for k, v in plan.model.items() if k != "weights"}  # the weights do not change the cost
+
+    def cost() -> dict:
+        if sys.stderr.isatty():
+            print("(measuring cost…)", end="\r", file=sys.stderr, flush=True)
+        profile = stored_profile(model, size, key)
+        if sys.stderr.isatty():
+            print(" " * 17, end="\r", file=sys.stderr, flush=True)
+        return estimate(profile, plan, args.batch_size, args.optimizer, prefix=prefix)
+
     if args.json:
+        est = cost()
         import dataclasses
         import json
 
@@ -181,6 +191,8 @@ def cmd_plan_show(args) -> int:
     print(f"  total {c['total']:,}, trainable {c['trainable']:,} ({pct:.1f}%), frozen {c['frozen']:,}")
     for line in describe_schedule(plan):
         print(f"  {line}")
+    sys.stdout.flush()  # the table first: the cost is measured after it (once per model and size)
+    est = cost()
     print(f"cost at batch {args.batch_size}, {size} px, {args.optimizer}: {describe(est)}")
     print(f"  weights {human_bytes(est['param_bytes'])}, gradients {human_bytes(est['grad_bytes'])}, "
           f"optimizer state {human_bytes(est['optimizer_bytes'])}, activations {human_bytes(est['activation_bytes'])} "
@@ -192,45 +204,81 @@ def cmd_plan_show(args) -> int:
 
 
 class ConsoleProgress:
-    """Progress for a headless run: a live step line on a terminal, one line per epoch."""
+    """Progress for a headless run: on a terminal a Rich bar per epoch (steps, elapsed, ETA,
+    img/s, loss) above which each epoch's line is printed; elsewhere (logs, CI) the lines only."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
-        self.last = 0.0
+        self.bar = None  # a Rich progress display, on a terminal only
+        self.task, self.task_name = None, ""
+        self.epochs, self.steps = 0, 0
+
+    def _bar(self):
+        """Rich's progress for this run: steps of the epoch, elapsed, ETA, img/s and loss."""
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[rate]}"), console=Console(file=self.stream),
+                                transient=True)
+            self.bar.start()
+        return self.bar
+
+    def _say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def on_run_start(self, ev):
-        print(f"training on {ev.device} ({ev.precision}): {ev.train_images} train / {ev.val_images} val images at "
-              f"{ev.input_size} px, {_n(ev.epochs, 'epoch')} of {_n(ev.steps_per_epoch, 'step')}, lr {ev.lr:g}",
-              file=self.stream, flush=True)
+        self.epochs, self.steps = ev.epochs, ev.steps_per_epoch
+        self._say(f"training on {ev.device} ({ev.precision}): {ev.train_images} train / {ev.val_images} val images "
+                  f"at {ev.input_size} px, {_n(ev.epochs, 'epoch')} of {_n(ev.steps_per_epoch, 'step')}, "
+                  f"lr {ev.lr:g}")
         for line in ev.notes:
-            print(f"note: {line}", file=self.stream, flush=True)
+            self._say(f"note: {line}")
         if ev.prefix:
             how = f"features cached after {ev.cached_at}" if ev.cached_at else "the frozen layers run without gradients"
-            print(f"{ev.prefix.sentence()}; {how}", file=self.stream, flush=True)
+            self._say(f"{ev.prefix.sentence()}; {how}")
         for line in ev.schedule:
-            print(f"schedule: {line}", file=self.stream, flush=True)
+            self._say(f"schedule: {line}")
+
+    def _task(self, description: str, total: int):
+        bar = self._bar()
+        if self.task is not None and self.task_name != description:
+            bar.remove_task(self.task)
+            self.task = None
+        if self.task is None:
+            self.task, self.task_name = bar.add_task(description, total=total, rate=""), description
+        return bar
+
+    def on_caching(self, done, total):
+        if self.live:
+            self._task("caching features", total).update(self.task, completed=done, rate="")
+        elif done >= total:
+            self._say(f"cached the frozen layers' outputs for {_n(total, 'image')}")
 
     def on_step(self, ev):
-        now = time.monotonic()
-        if self.live and now - self.last > 0.2:
-            self.last = now
-            print(f"\r  epoch {ev.epoch}  step {ev.global_step}/{ev.total_steps}"
-                  f"  loss {ev.loss:.4f}  {ev.images_per_s:,.0f} img/s   ", end="", file=self.stream, flush=True)
+        if self.live:  # plain lines otherwise (logs, CI): one per epoch
+            self._task(f"epoch {ev.epoch}/{self.epochs}", self.steps).update(
+                self.task, completed=ev.step, rate=f"{ev.images_per_s:,.0f} img/s · loss {ev.loss:.4f}")
 
     def on_epoch(self, ev):
-        if self.live:
-            print("\r" + " " * 70 + "\r", end="", file=self.stream)
-        print(f"epoch {ev.epoch}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
-              f"val acc {100 * ev.val_acc:.1f}%  {ev.images_per_s:,.0f} img/s  {ev.seconds:.1f}s  "
-              f"stage {ev.stage}  {ev.trainable:,} trainable  lr {ev.lr:.3g}",
-              file=self.stream, flush=True)
+        self._say(f"epoch {ev.epoch}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
+                  f"val acc {100 * ev.val_acc:.1f}%  {ev.images_per_s:,.0f} img/s  {ev.seconds:.1f}s  "
+                  f"stage {ev.stage}  {ev.trainable:,} trainable  lr {ev.lr:.3g}")
 
     def on_run_end(self, result):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
         if result.nondeterministic:
-            print(f"note: --deterministic: no deterministic version on {result.device} of "
-                  f"{', '.join(result.nondeterministic)}; a resumed run may differ in the last bits",
-                  file=self.stream, flush=True)
+            self._say(f"note: --deterministic: no deterministic version on {result.device} of "
+                      f"{', '.join(result.nondeterministic)}; a resumed run may differ in the last bits")
 
 
 class ConsoleReporter:

@@ -691,7 +691,8 @@ class _Run:
                 if self.local_stop():
                     raise Stopped
                 for cb in self.callbacks:
-                    cb.on_caching(offset + n, total)
+                    if hasattr(cb, "on_caching"):  # callbacks predating the event need not have it
+                        cb.on_caching(offset + n, total)
             return done
 
         self.train_features = FeatureStore(self.prefix, self.train_split.images, *args,
