@@ -176,7 +176,7 @@ def cmd_plan_show(args) -> int:
         starts = module_starts(plan, args.depth)
     width = max([len(r[0]) for r in rows] + [6])
     kind_w = max([len(r[1]) for r in rows] + [4])
-    print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights')}, "
+    print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights') or 'random init'}, "
           f"batchnorm {plan.batchnorm}")
     extra_head = f"  {'lr ×':>13}  {'trains from':>11}" if scheduled else ""
     print(f"  {'module':<{width}}  {'type':<{kind_w}}  {'params':>12}  {'trainable':>12}  {'frozen':>12}{extra_head}")

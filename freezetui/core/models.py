@@ -173,7 +173,7 @@ def _pretrained_state(weights) -> dict:
     hash is in the file name) when not cached, and read with ``weights_only=True`` either way."""
     cached = _weights_cached(weights)
     if not cached and _offline():
-        raise _Unavailable("offline (FREEZETUI_OFFLINE is set)")
+        raise _Unavailable("not available offline (FREEZETUI_OFFLINE is set)")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
@@ -225,7 +225,7 @@ def _resolve_weights(name: str, weights: str | None):
         try:
             return default, None, "", _pretrained_state(default)
         except _Unavailable as why:
-            return None, None, f"{default} not available {why}: using random init", None
+            return None, None, f"{default} {why}: using random init", None
     if os.sep in w or w.endswith((".pt", ".pth", ".bin")) or Path(w).exists():
         if not Path(w).is_file():
             raise ModelError(f"weights file {w!r} does not exist")

@@ -353,3 +353,15 @@ async def test_toasts_come_one_at_a_time_short_and_left_of_the_totals(tmp_path):
         toast = app.screen.query_one("Toast")
         for panel in ("#totals", "#lints"):  # what the key just changed stays readable
             assert not toast.region.overlaps(app.main(panel).region), panel
+
+
+def test_accuracy_ticks_are_whole_or_half_points_over_a_sensible_span():
+    from freezetui.tui.widgets.charts import percent_ticks
+
+    lo, hi, ticks = percent_ticks([17.0, 17.033, 17.1, 16.967], 5)  # a 0.4-point change
+    assert hi - lo >= 2 and lo <= 16.967 and hi >= 17.1
+    assert all(t * 2 == int(t * 2) for t in ticks) and len(ticks) <= 6
+    lo, hi, ticks = percent_ticks([99.8, 100.0], 4)
+    assert hi == 100 and lo <= 98 and ticks[-1] <= 100
+    lo, hi, ticks = percent_ticks([12.0, 84.0], 4)
+    assert len(ticks) <= 5 and all(t == int(t) for t in ticks)
