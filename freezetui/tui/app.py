@@ -63,7 +63,8 @@ def header_text(ws: Workspace) -> str:
     from ..core.train import resolve_device
 
     info = ws.info
-    w = (info.weights or "random init") + (f" ({info.note})" if info.note else "")
+    # the note says why there are no weights; a download's note is a toast, not header text
+    w = (info.weights or "random init") + (f" ({info.note})" if info.note and not info.weights else "")
     small = ", small input" if info.small_input else ""
     return f"{info.name}{small} · {w} · {ws.data_name} · {resolve_device(ws.device)}"
 
