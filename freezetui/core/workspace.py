@@ -509,6 +509,21 @@ class Workspace:
         except Exception:  # noqa: BLE001 - advice only
             self.cost_profile = None
 
+    def epoch_costs(self, epochs: int) -> list[float] | None:
+        """Each epoch's training FLOPs per image under the plan (its stages applied): the ETA's
+        weights, later stages training more being slower. None when not measured."""
+        if self.cost_profile is None:
+            return None
+        from .cost import estimate
+
+        by_stage: dict[int, float] = {}
+        for epoch in range(1, epochs + 1):
+            stage = self.plan.stage_index(epoch)
+            if stage not in by_stage:
+                plan = self.plan.at_epoch(epoch)
+                by_stage[stage] = float(estimate(self.cost_profile, plan, 1, "sgd")["flops_per_image"]) or 1.0
+        return [by_stage[self.plan.stage_index(e)] for e in range(1, epochs + 1)]
+
     def cost(self, batch_size: int, optimizer: str) -> dict | None:
         """The current plan's price at this batch size (:func:`cost.estimate`'s dict, its
         ``backward_stop`` where backward stops, as :meth:`frozen_prefix` says); None when not

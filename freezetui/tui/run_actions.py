@@ -64,7 +64,7 @@ class RunActions:
             return
         record = self.controller.start(self.config)
         self.main(RunsTable).upsert(record)
-        self.main(RunPanel).start(record.label, None)
+        self.main(RunPanel).start(record.label, None, epoch_costs=self.workspace.epoch_costs(self.config.epochs))
         self.main(Charts).dirty = True
         self.set_runs_clock(True)
         self.train_worker()

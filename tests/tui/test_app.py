@@ -365,3 +365,17 @@ def test_accuracy_ticks_are_whole_or_half_points_over_a_sensible_span():
     assert hi == 100 and lo <= 98 and ticks[-1] <= 100
     lo, hi, ticks = percent_ticks([12.0, 84.0], 4)
     assert len(ticks) <= 5 and all(t == int(t) for t in ticks)
+
+
+def test_the_eta_knows_later_stages_are_slower():
+    from freezetui.tui.widgets.run_panel import work_between
+
+    # 10 steps an epoch; epoch 1 trains the head (cost 1), epochs 2-3 everything (cost 4)
+    weights = [1.0, 4.0, 4.0]
+    assert work_between(weights, 10, 0, 10) == 10 and work_between(weights, 10, 10, 30) == 80
+    assert work_between(weights, 10, 5, 15) == 5 + 20
+    ws = small_workspace()
+    ws.compute_cost_profile()
+    ws.apply_recipe()  # the head for an epoch, then everything
+    costs = ws.epoch_costs(3)
+    assert costs[0] < costs[1] == costs[2]

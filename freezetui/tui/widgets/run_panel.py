@@ -12,6 +12,15 @@ from textual.widgets import ProgressBar, Static
 from ..format import shorten_left, size_text
 
 
+def work_between(weights: list[float], per_epoch: int, a: int, b: int) -> float:
+    """The weighted work of steps a+1..b, step s costing ``weights`` of its epoch."""
+    total = 0.0
+    for i, w in enumerate(weights):
+        lo, hi = i * per_epoch, (i + 1) * per_epoch
+        total += w * max(0, min(b, hi) - max(a, lo))
+    return total
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -21,6 +30,7 @@ class RunPanel(Vertical):
     batch: int | None = None  # the last finished batch of this epoch
     per_epoch = 0  # batches per epoch
     halting = False  # a stop was asked for: the status says what it waits for, not progress
+    epoch_costs: list[float] | None = None  # each epoch's relative cost (stages), for the ETA
 
     def compose(self) -> ComposeResult:
         yield Static("no run yet · t trains with the current plan", id="run-status")
@@ -29,9 +39,10 @@ class RunPanel(Vertical):
         bar.display = False
         yield bar
 
-    def start(self, label: str, total_steps: int | None, resumed_from: int | None = None) -> None:
+    def start(self, label: str, total_steps: int | None, resumed_from: int | None = None,
+              epoch_costs: list[float] | None = None) -> None:
         self.started = time.monotonic()
-        self.batch, self.halting = None, False
+        self.batch, self.halting, self.epoch_costs = None, False, epoch_costs
         self.first: tuple[float, int] | None = None  # (time, step) of the first progress seen
         bar = self.query_one(ProgressBar)
         bar.display = True
@@ -76,7 +87,14 @@ class RunPanel(Vertical):
             self.first = (now, step)
         t0, s0 = self.first
         # from the steps of this session only: a resumed run starts with its earlier epochs done
-        eta = f"ETA {_clock((now - t0) / (step - s0) * (total - step))}" if step > s0 else "ETA …"
+        weights = self.epoch_costs if self.epoch_costs and len(self.epoch_costs) == epochs else None
+        if step <= s0:
+            eta = "ETA …"
+        elif weights:  # later stages that train more take longer per step
+            done = work_between(weights, self.per_epoch, s0, step)
+            eta = f"ETA {_clock((now - t0) / done * work_between(weights, self.per_epoch, step, total))}"
+        else:
+            eta = f"ETA {_clock((now - t0) / (step - s0) * (total - step))}"
         # layout=False: the status has a fixed height, and a layout pass repaints the whole screen
         self.query_one("#run-status", Static).update(
             f"run {label}: epoch {epoch}/{epochs} · {ips:,.0f} img/s · {_clock(elapsed)} elapsed · "
