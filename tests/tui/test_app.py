@@ -249,7 +249,7 @@ async def test_help_and_command_palette_list_every_key(tmp_path):
             assert expected in titles
         assert len(titles) == len(set(titles)) and "Quit (q)" not in titles  # each command once
         await pilot.press("question_mark")
-        help_text = text_of(app.screen.query_one("#keys"))
+        help_text = text_of(app.screen.query_one("#keys")) + text_of(app.screen.query_one("#keys-anywhere"))
         assert "Freeze everything before" in help_text and "Train/stop" in help_text
         await pilot.press("escape")
         assert app.screen is app.screen_stack[0]
