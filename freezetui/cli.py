@@ -139,7 +139,7 @@ def cmd_plan_show(args) -> int:
     from .core.plan import FreezePlan
     from .core.runner import model_for_plan
 
-    from .core.cost import PROFILE_BATCHES, describe, estimate, human_bytes, human_flops, profile_model
+    from .core.cost import PROFILE_BATCHES, describe, estimate, human_bytes, human_flops, stored_profile
     from .core.schedule import OWN_LOOP, module_rates, parameter_rows
     from .core.split import frozen_prefix, trace
     from .core.adapters import adapter_numel_under, module_modes, subtree_mode
@@ -151,14 +151,26 @@ def cmd_plan_show(args) -> int:
     traced = trace(model)
     prefix = frozen_prefix(traced, plan.prefix_frozen(), [n for n, _ in model.named_parameters()])
     size = args.image_size or default_input_size(info)  # the plan's own size: 32 px for a small-input plan
-    est, failure = None, None
-    try:
-        est = estimate(profile_model(model, size), plan, args.batch_size, args.optimizer, prefix=prefix)
-    except Exception as e:  # noqa: BLE001 - the price is one part of the answer; the rest still shows
-        failure = first_batch_failure(plan.model["name"], (PROFILE_BATCHES[0], 3, size, size), e, model)
+    key = {k: v for k, v in plan.model.items() if k != "weights"}  # the weights do not change the cost
     lints = check(plan, model, image_size=size)
     modes = module_modes(plan, sorted({n.rsplit('.', 1)[0] for n in plan.params if '.' in n}))
+
+    def cost() -> tuple[dict | None, str | None]:
+        """(the estimate, None), or (None, why) when the model cannot be priced at this size; a
+        profile stored for this model and size is reused."""
+        if sys.stderr.isatty():
+            print("(measuring cost…)", end="\r", file=sys.stderr, flush=True)
+        try:
+            return estimate(stored_profile(model, size, key), plan, args.batch_size, args.optimizer,
+                            prefix=prefix), None
+        except Exception as e:  # noqa: BLE001 - the price is one part of the answer; the rest still shows
+            return None, first_batch_failure(plan.model["name"], (PROFILE_BATCHES[0], 3, size, size), e, model)
+        finally:
+            if sys.stderr.isatty():
+                print(" " * 17, end="\r", file=sys.stderr, flush=True)
+
     if args.json:
+        est, failure = cost()
         import dataclasses
         import json
 
@@ -178,7 +190,7 @@ def cmd_plan_show(args) -> int:
         starts = module_starts(plan, args.depth)
     width = max([len(r[0]) for r in rows] + [6])
     kind_w = max([len(r[1]) for r in rows] + [4])
-    print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights')}, "
+    print(f"plan {args.plan}: model {plan.model['name']}, weights {plan.model.get('weights') or 'random init'}, "
           f"batchnorm {plan.batchnorm}")
     extra_head = f"  {'lr ×':>13}  {'trains from':>11}" if scheduled else ""
     lora_head = f"  {'adapters':>10}" if plan.adapters else ""
@@ -204,6 +216,8 @@ def cmd_plan_show(args) -> int:
     for line in describe_schedule(plan):
         print(f"  {line}")
     print(OWN_LOOP)
+    sys.stdout.flush()  # the table first: the cost is measured after it (once per model and size)
+    est, failure = cost()
     if est is None:
         print(f"note: no cost estimate at {size} px: {failure}")
     else:
@@ -218,45 +232,81 @@ def cmd_plan_show(args) -> int:
 
 
 class ConsoleProgress:
-    """Progress for a headless run: a live step line on a terminal, one line per epoch."""
+    """Progress for a headless run: on a terminal a Rich bar per epoch (steps, elapsed, ETA,
+    img/s, loss) above which each epoch's line is printed; elsewhere (logs, CI) the lines only."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
-        self.last = 0.0
+        self.bar = None  # a Rich progress display, on a terminal only
+        self.task, self.task_name = None, ""
+        self.epochs, self.steps = 0, 0
+
+    def _bar(self):
+        """Rich's progress for this run: steps of the epoch, elapsed, ETA, img/s and loss."""
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[rate]}"), console=Console(file=self.stream),
+                                transient=True)
+            self.bar.start()
+        return self.bar
+
+    def _say(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def on_run_start(self, ev):
-        print(f"training on {ev.device} ({ev.precision}): {ev.train_images} train / {ev.val_images} val images at "
-              f"{ev.input_size} px, {ev.epochs} epoch(s) of {ev.steps_per_epoch} steps, lr {ev.lr:g}",
-              file=self.stream, flush=True)
+        self.epochs, self.steps = ev.epochs, ev.steps_per_epoch
+        self._say(f"training on {ev.device} ({ev.precision}): {ev.train_images} train / {ev.val_images} val images "
+                  f"at {ev.input_size} px, {_n(ev.epochs, 'epoch')} of {_n(ev.steps_per_epoch, 'step')}, "
+                  f"lr {ev.lr:g}")
         for line in ev.notes:
-            print(f"note: {line}", file=self.stream, flush=True)
+            self._say(f"note: {line}")
         if ev.prefix:
             how = f"features cached after {ev.cached_at}" if ev.cached_at else "the frozen layers run without gradients"
-            print(f"{ev.prefix.sentence()}; {how}", file=self.stream, flush=True)
+            self._say(f"{ev.prefix.sentence()}; {how}")
         for line in ev.schedule:
-            print(f"schedule: {line}", file=self.stream, flush=True)
+            self._say(f"schedule: {line}")
+
+    def _task(self, description: str, total: int):
+        bar = self._bar()
+        if self.task is not None and self.task_name != description:
+            bar.remove_task(self.task)
+            self.task = None
+        if self.task is None:
+            self.task, self.task_name = bar.add_task(description, total=total, rate=""), description
+        return bar
+
+    def on_caching(self, done, total):
+        if self.live:
+            self._task("caching features", total).update(self.task, completed=done, rate="")
+        elif done >= total:
+            self._say(f"cached the frozen layers' outputs for {_n(total, 'image')}")
 
     def on_step(self, ev):
-        now = time.monotonic()
-        if self.live and now - self.last > 0.2:
-            self.last = now
-            print(f"\r  epoch {ev.epoch}  step {ev.global_step}/{ev.total_steps}"
-                  f"  loss {ev.loss:.4f}  {ev.images_per_s:,.0f} img/s   ", end="", file=self.stream, flush=True)
+        if self.live:  # plain lines otherwise (logs, CI): one per epoch
+            self._task(f"epoch {ev.epoch}/{self.epochs}", self.steps).update(
+                self.task, completed=ev.step, rate=f"{ev.images_per_s:,.0f} img/s · loss {ev.loss:.4f}")
 
     def on_epoch(self, ev):
-        if self.live:
-            print("\r" + " " * 70 + "\r", end="", file=self.stream)
-        print(f"epoch {ev.epoch}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
-              f"val acc {100 * ev.val_acc:.1f}%  {ev.images_per_s:,.0f} img/s  {ev.seconds:.1f}s  "
-              f"stage {ev.stage}  {ev.trainable:,} trainable  lr {ev.lr:.3g}",
-              file=self.stream, flush=True)
+        self._say(f"epoch {ev.epoch}/{ev.epochs}  train loss {ev.train_loss:.4f}  val loss {ev.val_loss:.4f}  "
+                  f"val acc {100 * ev.val_acc:.1f}%  {ev.images_per_s:,.0f} img/s  {ev.seconds:.1f}s  "
+                  f"stage {ev.stage}  {ev.trainable:,} trainable  lr {ev.lr:.3g}")
 
     def on_run_end(self, result):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
         if result.nondeterministic:
-            print(f"note: --deterministic: no deterministic version on {result.device} of "
-                  f"{', '.join(result.nondeterministic)}; a resumed run may differ in the last bits",
-                  file=self.stream, flush=True)
+            self._say(f"note: --deterministic: no deterministic version on {result.device} of "
+                      f"{', '.join(result.nondeterministic)}; a resumed run may differ in the last bits")
 
 
 def one_line(text: str) -> str:
@@ -325,6 +375,10 @@ def train_spec(args, parser):
                    schedule=schedule_spec_from_args(args))
 
 
+def _n(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def cmd_train(args, parser) -> int:
     from .core import distributed
     from .core.runner import execute, finished_message, stop_on_signals
@@ -342,13 +396,13 @@ def cmd_train(args, parser) -> int:
         except Stopped as e:
             print(f"freezetui: {e}", file=sys.stderr)
             return 128 + (caught[0] if caught else signal.SIGINT)
-    print(finished_message(result, spec.out))
-    if result.stopped:
+    if result.stopped:  # "stopped" only, not "done" first
         done = max((e.epoch for e in result.history if not e.partial), default=0)
         then = (f"continue with `freezetui train --resume {spec.out}`" if (spec.out / "checkpoint.pt").is_file()
                 else "no checkpoint was written, so there is nothing to resume")
-        print(f"stopped: {done} of {spec.config.epochs} epoch(s) complete; {then}", file=sys.stderr)
+        print(f"stopped: {done} of {_n(spec.config.epochs, 'epoch')} complete; {then}", file=sys.stderr)
         return 128 + (caught[0] if caught else signal.SIGINT)
+    print(finished_message(result, spec.out))
     return 0 if result.frozen_unchanged else 1
 
 

@@ -152,3 +152,12 @@ def test_bad_schedule_flags_for_train_are_one_line(tmp_path, capsys, monkeypatch
     assert code == 1 and message in err and "Traceback" not in err
     assert err.startswith("freezetui: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_help_names_every_subcommand(capsys):
+    from freezetui.options import SUBCOMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out.split("Subcommands:")[1] for name in SUBCOMMANDS), out

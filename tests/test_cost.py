@@ -143,3 +143,23 @@ def test_backward_flops_equal_torchs_count_of_a_real_backward(frozen):
     with FlopCounterMode(display=False) as counted:
         out.sum().backward()
     assert est["backward_flops_per_image"] == counted.get_total_flops() / 4
+
+
+def test_a_stored_profile_is_reused_for_the_same_model_and_size(tmp_path, monkeypatch):
+    from freezetui.core import cost
+
+    calls = []
+    real = cost.profile_model
+    monkeypatch.setattr(cost, "profile_model", lambda m, size: calls.append(size) or real(m, size))
+    model = build_model("tiny:tiny_cnn", weights="none", num_classes=10)
+    key = {"name": "tiny:tiny_cnn", "num_classes": 10}
+    first = cost.stored_profile(model, 32, key, folder=tmp_path)
+    again = cost.stored_profile(model, 32, key, folder=tmp_path)
+    assert calls == [32] and again.param_names == first.param_names
+    cost.stored_profile(model, 48, key, folder=tmp_path)  # another size is measured
+    assert calls == [32, 48]
+    (next(tmp_path.iterdir())).write_bytes(b"not a pickle")  # a damaged file is measured again
+    for f in tmp_path.iterdir():
+        f.write_bytes(b"not a pickle")
+    cost.stored_profile(model, 32, key, folder=tmp_path)
+    assert calls == [32, 48, 32]

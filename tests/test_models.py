@@ -344,3 +344,25 @@ def test_timm_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     with pytest.raises(ModelError, match=r"timm is not installed: pip install 'freezetui\[timm\]'"):
         build_model("timm:resnet18", weights="none")
+
+
+def test_torch_download_line_becomes_the_apps_note(monkeypatch, capsys):
+    import sys
+
+    import torch
+    import torchvision
+
+    from freezetui.core import models
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+
+    def fake_download(url, **kw):
+        sys.stderr.write(f'Downloading: "{url}" to somewhere\n')
+        return state
+
+    monkeypatch.setattr(models, "_offline", lambda: False)
+    monkeypatch.setattr(models, "_weights_cached", lambda w: False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    model = build_model("resnet18", weights="auto", num_classes=3)
+    assert "Downloading" not in capsys.readouterr().err
+    assert model_info(model).weights == "IMAGENET1K_V1" and model_info(model).note.startswith("downloaded ")

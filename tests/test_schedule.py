@@ -435,3 +435,17 @@ def test_a_restart_runs_the_schedule_afresh_from_its_epoch():
     assert plan.restarts() == [2] and FreezePlan.from_dict(plan.to_dict()).restarts() == [2]
     with pytest.raises(PlanError, match="restart"):
         FreezePlan.from_dict({**plan.to_dict(), "stages": [{"epoch": 2, "unfreeze": ["*"], "restart": "yes"}]})
+
+
+def test_an_unfreeze_at_that_changes_nothing_keeps_the_plan_and_its_name():
+    from freezetui.core.schedule import short_name
+    from freezetui.core.workspace import Workspace
+
+    ws = Workspace(build_model("tiny:tiny_cnn", weights="none", num_classes=10), device="cpu")
+    ws.apply_recipe()
+    version = ws.version
+    assert short_name(ws.plan) == "fine-tune recipe"
+    ws.unfreeze_at("block1", 2)  # the recipe already unfreezes everything at epoch 2
+    assert short_name(ws.plan) == "fine-tune recipe" and ws.version == version
+    ws.unfreeze_at("block1", 1)  # a real change (block1 trains from the start) renames it
+    assert short_name(ws.plan) != "fine-tune recipe"

@@ -75,8 +75,54 @@ def test_stop_request_is_honoured_within_one_batch(small_shapes):
     cb = _StopAfter(stop, 3)
     result = train(model, _plan(model), small_shapes, TrainConfig(epochs=5, batch_size=32), callbacks=[cb], stop=stop)
     assert cb.steps == 3 and result.stopped
-    assert result.epochs == 1  # the partial epoch is evaluated and reported
+    assert result.epochs == 0 and not result.history  # the partial epoch is not evaluated: no wait for it
     assert result.frozen_unchanged
+
+
+def test_a_stop_during_evaluation_ends_it_within_one_batch(small_shapes):
+    """Evaluation checks the stop per batch: the epoch it interrupts is dropped (no checkpoint)."""
+    model = build_model("tiny:tiny_cnn", weights="none")
+    stop, evaluated, checkpoints = threading.Event(), [], []
+
+    def hook(module, args, out):
+        if not module.training:
+            evaluated.append(1)
+            stop.set()
+
+    class Saves(Callback):
+        def on_checkpoint(self, state):
+            checkpoints.append(state["epoch"])
+
+    model.register_forward_hook(hook)
+    result = train(model, _plan(model), small_shapes, TrainConfig(epochs=3, batch_size=8, cache=False),
+                   callbacks=[Saves()], stop=stop)
+    assert result.stopped and len(evaluated) == 1 and result.epochs == 0 and checkpoints == []
+
+
+def test_caching_reports_progress_and_stops_within_a_chunk(small_shapes):
+    model = build_model("tiny:tiny_cnn", weights="none", num_classes=10)
+    plan = FreezePlan.from_model(model)
+    plan.freeze("*")
+    plan.unfreeze("fc.*")
+    got, stop = [], threading.Event()
+
+    class Cached(Callback):
+        def on_caching(self, done, total):
+            got.append((done, total))
+
+    train(model, plan, small_shapes, TrainConfig(epochs=1, batch_size=16, augment=False), callbacks=[Cached()])
+    total = len(small_shapes.train) + len(small_shapes.val)
+    assert got and got[-1] == (total, total) and [d for d, _ in got] == sorted(d for d, _ in got)
+
+    class StopAtFirst(Callback):
+        def on_caching(self, done, total):
+            got.append(done)
+            stop.set()
+
+    got.clear()
+    result = train(model, plan, small_shapes, TrainConfig(epochs=1, batch_size=16, augment=False), callbacks=[StopAtFirst()],
+                   stop=stop)
+    assert result.stopped and result.epochs == 0 and got == [16]
 
 
 def test_events_carry_metrics(small_shapes):

@@ -260,7 +260,7 @@ class RunController:
         rows = self.sweep_rows
         b = best(rows)
         how = "stopped" if result is not None and result.stopped else "done"
-        line = f"sweep {how}: {len(rows)} rung(s)"
+        line = f"sweep {how}: {len(rows)} rung{'' if len(rows) == 1 else 's'}"
         if b["accuracy"] is not None:
             r = b["accuracy"]
             line += f" · best {r['name']} {100 * r['best_val_acc']:.1f}%"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -286,6 +287,40 @@ def _measure(work: nn.Module, params, image_size: int, device, amp: bool, batche
                 for t, kept in buffers:
                     t.copy_(kept)
     return recs, pass_ids
+
+
+PROFILE_FORMAT = 1  # bump when ModelProfile changes: older stored profiles are measured again
+
+
+def stored_profile(model: nn.Module, image_size: int, key: dict, folder=None) -> ModelProfile:
+    """:func:`profile_model`, kept under the cache folder by (``key``: what builds the model, the
+    size, torch's version): ``plan show`` measured a ResNet for ~20 s on a CPU each time. A
+    stored profile that does not match the model's parameters, or cannot be read, is measured
+    again."""
+    import hashlib
+    import json
+    import pickle
+
+    from .atomic import atomic_write
+    from .data import default_cache_dir
+
+    digest = hashlib.sha256(json.dumps([key, image_size, torch.__version__, PROFILE_FORMAT], sort_keys=True,
+                                       default=str).encode()).hexdigest()[:24]
+    path = (Path(folder) if folder is not None else default_cache_dir() / "profiles") / f"{digest}.pkl"
+    names = [n for n, _ in model.named_parameters()]
+    try:
+        with open(path, "rb") as f:
+            profile = pickle.load(f)  # the user's own cache folder, written below
+        if isinstance(profile, ModelProfile) and profile.param_names == names and profile.image_size == image_size:
+            return profile
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, ImportError):
+        pass
+    profile = profile_model(model, image_size)
+    try:
+        atomic_write(path, lambda f: pickle.dump(profile, f), mode="wb")
+    except OSError:
+        pass  # a read-only cache: measured each time, as before
+    return profile
 
 
 def profile_model(model: nn.Module, image_size: int, device: str | torch.device | None = None, amp: bool = False,

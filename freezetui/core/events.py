@@ -43,7 +43,7 @@ class EpochEnd:
     val_acc: float
     images_per_s: float
     seconds: float
-    partial: bool = False  # a run stopped in the middle of this epoch
+    partial: bool = False  # a run stopped in the middle of this epoch (older runs' metrics: no longer written)
     stage: int = 1  # 1: the plan's own frozen/trainable; k + 1: after its k-th stage
     trainable: int = 0  # trainable scalars this epoch
     lr: float = 0.0  # the head's rate at the end of the epoch
@@ -95,12 +95,22 @@ class TrainResult:
         }
 
 
+class StopInside(Exception):
+    """A stop request seen inside a step that has no batch loop of its own to leave (caching the
+    prefix's outputs, evaluating): the run ends there, as a stop, within one batch. (Not
+    :class:`~freezetui.core.errors.Stopped`, the error of a stop before any training began.)"""
+
+
 class Callback:
     """Receives a run's events. Override what you need; all run on the training thread."""
 
     def on_run_start(self, event: RunStart) -> None: ...
     def on_step(self, event: StepEnd) -> None: ...
     def on_epoch(self, event: EpochEnd) -> None: ...
+    def on_caching(self, done: int, total: int) -> None:
+        """While the frozen prefix's outputs are cached (before the first epoch, and at a stage
+        that moves the cut): images done of ``total`` (training and validation together)."""
+
     def on_checkpoint(self, state: dict) -> None:
         """After each complete epoch: model, optimizer, epoch, RNG states and history, enough
         for :func:`train` to continue bit-identically with ``resume=state``."""

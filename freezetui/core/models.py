@@ -7,6 +7,9 @@ plan and the lints can tell pretrained layers from random ones. Weights are only
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import difflib
 import importlib
 import math
@@ -174,13 +177,15 @@ def _pretrained_state(weights) -> dict:
     hash is in the file name) when not cached, and read with ``weights_only=True`` either way."""
     cached = _weights_cached(weights)
     if not cached and _offline():
-        raise _Unavailable("offline (FREEZETUI_OFFLINE is set)")
+        raise _Unavailable("not available offline (FREEZETUI_OFFLINE is set)")
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(10)
     try:
-        # torch.hub defaults to weights_only=False and check_hash=False: ask for both explicitly
-        state = torch.hub.load_state_dict_from_url(
-            weights.url, map_location="cpu", progress=False, check_hash=True, weights_only=True)
+        # torch.hub defaults to weights_only=False and check_hash=False: ask for both explicitly;
+        # its own "Downloading: ..." line goes to the caller's note instead (see _resolve_weights)
+        with contextlib.redirect_stderr(io.StringIO()):
+            state = torch.hub.load_state_dict_from_url(
+                weights.url, map_location="cpu", progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - sorted into sentences below
         if cached or _weights_cached(weights):
             raise _unreadable(_cached_path(weights), e) from None
@@ -231,9 +236,11 @@ def _resolve_weights(name: str, weights: str | None):
             return None, None, f"{name} has no published weights: random init", None
         default = enum.DEFAULT
         try:
-            return default, None, "", _pretrained_state(default)
+            fetched = not _weights_cached(default)
+            state = _pretrained_state(default)
+            return default, None, f"downloaded {default} to {_cached_path(default)}" if fetched else "", state
         except _Unavailable as why:
-            return None, None, f"{default} not available {why}: using random init", None
+            return None, None, f"{default} {why}: using random init", None
     if os.sep in w or w.endswith((".pt", ".pth", ".bin")) or Path(w).exists():
         check_weights_file(w)
         return None, w, "", None

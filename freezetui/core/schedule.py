@@ -237,7 +237,11 @@ def param_multipliers(plan: FreezePlan, model: nn.Module, order: list[str] | Non
         base = {n: plan.lr_multiplier(n) for n in plan.params}
     else:
         depths = param_depths(model, order)
-        base = {n: plan.layer_decay ** depths.get(n, 0) for n in plan.params}
+        # a new (randomly initialised) module learns at the full rate wherever it sits: at the first
+        # block's lr/100 a new stem would stay nearly as random as a frozen one
+        new = set(plan.new_modules)
+        base = {n: 1.0 if new.intersection(module_prefixes(n)) else plan.layer_decay ** depths.get(n, 0)
+                for n in plan.params}
     if any(s.lr_mult and s.epoch <= epoch for s in plan.stages):
         for n in base:
             m = plan.stage_multiplier(n, epoch)

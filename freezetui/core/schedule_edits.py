@@ -82,8 +82,9 @@ class ScheduleEdits:
             raise PlanError(f"nothing would train in epoch 1 (the first epoch always trains something); "
                             f"leave a part trainable, e.g. the head, before unfreezing {name or 'the model'} "
                             f"later", fix="train-something")
-        self.plan.params, self.plan.stages = trial.params, trial.stages
-        self._schedule_edited()
+        if trial.params != self.plan.params or trial.stages != self.plan.stages:  # a no-op keeps the plan's name
+            self.plan.params, self.plan.stages = trial.params, trial.stages
+            self._schedule_edited()
         return min((self.plan.stage_of(n) or NEVER for n in names), default=epoch)
 
     def set_rate(self, name: str, multiplier: float | None) -> None:

@@ -19,7 +19,7 @@ from .cost import estimate, human_bytes, human_flops
 from .data import Dataset
 from .errors import PlanError
 from .models import find_heads
-from .plan import FreezePlan, escape_glob
+from .plan import FreezePlan, escape_glob, module_prefixes
 from .runner import Reporter, RunInputs, check_settings, cost_profile, execute, prepare_run, resume_spec
 from .runs import config_fields
 from .specs import ModelSpec, RunSpec
@@ -140,9 +140,15 @@ def ladder(model: nn.Module, traced=None, base: FreezePlan | None = None, rungs:
         steps.append((f"+{name}", held))
     if len(steps) > 1:
         steps[-1] = ("all", steps[-1][1])
-    out, unfrozen = [], []
-    for name, held in steps:
-        unfrozen = unfrozen + held
+    # New (randomly initialised) modules train on every rung: frozen, they stay noise.
+    new = set(base.new_modules)
+    fresh = [n for n in base.params if any(m in new for m in module_prefixes(n))]
+    out, unfrozen = [], fresh
+    for i, (name, held) in enumerate(steps):
+        added = [n for n in held if n not in unfrozen]
+        if not added and 0 < i < len(steps) - 1:
+            continue  # a stage holding only new modules already trains from the first rung
+        unfrozen = unfrozen + added
         plan = only_these_train(base, unfrozen, batchnorm)
         plan.extra["sweep_rung"] = name
         out.append((name, plan))

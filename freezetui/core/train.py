@@ -21,7 +21,7 @@ from .config import OPTIMIZERS, TrainConfig  # noqa: F401
 from .devices import (device_budget, gpu_count, memory_in_use, model_lock, release_memory,  # noqa: F401
                       resolve_device)
 from .errors import FreezeTUIError, TrainingError
-from .events import Callback, EpochEnd, RunStart, StepEnd, TrainResult  # noqa: F401
+from .events import Callback, EpochEnd, RunStart, StepEnd, StopInside, TrainResult  # noqa: F401
 from .imagecache import available_ram
 from .models import find_heads, first_batch_failure, model_info
 from .plan import FreezePlan, frozen_batchnorms
@@ -138,14 +138,18 @@ def evaluate(model: nn.Module, split: Split, transform: BatchTransform, batch_si
 @torch.no_grad()
 def evaluation_sums(model: nn.Module, split: Split, transform: BatchTransform, batch_size: int,
                     device: torch.device, amp: bool, features: "FeatureStore | None" = None,
-                    rest: nn.Module | None = None) -> tuple[float, int, int]:
-    """(summed loss, correct, images) over this process's share of ``split``."""
+                    rest: nn.Module | None = None, stop: threading.Event | None = None) -> tuple[float, int, int]:
+    """(summed loss, correct, images) over this process's share of ``split``. ``stop`` (one
+    process only: ranks would part ways) is checked per batch and raises :class:`StopInside`."""
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)  # on the device: one read at the end
     correct = torch.zeros((), dtype=torch.int64, device=device)
     lo, hi = len(split) * distributed.rank() // distributed.world(), len(split) * (distributed.rank() + 1) // distributed.world()
     for i in range(lo, hi, batch_size):
+        if stop is not None and stop.is_set():
+            model.train(was_training)
+            raise StopInside
         j = min(i + batch_size, hi)
         y = split.labels[i:j].to(device, non_blocking=True)
         # the batch is built in fp32: autocast would resize it in bf16
@@ -176,7 +180,7 @@ class FeatureStore:
     user lowers to fit the device."""
 
     def __init__(self, prefix: nn.Module, images: torch.Tensor, transform: BatchTransform, device: torch.device,
-                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=None):
+                 amp: bool, chunk: int = 256, budget: int | None = None, budget_fn=None, progress=None):
         self.features: torch.Tensor | None = None
         self.device = device
         self.pinned = False
@@ -194,6 +198,8 @@ class FeatureStore:
                                                      available_ram() if device.type == "cuda" else None)
                     self.features = torch.empty((n, *f.shape[1:]), dtype=f.dtype, device=home, pin_memory=self.pinned)
                 self.features[i:i + len(f)] = f.to(self.features.device)
+                if progress is not None:  # may raise StopInside
+                    progress(i + len(f))
 
     @property
     def on_device(self) -> bool:
@@ -264,7 +270,8 @@ def train(
     resume: dict | None = None,
     traced=None,
 ) -> TrainResult:
-    """Train ``model`` under ``plan`` on ``data``. ``stop.set()`` ends the run within one batch.
+    """Train ``model`` under ``plan`` on ``data``. ``stop.set()`` ends the run within one batch
+    (of training, caching or evaluating); the epoch it interrupts is dropped, not evaluated.
 
     Raises :class:`TrainingError` for bad settings, a head that does not fit the data, running
     out of memory, or a NaN/inf loss; the callbacks' ``on_run_end`` still sees the result (with
@@ -286,12 +293,14 @@ def train(
         for epoch in range(run.first_epoch, run.config.epochs + 1):
             run.enter_stage(epoch)
             ev = run.train_epoch(epoch)
-            if ev is None:  # stopped before its first step
+            if ev is None:  # stopped
                 break
             run.end_epoch(ev)
             if run.result.stopped:
                 break
             run.checkpoint(epoch)
+    except StopInside:
+        run.result.stopped = True
     except TrainingError as e:
         run.result.error = str(e)
         raise
@@ -524,14 +533,28 @@ class _Run:
         self.stage = "caching the frozen prefix's outputs"
         self.model.eval()
         args = (self.transform, self.device, self.amp, self.bs)
-        self.train_features = FeatureStore(self.prefix, self.train_split.images, *args) if self.cache_train else None
-        self.val_features = FeatureStore(self.prefix, self.val_split.images, *args) if self.cache_val else None
+        n_train = len(self.train_split.images) if self.cache_train else 0
+        total = n_train + (len(self.val_split.images) if self.cache_val else 0)
+
+        def progress(offset: int):
+            def done(n: int) -> None:
+                if self.local_stop():
+                    raise StopInside
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_caching"):  # callbacks predating the event need not have it
+                        cb.on_caching(offset + n, total)
+            return done
+
+        self.train_features = FeatureStore(self.prefix, self.train_split.images, *args,
+                                           progress=progress(0)) if self.cache_train else None
+        self.val_features = FeatureStore(self.prefix, self.val_split.images, *args,
+                                         progress=progress(n_train)) if self.cache_val else None
 
     # ------------------------------------------------------------------ one epoch
 
     def train_epoch(self, epoch: int) -> EpochEnd | None:
-        """One pass over (this process's share of) the training set; None when stopped before
-        its first step. Losses accumulate on the device and are read at sync points only
+        """One pass over (this process's share of) the training set; None when stopped (a partial
+        epoch is neither evaluated nor checkpointed: resuming repeats it). Losses accumulate on the device and are read at sync points only
         (:meth:`sync_due`), where the stop flag and NaN/inf are checked too."""
         self.stage = "training"
         self.model.train()
@@ -574,13 +597,14 @@ class _Run:
             value, first_bad = self.sync(window, bad)
             loss_sum += value
         seconds = time.perf_counter() - t0
-        if self.result.stopped and seen == 0:
+        if self.result.stopped:  # a partial epoch is not evaluated: a stop ends the run within the batch
             return None
         self.images_total += seen * self.world
         self.train_seconds += seconds
         self.stage = "evaluating"
         sums = self.agreed(lambda: evaluation_sums(self.model, self.val_split, self.transform, self.bs, self.device,
-                                                   self.amp, self.val_features, self.rest))
+                                                   self.amp, self.val_features, self.rest,
+                                                   self.stop if not distributed.active() else None))
         val_loss, correct, n, loss_sum, seen_all = distributed.sum_all(*sums, loss_sum, seen, device=self.device)
         val_loss, val_acc = val_loss / max(1, n), correct / max(1, n)
         return EpochEnd(epoch, self.config.epochs, loss_sum / max(1, seen_all), val_loss, val_acc,
@@ -611,6 +635,10 @@ class _Run:
                 raise TrainingError("the loss became NaN or infinite on another process; "
                                     "lower the learning rate or check the data")
         return value, first_bad
+
+    def local_stop(self) -> bool:
+        """A stop request, where one process may act on it alone (not under torchrun)."""
+        return self.stop is not None and self.stop.is_set() and not distributed.active()
 
     def stop_requested(self, step: int) -> bool:
         local = self.stop is not None and self.stop.is_set()

@@ -166,10 +166,13 @@ class Workspace(ScheduleEdits):
         self._changed()
 
     def head_only(self) -> None:
+        """The head trains, and so does every new (randomly initialised) module: a frozen new
+        stem would feed the head noise, the seed's bug."""
         self._check_unlocked()
         self.plan.set_frozen(self.param_names, True)
-        for h in self.heads:
-            self.plan.set_frozen(self._names(h), False)
+        for h in [*self.heads, *self.plan.new_modules]:
+            if h in self.nodes:
+                self.plan.set_frozen(self._names(h), False)
         self._changed()
 
     def all_trainable(self) -> None:
@@ -298,24 +301,51 @@ class Workspace(ScheduleEdits):
         else:
             self._profile = profile
 
-    def compute_cost_profile(self) -> None:
+    def compute_cost_profile(self, image_size: int | None = None) -> None:
         """Measure the model once for the cost estimate, on a copy of it: call it off the UI
         thread (forward passes), at any time, even while a run trains the model itself. A model
-        that cannot be profiled gets none."""
+        that cannot be profiled gets none. ``image_size``: the ``--image-size`` setting (the
+        profile is taken at the size the model then sees)."""
         from .cost import profile_model
 
         try:
             with model_lock(self.model):  # not while a run moves it to the device
                 model = copy.deepcopy(self.model)
-            self.cost_profile = profile_model(model, self.seen_size() or 224)
+            self.cost_profile = profile_model(model, self.seen_size(image_size) or 224)
         except Exception:  # noqa: BLE001 - advice only
             self.cost_profile = None
 
-    def cost(self, batch_size: int, optimizer: str) -> dict | None:
-        """The current plan's price at this batch size (:func:`cost.estimate`'s dict, its
-        ``backward_stop`` the same module as :meth:`frozen_prefix`); None when not measured."""
+    def epoch_costs(self, epochs: int) -> list[float] | None:
+        """Each epoch's training FLOPs per image under the plan (its stages applied): the ETA's
+        weights, later stages training more being slower. None when not measured."""
         if self.cost_profile is None:
             return None
         from .cost import estimate
 
-        return estimate(self.cost_profile, self.plan, batch_size, optimizer, prefix=self.frozen_prefix())
+        by_stage: dict[int, float] = {}
+        for epoch in range(1, epochs + 1):
+            stage = self.plan.stage_index(epoch)
+            if stage not in by_stage:
+                plan = self.plan.at_epoch(epoch)
+                by_stage[stage] = float(estimate(self.cost_profile, plan, 1, "sgd")["flops_per_image"]) or 1.0
+        return [by_stage[self.plan.stage_index(e)] for e in range(1, epochs + 1)]
+
+    def cost(self, batch_size: int, optimizer: str) -> dict | None:
+        """The current plan's price at this batch size (:func:`cost.estimate`'s dict, its
+        ``backward_stop`` where backward stops, as :meth:`frozen_prefix` says); None when not
+        measured. A plan with stages is priced at its most expensive stage: ``stage`` (1: the
+        plan's own frozen set), ``first_epoch`` and ``stage_count`` say which."""
+        if self.cost_profile is None:
+            return None
+        from .cost import estimate
+
+        worst = estimate(self.cost_profile, self.plan, batch_size, optimizer, prefix=self.frozen_prefix())
+        worst.update(stage=1, first_epoch=1, stage_count=1 + len(self.plan.stages))
+        for epoch in sorted({s.epoch for s in self.plan.stages}):
+            plan = self.plan.at_epoch(epoch)
+            prefix = frozen_prefix(self.traced, set(plan.frozen), self.param_names)
+            est = estimate(self.cost_profile, plan, batch_size, optimizer, prefix=prefix)
+            if est["activation_bytes"] > worst["activation_bytes"]:
+                est.update(stage=self.plan.stage_index(epoch), first_epoch=epoch, stage_count=worst["stage_count"])
+                worst = est
+        return worst

@@ -65,7 +65,8 @@ def header_text(ws: Workspace) -> str:
     from ..core.devices import resolve_device
 
     info = ws.info
-    w = (info.weights or "random init") + (f" ({info.note})" if info.note else "")
+    # the note says why there are no weights; a download's note is a toast, not header text
+    w = (info.weights or "random init") + (f" ({info.note})" if info.note and not info.weights else "")
     small = ", small input" if info.small_input else ""
     return f"{info.name}{small} · {w} · {ws.data_name} · {resolve_device(ws.device)}"
 
@@ -96,6 +97,7 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
         Binding("M", "apply_suggestion", "Use the suggested plan (head + strongest blocks)", id="apply_suggestion",
                 show=False),
         Binding("N", "toggle_auto_rgn", "Auto-RGN rates on/off", id="auto_rgn", show=False),
+        Binding("w", "lints", "Read the lints in full", id="lints", show=False),
         Binding("question_mark", "help", "Keys", key_display="?", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
@@ -112,6 +114,7 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
         self.plan_watch = PlanFileWatch(self.options.plan)
         self.exported_version: int | None = None  # the plan version last exported or opened
         self.saved_version: int | None = None  # the version q may quit without asking about
+        self.measuring_cost = False  # the cost profile is being taken (the totals say so)
 
     # ------------------------------------------------------------------ layout
 
@@ -181,12 +184,22 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
     def on_workspace_ready(self, m: WorkspaceReady) -> None:
         self.workspace = m.workspace
         self.show_workspace()
-        ws = m.workspace
+        self.measure_cost()
 
-        def profile() -> None:  # after the tree is up: start-up does not wait for it
-            ws.compute_cost_profile()
+    def measure_cost(self) -> None:
+        """Profile the model for the cost line at the size it will see, on a daemon thread (after
+        the tree is up: start-up does not wait for it); again when the image size changes."""
+        ws, size = self.workspace, self.config.image_size
+        self.measuring_cost = True
+
+        def profile() -> None:
+            ws.compute_cost_profile(size)
+
+            def done() -> None:
+                self.measuring_cost = False
+                self.refresh_plan()
             try:
-                self.call_from_thread(self.refresh_plan)
+                self.call_from_thread(done)
             except RuntimeError:  # the app has already exited
                 pass
 
@@ -197,8 +210,10 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
         self.exit(return_code=1, message=f"freezetui: error: {m.error}")
 
     def on_resize(self, event) -> None:
-        # below 100 columns one chart (accuracy) gets the right column's width
+        # below 100 columns one chart (accuracy) gets the right column's width; below 30 rows the
+        # charts give their rows to the runs table (the run in progress, and how the others did)
         self.screen_stack[0].set_class(event.size.width < 100, "narrow")
+        self.screen_stack[0].set_class(event.size.height < 30, "short")
 
     def on_unmount(self) -> None:
         try:
@@ -250,6 +265,14 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
         for w in (ws.data.warnings if ws.data else []):
             self.notify(w, title="data", severity="warning", timeout=10)
 
+    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
+               markup: bool = True) -> None:
+        """One toast at a time, short: a new one replaces the last (the keys' toasts come in bursts)."""
+        self.clear_notifications()
+        limit = 8.0 if severity == "error" else 5.0 if severity == "warning" else 3.0
+        super().notify(message, title=title, severity=severity, markup=markup,
+                       timeout=min(timeout, limit) if timeout is not None else limit)
+
     def main(self, selector):
         """A widget of the main screen, even while a dialog is on top."""
         return self.screen_stack[0].query_one(selector)
@@ -260,7 +283,7 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
         ws = self.workspace
         if ws is None:
             return
-        self.main(Totals).show(ws, self.config)
+        self.main(Totals).show(ws, self.config, self.measuring_cost)
         box = self.main("#tree-box")
         if ws.has_schedule():
             from ..core.schedule import short_name
@@ -282,6 +305,25 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
         if self.main(Charts).show_lr:
             self.main(Charts).dirty = True  # the next run's rates follow the plan
 
+    @on(LintsPanel.ModuleRequested)
+    def on_lint_module_requested(self, m: LintsPanel.ModuleRequested) -> None:
+        """Enter on a lint: the tree's cursor on its module (expanding the way), the tree focused."""
+        tree = self.main(ModuleTree)
+        node, parts = tree.root, m.module.split(".")
+        for k in range(1, len(parts) + 1):
+            name = ".".join(parts[:k])
+            if not node.children and self.workspace.nodes[node.data].children:
+                tree._add_children(node)
+            node.expand()
+            node = next((c for c in node.children if c.data == name), None)
+            if node is None:
+                return
+        tree.move_cursor(node)
+        tree.focus()
+
+    def action_lints(self) -> None:
+        self.main(LintsPanel).focus()
+
     @on(ModuleTree.NodeHighlighted)
     def on_node_highlighted(self, event: ModuleTree.NodeHighlighted) -> None:
         if self.workspace is not None and event.node.data is not None:
@@ -291,7 +333,8 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
 
     def key_groups(self) -> list[tuple[str, list]]:
         """Every binding with an id, by where it works: the help and the palette list these."""
-        return [("model tree", ModuleTree.BINDINGS), ("anywhere", self.BINDINGS), ("runs table", RunsTable.BINDINGS)]
+        return [("model tree", ModuleTree.BINDINGS), ("anywhere", self.BINDINGS), ("runs table", RunsTable.BINDINGS),
+                ("lints (w)", LintsPanel.BINDINGS)]
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen([(title, key_table(b)) for title, b in self.key_groups()]))
@@ -302,27 +345,42 @@ class FreezeApp(PlanActions, ModeActions, ScheduleActions, RunActions, SweepActi
             if command.title != "Keys":
                 yield command
         tree = self.main(ModuleTree)
-        yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")())
+        yield from binding_commands(tree.BINDINGS, lambda a: getattr(tree, f"action_{a}")(), "in the model tree")
         yield from binding_commands([b for b in self.BINDINGS if b.action != "quit"], lambda a: self.run_action(a))
         runs = self.main(RunsTable)
-        yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")())
+        yield from binding_commands(RunsTable.BINDINGS, lambda a: getattr(runs, f"action_{a}")(), "in the runs table")
+        lints = self.main(LintsPanel)
+        yield from binding_commands(LintsPanel.BINDINGS, lambda a: getattr(lints, f"action_{a}")(), "in the lints (w)")
 
     @property
     def unexported_edits(self) -> bool:
         return self.workspace is not None and self.saved_version != self.workspace.version
 
     async def action_quit(self) -> None:
-        if self.controller is not None and not self.controller.running and self.unexported_edits:
-            def answered(yes: bool | None) -> None:
-                if yes:
-                    self.exit()
-            self.push_screen(ConfirmScreen("The plan was edited and not exported (e exports it). Quit anyway?"),
-                             answered)
-            return
-        if self.controller is None or self.controller.quit():
+        controller = self.controller
+        if controller is not None and controller.quit_requested:
+            return  # already stopping to quit: the app exits when the run has
+        running = controller is not None and controller.running
+        if not running and not self.unexported_edits:
             self.exit()
             return
-        self.main(RunPanel).finish("stopping the run to quit; keeping what it trained…")
+        lines = []
+        if running:
+            lines.append("The sweep is running: stop it and quit? Finished rungs are kept." if controller.sweeping
+                         else "A run is in progress: stop it and quit? What it trained so far is kept.")
+        if self.unexported_edits:
+            lines.append("The plan was edited and not exported (e exports it)."
+                         + ("" if running else " Quit anyway?"))
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.controller is None or self.controller.quit():
+                self.exit()
+                return
+            self.main(RunPanel).stopping()
+
+        self.push_screen(ConfirmScreen("\n\n".join(lines)), answered)
 
 
 def create_app(options: AppOptions | None = None, workspace: Workspace | None = None,

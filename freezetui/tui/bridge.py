@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..core.events import Callback, EpochEnd, RunStart, StepEnd, TrainResult
-from .messages import EpochDone, RunBegan, RunEnded, TrainProgress
+from .messages import CachingProgress, EpochDone, RunBegan, RunEnded, TrainProgress
 
 INTERVAL = 0.5  # 2 a second: each progress repaint takes the GIL from the training thread
 
@@ -33,6 +33,12 @@ class UIBridge(Callback):
             self.target.post_message(TrainProgress(self.record.id, event.epoch, self.record.config.epochs,
                                                    event.global_step, event.total_steps, event.loss,
                                                    event.images_per_s))
+
+    def on_caching(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= INTERVAL or done >= total:
+            self.last = now
+            self.target.post_message(CachingProgress(self.record.id, done, total))
 
     def on_epoch(self, event: EpochEnd) -> None:
         self.record.epochs.append(event.to_dict())

@@ -8,11 +8,13 @@ from textual.app import SystemCommand
 from textual.binding import Binding
 
 
-def binding_commands(bindings: Iterable[Binding], run_action) -> Iterable[SystemCommand]:
+def binding_commands(bindings: Iterable[Binding], run_action, where: str = "anywhere") -> Iterable[SystemCommand]:
+    """One palette entry per binding: the title names the action and its key, the line under it
+    says where the key works (not the title again)."""
     for b in bindings:
         if b.id and b.description:
             key = b.key_display or b.key.split(",")[0]
-            yield SystemCommand(f"{b.description} ({key})", b.tooltip or b.description,
+            yield SystemCommand(f"{b.description} ({key})", b.tooltip or f"key {key}, {where}",
                                 lambda action=b.action: run_action(action))
 
 

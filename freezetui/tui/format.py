@@ -13,6 +13,11 @@ def human(n: int) -> str:
     return f"{n:,}"
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``, ``1,234 images``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def share(part: int, total: int) -> str:
     """A percentage with enough digits to tell a small share from none: 0.046%, 4.6%, 100%."""
     if total <= 0 or part <= 0:

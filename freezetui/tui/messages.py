@@ -49,6 +49,18 @@ class TrainProgress(Message):
 
 
 @dataclass
+class CachingProgress(Message):
+    """Images whose frozen-prefix outputs are cached so far; newer replaces older."""
+
+    run_id: int
+    done: int
+    total: int
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, CachingProgress) and message.run_id == self.run_id
+
+
+@dataclass
 class EpochDone(Message):
     run_id: int
     epoch: int

@@ -6,11 +6,13 @@ from __future__ import annotations
 from ..core.errors import FreezeTUIError
 from ..core.config import TrainConfig
 from ..core.devices import gpu_count
-from .format import explain
+from .format import explain, lint_text, plural
 from .messages import PlanChanged
+from .screens.confirm import ConfirmScreen
 from .screens.glob_dialog import GlobDialog
 from .screens.path_dialog import PathDialog
 from .screens.settings import SettingsScreen
+from .widgets.charts import Charts
 from .screens.torchrun import TorchrunScreen, next_torchrun_dir, torchrun_command
 
 
@@ -38,7 +40,10 @@ class PlanActions:
 
     def action_head_only(self) -> None:
         if self.workspace and self.edit_plan(self.workspace.head_only):
-            self.notify(f"Training only the head: {', '.join(self.workspace.heads)}")
+            ws = self.workspace
+            new = [m for m in ws.plan.new_modules if m not in ws.heads]
+            extra = f", and the new {', '.join(new)}" if new else ""
+            self.notify(f"Training only the head: {', '.join(ws.heads)}{extra}")
 
     def action_all_trainable(self) -> None:
         if self.workspace:
@@ -62,14 +67,24 @@ class PlanActions:
 
         def done(count: int | None) -> None:
             if count:
-                self.notify(f"{count} parameter tensor(s) changed")
+                self.notify(f"{plural(count, 'parameter tensor')} changed")
 
         self.push_screen(GlobDialog(apply), done)
 
     def action_export(self) -> None:
         if self.workspace is None:
             return
+        errors = [l for l in self.workspace.lints(self.config.image_size) if l.severity == "error"]
+        if errors:
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self.export_dialog()
+            self.push_screen(ConfirmScreen(f"The plan has an error: {lint_text(errors[0])}\n\n"
+                                           f"Export it anyway?"), confirmed)
+            return
+        self.export_dialog()
 
+    def export_dialog(self) -> None:
         def save(path: str) -> str | None:
             try:
                 self.workspace.export(path)
@@ -114,9 +129,15 @@ class PlanActions:
 
         def done(config: TrainConfig | None) -> None:
             if config is not None:
+                resize = self.workspace is not None and self.workspace.cost_profile is not None and \
+                    self.workspace.seen_size(config.image_size) != self.workspace.cost_profile.image_size
                 self.config = config
+                if resize:  # the cost line priced another image size: measure again
+                    self.workspace.cost_profile = None
+                    self.measure_cost()
                 self.options.keep_only_model = screen.keep_only_model
                 self.refresh_plan()
+                self.main(Charts).dirty = True  # the next run's rates follow the epochs and batch
                 self.notify("Settings saved; t trains with them")
 
         self.push_screen(screen, done)
@@ -127,12 +148,12 @@ class PlanActions:
         path = str(self.plan_watch.path or "freeze-plan.json")
         gpus = gpu_count()
         out = str(next_torchrun_dir(self.options.runs_dir, self.workspace.info.name))
-        command = torchrun_command(path, self.options.data, self.config, gpus or 2, out=out,
+        command = torchrun_command(path, self.options.data, self.config, gpus, out=out,
                                    model=self.options.model.name, device=self.config.device)
         stale = self.exported_version != self.workspace.version
         note = (f"Export the current plan to {path} first (e): the command reads that file." if stale
                 else f"It reads {path}, which holds the current plan.")
-        gpu_note = (f"{gpus} GPU(s) found on this machine." if gpus else
-                    "No GPU on this machine: set --nproc-per-node to the GPUs where you run it.")
+        gpu_note = (f"{plural(gpus, 'GPU')} found on this machine." if gpus else
+                    "No GPU on this machine: --nproc-per-node gpu starts one process per GPU where you run it.")
         self.copy_to_clipboard(command)
         self.push_screen(TorchrunScreen(command, note, gpu_note))

@@ -14,7 +14,7 @@ from ..core.runs import folder_size, prune_run_folder
 from .format import explain, fix_keys, lint_text
 from ..core.devices import memory_in_use
 from .bridge import UIBridge
-from .messages import EpochDone, TrainProgress
+from .messages import CachingProgress, EpochDone, TrainProgress
 from .screens.confirm import ConfirmScreen
 from .widgets.charts import Charts
 from .widgets.run_panel import RunPanel
@@ -41,9 +41,9 @@ class RunActions:
             return
         if self.training:
             def answered(yes: bool | None) -> None:
-                if yes:
+                if yes and self.training:
                     self.controller.request_stop()
-                    self.main(RunPanel).finish("stopping after this batch…")
+                    self.main(RunPanel).stopping()
             question = ("Stop the sweep? Finished rungs are kept, and V, then c goes on with it later."
                         if self.controller.sweeping else "Stop the run? What it trained so far is kept.")
             self.push_screen(ConfirmScreen(question), answered)
@@ -67,7 +67,7 @@ class RunActions:
             return
         record = self.controller.start(self.config)
         self.main(RunsTable).upsert(record)
-        self.main(RunPanel).start(record.label, None)
+        self.main(RunPanel).start(record.label, None, epoch_costs=self.workspace.epoch_costs(self.config.epochs))
         self.main(Charts).dirty = True
         self.set_runs_clock(True)
         self.train_worker()
@@ -103,6 +103,11 @@ class RunActions:
         self.main(RunPanel).progress(record.label, m.epoch, m.epochs, m.global_step, m.total_steps,
                                      m.images_per_s, record.device, memory_in_use(record.device or "cpu"))
         self.main(Charts).dirty = True
+
+    def on_caching_progress(self, m: CachingProgress) -> None:
+        record = self.run_record(m.run_id)
+        if record is not None and record is self.controller.current:
+            self.main(RunPanel).caching(record.label, m.done, m.total)
 
     def on_epoch_done(self, m: EpochDone) -> None:
         record = self.run_record(m.run_id)

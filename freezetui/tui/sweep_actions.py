@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..core.runs import folder_size, prune_run_folder
 from ..core.errors import FreezeTUIError
-from .format import explain, fix_keys
+from .format import explain, fix_keys, plural
 from .messages import RunBegan, RunEnded
 from .screens.confirm import ConfirmScreen
 from .screens.sweep import SweepScreen
@@ -39,7 +39,7 @@ class SweepActions:
                 self.begin_sweep(f"sweep ({len(names)} rungs)")
 
         self.push_screen(ConfirmScreen(
-            f"Train {len(names)} plans from the same weights with the current settings ({c.epochs} epoch(s) each, "
+            f"Train {len(names)} plans from the same weights with the current settings ({plural(c.epochs, 'epoch')} each, "
             f"lr {c.effective_lr:.3g}, batch {c.batch_size}): {', '.join(names)}?\n\n"
             f"The plan being edited is not changed; pick a rung in the results (V) to load its plan."), answered)
 
@@ -95,6 +95,8 @@ class SweepActions:
 
     def on_run_ended(self, m: RunEnded) -> None:
         record = self.run_record(m.run_id)
+        if self.controller.stop_event.is_set() and self.training:
+            self.main(RunPanel).stopping(writing=True)  # the run's files are being written now
         if record is not None and self.controller.sweeping:
             self.main(RunsTable).upsert(record, record.id == self.compare_id, folder_size(record.folder))
 

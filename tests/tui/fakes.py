@@ -77,3 +77,43 @@ def make_app(tmp_path, trainer=fake_trainer, **config):
     options = AppOptions(model=ModelSpec("tiny:tiny_cnn", weights="none"), runs_dir=str(tmp_path / "runs"),
                          config=TrainConfig(epochs=config.pop("epochs", 3), device="cpu", **config))
     return create_app(options, workspace=small_workspace(), trainer=trainer)
+
+
+def paused_trainer(workspace, record, callbacks, stop, runs_dir):
+    """Half of epoch 2 of 3, then waits for the stop (up to 8 s): a run in progress, frozen in
+    place for a snapshot."""
+    record.folder = Path(runs_dir) / f"fake-{record.id}"
+    for cb in callbacks:
+        cb.on_run_start(RunStart(3, 8, "cpu", 256, 64, 32, record.config.effective_lr))
+    for g in range(1, 13):
+        e, s = (g - 1) // 8 + 1, (g - 1) % 8 + 1
+        for cb in callbacks:
+            cb.on_step(StepEnd(e, s, g, 24, 2.3 * math.exp(-0.05 * g), 100.0))
+        if s == 8:
+            ev = EpochEnd(e, 3, 1.5, 1.4, 0.42, 100.0, 1.0)
+            for cb in callbacks:
+                cb.on_epoch(ev)
+    stop.wait(8)
+    return TrainResult(epochs=1, stopped=True, device="cpu", seconds=1.0)
+
+
+def fake_sweep_trainer(workspace, config, out, rungs, callbacks_for, stop, batchnorm=None):
+    """The ladder's rungs, each a fake run; the last one stays in progress until the stop."""
+    from freezetui.core.sweep import ladder
+
+    plans = ladder(workspace.model, workspace.traced, base=workspace.plan)
+    rows = []
+    for i, (name, plan) in enumerate(plans):
+        record = workspace.new_run(config, plan=plan, name=name, folder=Path(out) / f"{i:02d}")
+        callbacks = callbacks_for(i, name, record)
+        record.status = "running"
+        if i == len(plans) - 1:
+            paused_trainer(workspace, record, callbacks, stop, out)
+            record.folder = Path(out) / f"{i:02d}"
+            rows.append({"name": name, "stopped": True})
+            break
+        fake_trainer(workspace, record, callbacks, stop, out)
+        record.folder = Path(out) / f"{i:02d}"
+        record.status = "done"
+        rows.append({"name": name, "stopped": False})
+    return rows

@@ -3,6 +3,8 @@ the files the app writes."""
 
 import json
 
+import pytest
+
 from freezetui.tui.app import default_trainer
 from freezetui.tui.widgets.lints import LintsPanel
 from freezetui.tui.widgets.module_tree import ModuleTree
@@ -69,8 +71,14 @@ async def test_presets_and_batchnorm(tmp_path):
         await pilot.press("b")
         assert ws.batchnorm == "train"
         await pilot.press("H")
+        assert "BatchNorm" in text_of(app.query_one(LintsPanel))
+        await pilot.press("w")  # the lints in full, the highlighted one with its fix as keys
+        await pilot.pause()
         lints = text_of(app.query_one(LintsPanel))
-        assert app.query_one(LintsPanel).display and "running statistics still move" in lints
+        assert app.query_one(LintsPanel).has_focus and "running statistics still move" in lints
+        assert "b keeps BatchNorm statistics" in lints
+        await pilot.press("escape")
+        assert app.query_one("#tree").has_focus
         await pilot.press("b")
         assert ws.batchnorm == "freeze"
 
@@ -82,7 +90,7 @@ async def test_frozen_new_head_lint_is_visible(tmp_path):
         assert "no problems found" in text_of(panel) and not panel.has_class("has-error")
         await pilot.press("space")
         assert panel.display and panel.has_class("has-error")
-        assert "fc is new (randomly initialised) and frozen" in text_of(panel)
+        assert "fc is new (randomly initialised) and frozen" in " ".join(text_of(panel).split())
 
 
 async def test_glob_dialog_freezes_and_reports_no_match(tmp_path):
@@ -194,7 +202,7 @@ async def test_q_during_a_run_stops_worker_and_exits(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("t")
         await pilot.pause(0.2)
-        await pilot.press("q")
+        await pilot.press("q", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
     assert app.workspace.runs[0].status == "stopped"
@@ -241,7 +249,133 @@ async def test_help_and_command_palette_list_every_key(tmp_path):
             assert expected in titles
         assert len(titles) == len(set(titles)) and "Quit (q)" not in titles  # each command once
         await pilot.press("question_mark")
-        help_text = text_of(app.screen.query_one("#keys"))
+        help_text = text_of(app.screen.query_one("#keys")) + text_of(app.screen.query_one("#keys-anywhere"))
         assert "Freeze everything before" in help_text and "Train/stop" in help_text
         await pilot.press("escape")
         assert app.screen is app.screen_stack[0]
+
+
+async def test_caching_features_shows_its_count_and_a_bar(tmp_path):
+    from freezetui.core.train import RunStart, TrainResult
+
+    def caching_trainer(workspace, record, callbacks, stop, runs_dir):
+        record.folder = tmp_path / "fake"
+        for cb in callbacks:
+            cb.on_run_start(RunStart(1, 10, "cpu", 5000, 1000, 32, 0.001))
+            cb.on_caching(1234, 5000)
+        stop.wait(20)
+        return TrainResult(epochs=0, stopped=True, device="cpu")
+
+    app = make_app(tmp_path, trainer=caching_trainer)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        for _ in range(50):
+            await pilot.pause(0.05)
+            if "caching" in str(app.main("#run-status").render()):
+                break
+        assert str(app.main("#run-status").render()) == "run #1: caching features 1,234/5,000"
+        bar = app.main("#run-progress")
+        assert bar.display and (bar.progress, bar.total) == (1234, 5000)
+        app.stop_event.set()
+        await app.workers.wait_for_complete()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_cost_line_fits_says_what_it_prices_and_follows_the_settings(tmp_path, size):
+    from dataclasses import replace
+
+    from freezetui.tui.widgets.totals import Totals
+
+    app = make_app(tmp_path, batch_size=32)
+    app.workspace.compute_cost_profile()
+    async with app.run_test(size=size) as pilot:
+        totals = app.main(Totals)
+        await pilot.pause()
+
+        def lines() -> list[str]:
+            return [line.plain for line in totals.render().wrap(totals.content_size.width)]
+
+        assert len(lines()) <= totals.content_size.height, lines()  # nothing cut off
+        assert "batch 32 at 32 px" in " ".join(lines()) and "activations" in " ".join(lines())
+        await pilot.press("R")  # a staged plan is priced at its costliest stage, and says so
+        await pilot.pause()
+        assert "of stage 2/2 (epoch 2+, the costliest)" in " ".join(" ".join(lines()).split())
+        assert len(lines()) <= totals.content_size.height, lines()
+        app.action_settings()
+        await pilot.pause()
+        app.screen.dismiss(replace(app.config, image_size=64, batch_size=16))
+        for _ in range(600):  # measured again at the new size, off the UI thread
+            await pilot.pause(0.05)
+            if "at 64 px" in " ".join(lines()):
+                break
+        assert "batch 16 at 64 px" in " ".join(lines())
+
+
+async def test_settings_enter_saves_from_a_checkbox_and_space_toggles(tmp_path):
+    from freezetui.tui.screens.settings import SettingsScreen, TickBox
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("c")
+        box = app.screen.query_one("#augment", TickBox)
+        assert box.value and "✓" in box._button.plain
+        box.focus()
+        await pilot.press("space")  # space ticks and unticks; not only the colour changes
+        assert not box.value and "✓" not in box._button.plain
+        keys = app.screen.query_one("#settings-keys")
+        assert keys.region.bottom <= 24 and "Enter: save" in str(keys.render())  # visible at 80×24
+        await pilot.press("enter")  # on the checkbox: saves
+        await pilot.pause()
+        assert not isinstance(app.screen, SettingsScreen) and app.config.augment is False
+
+
+def test_a_staged_run_lists_its_first_and_largest_trainable_share():
+    from freezetui.core.train import TrainConfig
+    from freezetui.tui.widgets.runs_table import _trainable
+
+    ws = small_workspace()
+    record = ws.new_run(TrainConfig(epochs=2))
+    record.trainable, record.total = 650, 24458
+    record.epochs = [{"epoch": 1, "trainable": 650}, {"epoch": 2, "trainable": 24458}]
+    assert _trainable(record) == "2.7%→100%"
+    record.epochs = [{"epoch": 1, "trainable": 650}]
+    assert _trainable(record) == "2.7%"
+
+
+async def test_toasts_come_one_at_a_time_short_and_left_of_the_totals(tmp_path):
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("b", "b", "H")
+        await pilot.pause(0.3)
+        notes = list(app._notifications)
+        assert len(notes) == 1 and notes[0].message.startswith("Training only the head")
+        assert notes[0].timeout <= 3
+        toast = app.screen.query_one("Toast")
+        for panel in ("#totals", "#lints"):  # what the key just changed stays readable
+            assert not toast.region.overlaps(app.main(panel).region), panel
+
+
+def test_accuracy_ticks_are_whole_or_half_points_over_a_sensible_span():
+    from freezetui.tui.widgets.charts import percent_ticks
+
+    lo, hi, ticks = percent_ticks([17.0, 17.033, 17.1, 16.967], 5)  # a 0.4-point change
+    assert hi - lo >= 2 and lo <= 16.967 and hi >= 17.1
+    assert all(t * 2 == int(t * 2) for t in ticks) and len(ticks) <= 6
+    lo, hi, ticks = percent_ticks([99.8, 100.0], 4)
+    assert hi == 100 and lo <= 98 and ticks[-1] <= 100
+    lo, hi, ticks = percent_ticks([12.0, 84.0], 4)
+    assert len(ticks) <= 5 and all(t == int(t) for t in ticks)
+
+
+def test_the_eta_knows_later_stages_are_slower():
+    from freezetui.tui.widgets.run_panel import work_between
+
+    # 10 steps an epoch; epoch 1 trains the head (cost 1), epochs 2-3 everything (cost 4)
+    weights = [1.0, 4.0, 4.0]
+    assert work_between(weights, 10, 0, 10) == 10 and work_between(weights, 10, 10, 30) == 80
+    assert work_between(weights, 10, 5, 15) == 5 + 20
+    ws = small_workspace()
+    ws.compute_cost_profile()
+    ws.apply_recipe()  # the head for an epoch, then everything
+    costs = ws.epoch_costs(3)
+    assert costs[0] < costs[1] == costs[2]

@@ -3,6 +3,7 @@ anything refused before a folder exists, unexported edits, quitting during a run
 of earlier sessions."""
 
 import json
+import threading
 
 from freezetui.core.train import TrainConfig
 from freezetui.core.controller import RunController
@@ -73,13 +74,43 @@ async def test_q_during_a_run_stops_it_and_says_where_it_is(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("t")
         await pilot.pause(0.2)
-        await pilot.press("q")
+        await pilot.press("q", "y")
         await app.workers.wait_for_complete()
         await pilot.pause()
     record = app.workspace.runs[0]
     assert record.status == "stopped"
     message = app.controller.exit_message()
     assert str(record.folder) in message and "no checkpoint" in message
+
+
+async def test_q_during_a_run_asks_says_stopping_and_keeps_the_export_question(tmp_path):
+    """q while training asks first (Enter: no), names unexported edits in the same question, and
+    once answered says at once what the stop waits for, until the run has ended."""
+    release = threading.Event()
+
+    def slow_to_stop(workspace, record, callbacks, stop, runs_dir):
+        result = blocking_trainer(workspace, record, callbacks, stop, runs_dir)
+        release.wait(20)  # the run's files being written
+        return result
+
+    app = make_app(tmp_path, trainer=slow_to_stop)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("H", "t")
+        await pilot.pause(0.3)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "stop it and quit" in question(app) and "not exported" in question(app)
+        await pilot.press("enter")  # the default is no: the run goes on
+        await pilot.pause(0.1)
+        assert app.training and app.is_running and not app.stop_event.is_set()
+        await pilot.press("q", "y")
+        await pilot.pause(0.1)
+        status = str(app.main("#run-status").render())
+        assert status.startswith("stopping") and app.stop_event.is_set() and app.is_running
+        release.set()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    assert app.workspace.runs[0].status == "stopped" and app.return_code == 0
 
 
 def test_exit_message_gives_the_exact_resume_command(tmp_path):
@@ -136,3 +167,20 @@ async def test_runs_table_shows_earlier_runs_and_numbering_continues(tmp_path):
         table.focus()
         await pilot.press("up", "enter")  # an earlier session's run can be compared
         assert app.compare_id == 4
+
+
+async def test_e_asks_before_exporting_a_plan_with_an_error_and_enter_says_no(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        app.workspace.set_frozen("fc", True)  # the new head frozen: an ERROR lint
+        await pilot.press("e")
+        assert isinstance(app.screen, ConfirmScreen) and "Export it anyway?" in question(app)
+        assert "error: error" not in question(app)
+        await pilot.press("enter")  # the default is no
+        assert len(app.screen_stack) == 1 and not (tmp_path / "freeze-plan.json").exists()
+        await pilot.press("e", "y")
+        assert app.screen.id == "export-dialog"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (tmp_path / "freeze-plan.json").exists()

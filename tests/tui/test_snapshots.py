@@ -6,7 +6,7 @@ import pytest
 from freezetui.core.specs import ModelSpec
 from freezetui.core.train import TrainConfig
 from freezetui.tui.app import AppOptions, create_app
-from tui.fakes import fake_trainer, small_workspace
+from tui.fakes import fake_sweep_trainer, fake_trainer, paused_trainer, small_workspace
 
 SMALL, LARGE = (80, 24), (120, 40)
 
@@ -107,3 +107,58 @@ class TestFinishedRun:
             await _settle(pilot)
 
         assert snap_compare(app, run_before=run_before, terminal_size=size)
+
+
+@pytest.fixture
+def running_app(app, monkeypatch):
+    """The app with a run that stops half-way through epoch 2, clocks frozen (no time on screen
+    changes between runs of the test), the cost profile measured."""
+    import itertools
+
+    class Clock:
+        ticks = itertools.count(0, 1.0)
+
+        def monotonic(self):
+            return 100.0
+
+    class Ticking:  # every progress event posts: the last one shown is the last one sent
+        def monotonic(self):
+            return next(Clock.ticks)
+
+    monkeypatch.setattr("freezetui.tui.widgets.run_panel.time", Clock())
+    monkeypatch.setattr("freezetui.tui.bridge.time", Ticking())
+    monkeypatch.setattr("freezetui.core.controller.sweep_trainer", fake_sweep_trainer)
+    app.trainer = paused_trainer
+    app.workspace.compute_cost_profile()
+    return app
+
+
+async def _until_batch(pilot, text="epoch 2/3"):
+    for _ in range(200):
+        await pilot.pause(0.05)
+        if text in str(pilot.app.main("#run-status").render()):
+            break
+    await _settle(pilot)
+
+
+class TestMidRun:
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_cost_line_and_lint_fix_during_a_run(self, snap_compare, running_app, size):
+        async def run_before(pilot):
+            await pilot.press("b", "H", "t")  # BatchNorm statistics move under a frozen body: a warning
+            await _until_batch(pilot)
+            await pilot.press("w")  # the lint in full, with its fix
+            await _settle(pilot)
+        assert snap_compare(running_app, run_before=run_before, terminal_size=size)
+
+    @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+    def test_runs_table_with_a_sweep_running(self, snap_compare, running_app, size):
+        async def run_before(pilot):
+            await pilot.press("S", "y")
+            await _until_batch(pilot)
+        assert snap_compare(running_app, run_before=run_before, terminal_size=size)
+
+
+class TestHelp:
+    def test_help_fits_120x40(self, snap_compare, app):
+        assert snap_compare(app, press=["question_mark"], terminal_size=LARGE)

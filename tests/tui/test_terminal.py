@@ -65,3 +65,27 @@ def test_start_freeze_export_train_quit(tmp_path, cli_env):
         assert len(runs) == 1 and (runs[0] / "model.pt").exists() and (runs[0] / "summary.json").exists()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_q_during_a_run_asks_then_stops_and_exits_at_80x24(tmp_path, cli_env):
+    session = f"freezetui-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "exit-code"
+    cmd = (f"cd {tmp_path} && env -u COLUMNS -u LINES {sys.executable} -m freezetui --model tiny:tiny_cnn --weights none "
+           f"--epochs 500 --device cpu; echo $? > {done}; sleep 10")  # the pane stays to be read
+    cli_env = {**cli_env, "PYTHONPATH": os.pathsep.join([ROOT, cli_env["PYTHONPATH"]])}
+    env_args = [arg for k in ("PYTHONPATH", "FREEZETUI_OFFLINE") for arg in ("-e", f"{k}={cli_env[k]}")]
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", *env_args, cmd], check=True)
+    try:
+        _wait_for(session, "tiny:tiny_cnn · random init · shapes")
+        _keys(session, "t")
+        _wait_for(session, "epoch 1/500", timeout=120)
+        _keys(session, "q")
+        _wait_for(session, "stop it and quit?")
+        _keys(session, "y")
+        deadline = time.monotonic() + 60
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert done.read_text().strip() == "0"
+        assert "run #1 stopped; its files are in" in _screen(session)  # the exit message, on the terminal
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

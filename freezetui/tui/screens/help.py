@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
@@ -15,14 +15,14 @@ from ..format import LEGEND, STATE_STYLES
 EXTRA = [
     ("↑ ↓ / j k", "move"),
     ("← → / h l", "collapse / expand"),
-    ("Tab", "next panel (tree, runs)"),
+    ("Tab", "next panel (tree, lints, runs)"),
     ("Ctrl+P", "command palette: every key, by name"),
 ]
 
 
 def key_rows(groups: list[tuple[str, list[tuple[str, str]]]]) -> Text:
     text = Text()
-    for title, keys in [*groups, ("moving around", EXTRA)]:
+    for title, keys in groups:
         text.append(f"{title}\n", "bold")
         for key, description in keys:
             text.append(f"{key:>12}  ", "bold cyan")
@@ -58,8 +58,14 @@ class HelpScreen(ModalScreen[None]):
         self.groups = groups
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(classes="dialog", id="help"):
-            yield Label("freezetui keys", classes="dialog-title")
-            yield Static(key_rows(self.groups), id="keys")
-            yield Static(legend(), id="legend")
-            yield Label("Esc, ? or q closes", classes="dialog-help")
+        # two columns (the app-wide keys, then the rest): the whole help fits 120×40 unscrolled
+        wide = [g for g in self.groups if g[0] == "anywhere"]
+        rest = [g for g in self.groups if g[0] != "anywhere"] + [("moving around", EXTRA)]
+        with Vertical(classes="dialog", id="help"):
+            with VerticalScroll(id="help-body"):
+                yield Label("freezetui keys", classes="dialog-title")
+                with Horizontal(id="key-columns"):
+                    yield Static(key_rows(rest), id="keys")
+                    yield Static(key_rows(wide), id="keys-anywhere")
+                yield Static(legend(), id="legend")
+            yield Label("Esc, ? or q closes", classes="dialog-help")  # outside the scroll: always in view

@@ -9,7 +9,7 @@ from typing import Callable
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, Select
 
@@ -36,12 +36,30 @@ def _number(text: str, parse) -> object:
         raise FreezeTUIError(f"{text!r} is not {kind}") from None
 
 
+class TickBox(Checkbox, inherit_bindings=False):
+    """A checkbox that space toggles (Enter saves the dialog), ticked ✓ and unticked blank: the
+    states differ by more than colour."""
+
+    BINDINGS = [Binding("space", "toggle_button", "Toggle", show=False)]
+
+    @property
+    def _button(self):
+        self.BUTTON_INNER = "✓" if self.value else " "
+        return super()._button
+
+
+class OptionSelect(Select, inherit_bindings=False):
+    """A Select that space or the arrows open (Enter saves the dialog)."""
+
+    BINDINGS = [Binding("down,space,up", "show_overlay", "Show menu", show=False)]
+
+
 class SettingsScreen(ModalScreen[TrainConfig | None]):
     """``seen_size(image_size)`` says what size the model will see (the app's workspace)."""
 
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+s,enter", "save", "Save"),
     ]
 
     def __init__(self, config: TrainConfig, seen_size: Callable[[int | None], int | None] | None = None,
@@ -53,24 +71,27 @@ class SettingsScreen(ModalScreen[TrainConfig | None]):
 
     def compose(self) -> ComposeResult:
         c = self.config
-        with VerticalScroll(classes="dialog", id="settings"):
-            yield Label("Training settings", classes="dialog-title")
-            for fid, label, attr, _ in FIELDS:
-                value = getattr(c, attr)
+        with Vertical(classes="dialog", id="settings"):
+            with VerticalScroll(id="settings-fields"):
+                yield Label("Training settings", classes="dialog-title")
+                for fid, label, attr, _ in FIELDS:
+                    value = getattr(c, attr)
+                    with Horizontal(classes="field"):
+                        yield Label(label, classes="field-label")
+                        yield Input("" if value is None else f"{value:g}" if isinstance(value, float) else str(value),
+                                    id=fid, compact=True, placeholder="auto" if attr in AUTO else "default")
+                    yield Label("", id=f"{fid}-hint", classes="field-hint")
                 with Horizontal(classes="field"):
-                    yield Label(label, classes="field-label")
-                    yield Input("" if value is None else f"{value:g}" if isinstance(value, float) else str(value),
-                                id=fid, compact=True, placeholder="auto" if attr in AUTO else "default")
-                yield Label("", id=f"{fid}-hint", classes="field-hint")
-            with Horizontal(classes="field"):
-                yield Label("optimizer", classes="field-label")
-                yield Select([(o, o) for o in OPTIMIZERS], value=c.optimizer, allow_blank=False, id="optimizer",
-                             compact=True)
-            yield Checkbox("augmentation: random crop + flip", value=c.augment, id="augment", compact=True)
-            yield Checkbox("after a finished run keep only model.pt (no checkpoint: it cannot be resumed)",
-                           value=self.keep_only_model, id="keep-only-model", compact=True)
-            yield Label("", id="error", classes="dialog-error")
-            yield Label("Enter or Ctrl+S: save    Esc: cancel    blank: default", classes="dialog-help")
+                    yield Label("optimizer", classes="field-label")
+                    yield OptionSelect([(o, o) for o in OPTIMIZERS], value=c.optimizer, allow_blank=False,
+                                       id="optimizer", compact=True)
+                yield TickBox("augmentation: random crop + flip", value=c.augment, id="augment", compact=True)
+                yield TickBox("after a finished run keep only model.pt (no checkpoint: it cannot be resumed)",
+                              value=self.keep_only_model, id="keep-only-model", compact=True)
+                yield Label("", id="error", classes="dialog-error")
+            # outside the scrolling part: the way out stays in view at 80×24
+            yield Label("Enter: save    space: tick/untick    Esc: cancel    blank: default",
+                        classes="dialog-help", id="settings-keys")
 
     def on_mount(self) -> None:
         self.check_all()

@@ -15,6 +15,7 @@ from textual_plotext import PlotextPlot
 
 from ...core.cost import human_bytes
 from ..format import human, shorten_left
+from ..widgets.keyed_table import KeyedTable
 
 
 def _pct(x) -> str:
@@ -69,9 +70,9 @@ class SweepScreen(ModalScreen[str | None]):
                 yield SweepPlot(self.rows, "trainable", "best val acc % · trainable params (log)", log=True,
                                 id="acc-vs-params")
                 yield SweepPlot(self.rows, "seconds", "best val acc % · seconds", id="acc-vs-time")
-            table = DataTable(id="rungs", cursor_type="row")
+            table = KeyedTable(id="rungs", cursor_type="row")
             yield table
-            keys = "Enter: load the rung's plan into the tree    "
+            keys = "j/k: move    Enter: load the rung's plan into the tree    "
             if self.go_on is not None:
                 keys += "c: continue the stopped sweep    "
             yield Label(keys + "Esc: close", classes="dialog-help")
@@ -89,7 +90,7 @@ class SweepScreen(ModalScreen[str | None]):
                 human_bytes(est["activation_bytes"]) if "activation_bytes" in est else "—",
                 _pct(r.get("best_val_acc")), _pct(r.get("val_acc")),
                 f"{r.get('seconds') or 0:.1f}", f"{r.get('images_per_s') or 0:,.0f}",
-                "—" if r.get("accuracy_per_s") is None else f"{100 * r['accuracy_per_s']:.2f}%",
+                "—" if r.get("accuracy_per_s") is None else f"{100 * r['accuracy_per_s']:.2f}%/s",
                 key=str(i))
         table.focus()
 

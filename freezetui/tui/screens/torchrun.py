@@ -28,9 +28,9 @@ def next_torchrun_dir(runs_dir: str, model: str) -> Path:
 
 def torchrun_args(plan_path: str, data: str, config, gpus: int, out: str, model: str | None = None,
                   device: str = "auto") -> list[list[str]]:
-    """The headless equivalent of pressing t, on ``gpus`` processes: the words, an option and
-    its value kept together."""
-    groups = [["torchrun"], ["--standalone"], ["--nproc-per-node", str(max(1, gpus))], ["-m", "freezetui", "train"],
+    """The headless equivalent of pressing t, on ``gpus`` processes (0: none here, so torchrun's
+    ``gpu``, one process per GPU where it runs): the words, an option and its value kept together."""
+    groups = [["torchrun"], ["--standalone"], ["--nproc-per-node", str(gpus) if gpus > 0 else "gpu"], ["-m", "freezetui", "train"],
               ["--plan", plan_path], ["--data", data]]
     if model and is_factory(model):  # a plan naming code runs only when the command names it too
         groups.append(["--model", model])
@@ -74,8 +74,8 @@ def osc52_note(app) -> str:
 
     if os.environ.get("TMUX"):
         return ("Copied through the terminal (OSC 52); under tmux that reaches the clipboard only with "
-                "`set -g set-clipboard on`. Otherwise select the text below.")
-    return "Copied through the terminal (OSC 52) where the terminal allows it; otherwise select the text below."
+                "`set -g set-clipboard on`. Otherwise select the command above.")
+    return "Copied through the terminal (OSC 52) where the terminal allows it; otherwise select the command above."
 
 
 class TorchrunScreen(ModalScreen[None]):

@@ -5,6 +5,8 @@ downsampled data, on the UI thread only."""
 
 from __future__ import annotations
 
+import math
+
 import time
 
 from textual.app import ComposeResult
@@ -90,7 +92,7 @@ class LossChart(TimedPlot):
         self.plt.clear_data()
         self.plt.yscale("linear")
         limit = max(20, self.size.width)
-        shown, last, marks = [], 1, []
+        shown, last, marks, next_run = [], 1, [], False
         if show_lr:
             series = [(compare, "orange", record_rates(compare, limit) if compare else ([], []))]
             if (current is not None and current.status == "running") or planned is None:
@@ -104,7 +106,7 @@ class LossChart(TimedPlot):
                 shown.append((record.label if record else "next run", color))
                 last = max(last, xs[-1])
             if planned is not None and series[-1][0] is None:
-                marks = list(planned[1])
+                marks, next_run = list(planned[1]), True
         else:
             for record, color in ((compare, "orange"), (current, "cyan")):
                 if record is not None and record.steps:
@@ -113,7 +115,8 @@ class LossChart(TimedPlot):
                     self.plt.plot(xs, ys, color=color, marker="braille")
                     shown.append((record.label, color))
                     last = max(last, len(record.steps))
-        if current is not None and not marks and current.total_steps and current.config.epochs:
+        # the next run's view marks only its own stages (none after X), never the last run's
+        if current is not None and not next_run and current.total_steps and current.config.epochs:
             steps = current.total_steps // current.config.epochs
             marks = [(e - 1) * steps + 1 for e in stage_epochs(current)]
         for x in marks:
@@ -124,6 +127,30 @@ class LossChart(TimedPlot):
         title = self.LR_TITLE if show_lr else self.TITLE
         self.border_title = f"{title} {legend(shown)}" if len(shown) > 1 or show_lr and shown else title
         self.refresh()
+
+
+PERCENT_STEPS = (0.5, 1, 2, 5, 10, 20, 25)
+MIN_SPAN = 2.0  # points: a 0.4-point change is not drawn as a cliff
+
+
+def percent_ticks(values: list[float], room: int) -> tuple[float, float, list[float]]:
+    """(low, high, ticks) for accuracies in percent: whole or half points, a span of at least
+    ``MIN_SPAN`` points within 0–100, at most about ``room`` ticks."""
+    lo, hi = math.floor(min(values)), math.ceil(max(values))
+    if hi - lo < MIN_SPAN:
+        mid = (lo + hi) / 2
+        lo, hi = math.floor(mid - MIN_SPAN / 2), math.ceil(mid + MIN_SPAN / 2)
+    lo, hi = max(0.0, lo), min(100.0, hi)
+    if hi - lo < MIN_SPAN:  # pressed against 0 or 100
+        lo, hi = (0.0, MIN_SPAN) if lo == 0 else (100.0 - MIN_SPAN, 100.0)
+    step = next((s for s in PERCENT_STEPS if (hi - lo) / s <= max(1, room)), 50)
+    first = math.ceil(lo / step) * step
+    ticks = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    return lo, hi, ticks
+
+
+def _pct_label(x: float) -> str:
+    return f"{x:g}"
 
 
 class AccuracyChart(TimedPlot):
@@ -146,6 +173,11 @@ class AccuracyChart(TimedPlot):
                 self.plt.plot(xs, [e["val_loss"] for e in record.epochs], color=color, yside="right",
                               marker="dot" if len(xs) > 1 else "○")
                 shown.append((record.label, color))
+        accs = [100 * e["val_acc"] for r in (compare, current) if r is not None for e in r.epochs]
+        if accs:
+            lo, hi, yticks = percent_ticks(accs, max(2, (self.size.height - 3) // 2))
+            self.plt.ylim(lo, hi)
+            self.plt.yticks(yticks, [_pct_label(t) for t in yticks])
         if current is not None:
             for e in stage_epochs(current):  # a stage starts at epoch e: between e - 1 and e
                 if e <= last:

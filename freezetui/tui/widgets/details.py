@@ -22,10 +22,15 @@ class Details(Static):
         if node.is_param:
             text.append(f"  shape {tuple(node.shape)}")
         text.append("\n")
-        text.append(f"{total:,} params, {trainable:,} trainable  ")
-        text.append(state, STATE_STYLES[state])
+        # the counts say it once: "all trainable", not "480 trainable  trainable"
+        if state == "mixed":
+            text.append(f"{total:,} params, {trainable:,} trainable · ")
+            text.append("partly frozen", STATE_STYLES[state])
+        else:
+            text.append(f"{total:,} params · ")
+            text.append({"trainable": "all trainable", "frozen": "all frozen"}.get(state, state), STATE_STYLES[state])
         origin = "new (random init)" if node.new else ("pretrained" if workspace.info.weights else "random init")
-        text.append(f"  · {origin}", "bold magenta" if node.new else "dim")
+        text.append(f" · {origin}", "bold magenta" if node.new else "dim")
         if workspace.has_schedule():
             when, rate = schedule_cells(workspace.schedule_span(name))
             if when or rate:

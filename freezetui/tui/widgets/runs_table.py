@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable
+
+from .keyed_table import KeyedTable
 
 from ..format import share, size_text
 
-# what a person compares first comes first: the 80-column layout shows about four columns
-COLUMNS = ("run", "best", "status", "trainable", "schedule", "time", "size", "final", "settings")
+# what a person compares first comes first: the 80-column layout shows the first four; the
+# schedule's words are long, so it comes after the short columns
+COLUMNS = ("run", "best", "status", "trainable", "time", "size", "final", "schedule", "settings")
 
 
 def _pct(x) -> str:
@@ -24,7 +26,14 @@ def _time(seconds: float) -> str:
     return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class RunsTable(DataTable):
+def _trainable(record) -> str:
+    """The share that trained; a staged run's from its first to its largest stage: ``0.05%→100%``."""
+    first = share(record.trainable, record.total)
+    largest = max((e.get("trainable") or 0 for e in record.epochs), default=0)
+    return f"{first}→{share(largest, record.total)}" if largest > record.trainable else first
+
+
+class RunsTable(KeyedTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Compare", id="compare"),
         Binding("r", "resume", "Resume run", id="resume"),
@@ -53,7 +62,7 @@ class RunsTable(DataTable):
             "run": record.label + (" ◆" if compared else ""),
             "best": _pct(record.best_acc),
             "status": record.status,
-            "trainable": share(record.trainable, record.total),
+            "trainable": _trainable(record),
             "schedule": record.schedule,
             "time": _time(record.seconds),
             "size": size_text(self.sizes[record.id]) if self.sizes.get(record.id) else "—",
@@ -65,7 +74,9 @@ class RunsTable(DataTable):
             for col, value in cells.items():
                 self.update_cell(key, col, value, update_width=True)
         else:
-            self.add_row(*cells.values(), key=key)
+            self.add_row(*(cells[c] for c in COLUMNS), key=key)
+        if record.status == "running" and not self.has_focus:  # the run in progress stays in view
+            self.move_cursor(row=self.get_row_index(key), animate=False)
 
     def update_time(self, record) -> None:
         key = str(record.id)
