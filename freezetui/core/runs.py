@@ -271,7 +271,9 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The epochs in ``metrics.jsonl``. A torn last line (appended in place, so a full disk or a
     power cut can leave one) is left out; a bad line before it is a ValueError."""
     path = Path(run_dir) / "metrics.jsonl"
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():  # blank lines at the end only: one in between is damage
+        lines.pop()
     out = []
     for i, line in enumerate(lines):
         try:
