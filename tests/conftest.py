@@ -60,3 +60,24 @@ def make_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class=12, s
                 arr = np.clip(rng.normal(colours[k % 4], 25, (size, size, 3)), 0, 255).astype("uint8")
                 Image.fromarray(arr).save(d / f"{i}.png")
     return root
+
+
+def torchvision_models(default) -> list:
+    """Every torchvision classifier's name for ``parametrize``: those outside ``default`` (one per
+    family, say) skipped unless FREEZETUI_ALL_MODELS=1."""
+    import torchvision
+
+    every = sorted(torchvision.models.list_models(module=torchvision.models))
+    return [n if n in default or os.environ.get("FREEZETUI_ALL_MODELS") else
+            pytest.param(n, marks=pytest.mark.skip(reason="slow; set FREEZETUI_ALL_MODELS=1")) for n in every]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convolutions on a shared machine run several times faster without thread hand-offs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,12 +3,12 @@ and after merging, the frozen prefix, the BatchNorm policy and PEFT's file layou
 
 import copy
 import json
-import os
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import torchvision_models
 from freezetui import FreezePlan, TrainConfig, build_model, train
 from freezetui.core.adapters import AdapterRule, adapter_tensors, merged_state_dict, parse_lora
 from freezetui.core.data import load_data
@@ -251,15 +251,7 @@ FAMILIES = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googl
             "squeezenet1_1", "swin_t", "vgg11", "vit_b_16"]
 
 
-def _all_models():
-    import torchvision
-
-    every = sorted(torchvision.models.list_models(module=torchvision.models))
-    return [n if n in FAMILIES or os.environ.get("FREEZETUI_ALL_MODELS") else
-            pytest.param(n, marks=pytest.mark.skip(reason="slow; set FREEZETUI_ALL_MODELS=1")) for n in every]
-
-
-@pytest.mark.parametrize("name", _all_models())
+@pytest.mark.parametrize("name", torchvision_models(FAMILIES))
 def test_every_classifier_accepts_lora_on_its_linear_layers(name):
     """Every nn.Linear of the model (an attention's out_proj: with its attention) gets an adapter,
     the plan fits, and the adapted forward runs where the base one runs on the meta device."""

@@ -34,13 +34,7 @@ DEFAULT = ["convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s
 OTHERS = [n for n in ALL if n not in DEFAULT]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small convolutions on a shared machine run several times faster without thread hand-offs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: faster without thread hand-offs
 
 
 def make(name: str) -> tuple[nn.Module, torch.Tensor]:

@@ -22,12 +22,7 @@ from freezetui.core.schedule import fine_tune_recipe
 LR, WD, EPOCHS, BATCH, SEED = 0.01, 1e-2, 2, 32, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same kernels, the same reductions, in every run
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread: the same kernels and reductions in every run
 
 
 @pytest.fixture(scope="module")

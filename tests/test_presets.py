@@ -3,12 +3,12 @@
 everything (``A``), fine-tune recipe (``R``) and layer-decay (``L``) presets and every rung of the
 sweep's ladder keep each new (randomly initialised) module trainable, at the full rate."""
 
-import os
 
 import pytest
 import torch
 import torchvision
 
+from conftest import torchvision_models
 from freezetui.core.models import build_model, supports_small_input
 from freezetui.core.plan import module_prefixes
 from freezetui.core.schedule import param_multipliers
@@ -24,17 +24,7 @@ DEFAULT = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "effici
 KWARGS = {n: {"image_size": 32} for n in ALL if n.startswith("vit_")}
 
 
-def _models():
-    return [n if n in DEFAULT or os.environ.get("FREEZETUI_ALL_MODELS") else
-            pytest.param(n, marks=pytest.mark.skip(reason="slow; set FREEZETUI_ALL_MODELS=1")) for n in ALL]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _new_params(plan) -> list[str]:
@@ -54,7 +44,7 @@ def _lints(plan):
     return frozen_new_modules(plan)
 
 
-@pytest.mark.parametrize("name", _models())
+@pytest.mark.parametrize("name", torchvision_models(DEFAULT))
 def test_no_preset_freezes_a_new_module(name):
     torch.manual_seed(0)
     small = supports_small_input(name)

@@ -6,6 +6,7 @@ import threading
 import pytest
 import torch
 
+from conftest import torchvision_models
 from freezetui.core.data import load_data
 from freezetui.core.errors import PlanError
 from freezetui.core.models import build_model
@@ -151,17 +152,7 @@ LADDER_DEFAULT = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", 
                   "shufflenet_v2_x0_5", "squeezenet1_1", "swin_t", "vgg16", "vit_b_16"]
 
 
-def _models():
-    import os
-
-    import torchvision
-
-    every = sorted(torchvision.models.list_models(module=torchvision.models))
-    return [n if n in LADDER_DEFAULT or os.environ.get("FREEZETUI_ALL_MODELS") else
-            pytest.param(n, marks=pytest.mark.skip(reason="slow; set FREEZETUI_ALL_MODELS=1")) for n in every]
-
-
-@pytest.mark.parametrize("name", _models())
+@pytest.mark.parametrize("name", torchvision_models(LADDER_DEFAULT))
 def test_every_torchvision_ladder_climbs_from_the_head_to_everything(name):
     """Over every torchvision classifier (on the meta device: no weights, no time): the first
     rung trains exactly the head, each rung adds to the one before, the last trains everything,
