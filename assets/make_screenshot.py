@@ -12,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from freezetui.core.train import TrainConfig
+from freezetui.core.config import TrainConfig
+from freezetui.core.specs import ModelSpec
 from freezetui.tui.app import AppOptions, create_app
 
 OUT = Path(__file__).with_name("freezetui.svg")
@@ -20,7 +21,7 @@ OUT = Path(__file__).with_name("freezetui.svg")
 
 async def main() -> None:
     runs = tempfile.mkdtemp()
-    app = create_app(AppOptions(model="resnet18", weights="none", runs_dir=runs,
+    app = create_app(AppOptions(model=ModelSpec("resnet18", weights="none"), runs_dir=runs,
                                 config=TrainConfig(epochs=2, device="cpu")))
     async with app.run_test(size=(120, 36)) as pilot:
         while app.workspace is None:  # the model loads on a thread of its own
