@@ -177,7 +177,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     tui = argparse.ArgumentParser(
         prog="freezetui",
         description="Choose which layers of a pretrained model train, train them, compare plans. "
-                    "Subcommands: models, plan make, plan show, train, sweep (freezetui SUBCOMMAND -h).",
+                    "Subcommands: models, plan make, plan show, train, sweep, suggest, cache (freezetui SUBCOMMAND -h).",
     )
     add_model_options(tui)
     add_train_options(tui)

@@ -496,5 +496,5 @@ def test_a_stop_in_the_first_epoch_does_not_offer_a_resume(tmp_path, folder, cap
     monkeypatch.setattr(runner, "execute", stopped_early)
     assert main(_train_args(folder, tmp_path / "run", 3) + ["--batch-size", "8"]) == 128 + signal.SIGINT
     err = capsys.readouterr().err
-    assert "stopped: 0 of 3 epoch(s) complete; no checkpoint was written, so there is nothing to resume" in err
+    assert "stopped: 0 of 3 epochs complete; no checkpoint was written, so there is nothing to resume" in err
     assert "--resume" not in err

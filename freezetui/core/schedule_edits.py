@@ -68,6 +68,8 @@ class ScheduleEdits:
                 kept.append(st)
         trial.stages = kept
         trial.set_frozen(names, epoch > 1)
+        if trial.train_bn:  # norm layers train in every epoch under train_bn, this subtree's too
+            trial.set_train_bn(True)
         earlier = min((trial.stage_of(n) or NEVER for n in names), default=NEVER)
         if 1 < epoch < earlier:  # a stage unfreezing it before then (e.g. "*") makes this one moot
             same = next((st for st in kept if st.epoch == epoch), None)

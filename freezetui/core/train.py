@@ -495,13 +495,20 @@ class _Run:
                                 f"({str(e).strip().splitlines()[-1].strip()[:160]}); resume with its own plan") from None
         if resume.get("adapters") is not None and adapters_of(self.model) is not None:
             adapters_of(self.model).load_tensor_state(resume["adapters"])
+        misfit = TrainingError("the checkpoint's optimizer does not fit this run's parameter groups (written by an "
+                               "older freezetui or for another plan); start the run again")
+        saved = resume["optimizer"] if isinstance(resume["optimizer"], dict) else {}
+        groups = saved.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != len(self.optimizer.param_groups) or any(
+                not isinstance(g, dict) or not isinstance(g.get("params"), list) or len(g["params"]) != len(m["params"])
+                for m, g in zip(self.optimizer.param_groups, groups)):
+            raise misfit  # another plan's groups: not damage
         try:
-            if not optimizer_state_fits(self.optimizer, resume["optimizer"]):
+            if not optimizer_state_fits(self.optimizer, saved):
                 raise TrainingError("the checkpoint's optimizer state is damaged; start the run again")
             self.optimizer.load_state_dict(resume["optimizer"])
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise TrainingError("the checkpoint's optimizer does not fit this run's parameter groups "
-                                "(written by an older freezetui or for another plan); start the run again") from None
+            raise misfit from None
         try:
             torch.set_rng_state(resume["rng"]["torch"])
             self.gen.set_state(resume["rng"]["generator"])

@@ -13,8 +13,7 @@ from textual.widgets import Label, Static
 from ..format import LEGEND, STATE_STYLES
 
 EXTRA = [
-    ("↑ ↓ / j k", "move"),
-    ("← → / h l", "collapse / expand"),
+    ("↑↓←→ / jkhl", "move; collapse / expand"),
     ("Tab", "next panel (tree, lints, runs)"),
     ("Ctrl+P", "command palette: every key, by name"),
 ]
@@ -41,10 +40,9 @@ def legend() -> Text:
     text.append(f"{'params':>12}  parameters under the row; ")
     text.append("trainable", "green")
     text.append(": how many of them train\n")
-    text.append(f"{'@2':>12}  ", "bold yellow")
-    text.append("unfreezes at the start of epoch 2 (E); shown while the plan has a schedule\n")
-    text.append(f"{'×0.1':>12}  ", "yellow")
-    text.append("trains at 0.1 × the learning rate (x, L, R)\n")
+    text.append(f"{'@2':>7}", "bold yellow")
+    text.append(f"{'×0.1':>5}  ", "yellow")
+    text.append("unfreezes at epoch 2 (E), trains at 0.1 × the rate (x, L, R); shown with a schedule\n")
     text.append(f"{'│':>12}  ", "yellow")
     text.append("in the charts: a stage starts (g shows the learning rate)")
     return text
@@ -58,14 +56,22 @@ class HelpScreen(ModalScreen[None]):
         self.groups = groups
 
     def compose(self) -> ComposeResult:
-        # two columns (the app-wide keys, then the rest): the whole help fits 120×40 unscrolled
-        wide = [g for g in self.groups if g[0] == "anywhere"]
-        rest = [g for g in self.groups if g[0] != "anywhere"] + [("moving around", EXTRA)]
+        # two columns of about equal length, groups kept whole: the whole help fits 120×40 unscrolled
+        groups = []
+        for title, keys in [*self.groups, ("moving around", EXTRA)]:  # a long group goes in two halves
+            half = (len(keys) + 1) // 2 if len(keys) > 12 else len(keys)
+            groups += [(title, keys[:half])] + ([(f"{title} (more)", keys[half:])] if keys[half:] else [])
+        size = [1 + len(keys) for _, keys in groups]
+        best = min(range(1 << len(groups)),  # the split whose longer column is shortest (a few groups)
+                   key=lambda m: max(sum(s for i, s in enumerate(size) if m >> i & 1),
+                                     sum(s for i, s in enumerate(size) if not m >> i & 1)))
+        left = [g for i, g in enumerate(groups) if best >> i & 1]
+        groups = [g for i, g in enumerate(groups) if not best >> i & 1]
         with Vertical(classes="dialog", id="help"):
             with VerticalScroll(id="help-body"):
                 yield Label("freezetui keys", classes="dialog-title")
                 with Horizontal(id="key-columns"):
-                    yield Static(key_rows(rest), id="keys")
-                    yield Static(key_rows(wide), id="keys-anywhere")
+                    yield Static(key_rows(left), id="keys")
+                    yield Static(key_rows(groups), id="keys-anywhere")
                 yield Static(legend(), id="legend")
             yield Label("Esc, ? or q closes", classes="dialog-help")  # outside the scroll: always in view

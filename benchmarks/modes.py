@@ -8,7 +8,7 @@ convolutions), full fine-tuning. Same epochs, rate and schedule for all; mean ±
 trainable parameters (adapters included), optimizer state, activation bytes (estimated by
 ``cost.estimate`` and measured by ``cost.measure_saved_bytes``) and training images/s.
 
-    python benchmarks/peft.py [--seeds 3] [--epochs 6] [--per-class 50] [--models cnn,vit] [--json out.json]
+    python benchmarks/modes.py [--seeds 3] [--epochs 6] [--per-class 50] [--models cnn,vit] [--json out.json]
 """
 
 from __future__ import annotations
