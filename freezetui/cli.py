@@ -236,8 +236,11 @@ class ConsoleProgress:
     img/s, loss) above which each epoch's line is printed; elsewhere (logs, CI) the lines only."""
 
     def __init__(self, stream=None):
+        import importlib.util
+
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
+        # a bar on a terminal, where Rich is there (a GPU box may have torch and not Textual's Rich)
+        self.live = self.stream.isatty() and importlib.util.find_spec("rich") is not None
         self.bar = None  # a Rich progress display, on a terminal only
         self.task, self.task_name = None, ""
         self.epochs, self.steps = 0, 0
