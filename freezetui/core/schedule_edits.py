@@ -87,7 +87,8 @@ class ScheduleEdits:
         if trial.params != self.plan.params or trial.stages != self.plan.stages:  # a no-op keeps the plan's name
             self.plan.params, self.plan.stages = trial.params, trial.stages
             self._schedule_edited()
-        return min((self.plan.stage_of(n) or NEVER for n in names), default=epoch)
+        norms = set(self.plan.norm_params) if self.plan.train_bn else set()  # they train throughout
+        return min((self.plan.stage_of(n) or NEVER for n in names if n not in norms), default=epoch)
 
     def set_rate(self, name: str, multiplier: float | None) -> None:
         """The node's subtree trains at ``multiplier`` × the rate (None or 1 with no broader
